@@ -1,0 +1,22 @@
+# tomoclust: which macromolecules are in these cryo-electron tomograms?
+# Thin on purpose: all workflow Python lives in rules/common.smk, all science in scripts/tomoclust.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/ingest.smk"
+include: "rules/pick.smk"
+include: "rules/extract.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,21 @@
+rule pick:
+    input:
+        "results/tomograms/{tomo}/tomogram.mrc",
+    output:
+        "results/picks/{tomo}.star",
+    log:
+        "logs/pick/{tomo}.log",
+    benchmark:
+        "benchmarks/runs/pick/{tomo}.tsv"
+    params:
+        picking=config["picking"],
+        extraction=config["extraction"],
+        device=config["device"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/pick.py"

@@ -1,0 +1,361 @@
+"""Reading and writing volumes (MRC) and tables (STAR, TSV, JSON), atomically.
+
+This is the only module where array axis order ``(z, y, x)`` meets file/table order
+``x, y, z``. Every writer goes through :func:`atomic_output`: data is written to a temporary
+file beside the target and renamed over it only when complete, so a failed or killed step
+never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import starfile
+
+from . import TomoclustError
+
+PathLike = str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and the exception propagates, so the
+    target is either the complete new file or untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_tsv(path: PathLike, df: pd.DataFrame) -> None:
+    """Write a table as tab-separated text, atomically."""
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write text, atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npy(path: PathLike, array: np.ndarray) -> None:
+    """Save a numpy array (``.npy``), atomically."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+# --------------------------------------------------------------------------------- MRC
+def _check_exists(path: Path, what: str) -> None:
+    if not path.exists():
+        raise TomoclustError(f"{what} {path}: file does not exist")
+    if not path.is_file():
+        raise TomoclustError(f"{what} {path}: not a regular file")
+
+
+def _voxel_size_of(mrc: mrcfile.mrcfile.MrcFile, path: Path, what: str) -> float:
+    vs = mrc.voxel_size
+    sizes = np.array([float(vs.x), float(vs.y), float(vs.z)])
+    if mrc.data is not None and mrc.data.ndim == 2:
+        sizes = sizes[:2]
+    if not np.all(np.isfinite(sizes)) or np.any(sizes <= 0):
+        raise TomoclustError(
+            f"{what} {path}: the MRC header has no valid voxel size ({sizes.tolist()} Å); "
+            "give it with the 'voxel_size' column of the tomogram sheet"
+        )
+    if np.ptp(sizes) > 1e-3 * sizes.max():
+        raise TomoclustError(
+            f"{what} {path}: anisotropic voxel size {sizes.tolist()} Å is not supported"
+        )
+    return float(sizes[0])
+
+
+def open_mrc(path: PathLike, what: str = "MRC file") -> mrcfile.mrcfile.MrcFile:
+    """Open an MRC file read-only and memory-mapped, with errors that name the file."""
+    p = Path(path)
+    _check_exists(p, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return mrcfile.mmap(p, mode="r", permissive=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise TomoclustError(f"{what} {p}: not a readable MRC file ({exc})") from exc
+
+
+def read_mrc_header_voxel_size(path: PathLike, what: str = "MRC file") -> float | None:
+    """Return the header voxel size in Å, or ``None`` when the header has none (zero)."""
+    with open_mrc(path, what) as mrc:
+        try:
+            return _voxel_size_of(mrc, Path(path), what)
+        except TomoclustError:
+            return None
+
+
+def read_mrc(
+    path: PathLike,
+    voxel_size: float | None = None,
+    what: str = "MRC file",
+    check_finite: bool = True,
+) -> tuple[np.ndarray, float]:
+    """Read an MRC volume as a float32 ``(z, y, x)`` array and its voxel size in Å.
+
+    Parameters
+    ----------
+    path
+        MRC file.
+    voxel_size
+        Override for the header voxel size (Å). When ``None`` the header must have one.
+    what
+        Word for the file in error messages ("tomogram", "template", ...).
+    check_finite
+        Raise if any voxel is NaN or infinite.
+    """
+    p = Path(path)
+    with open_mrc(p, what) as mrc:
+        vs = float(voxel_size) if voxel_size is not None else _voxel_size_of(mrc, p, what)
+        if vs <= 0 or not np.isfinite(vs):
+            raise TomoclustError(f"{what} {p}: voxel size must be positive, got {vs}")
+        data = np.asarray(mrc.data, dtype=np.float32).copy()
+    if check_finite and not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise TomoclustError(f"{what} {p}: {bad} voxels are NaN or infinite")
+    return data, vs
+
+
+def write_mrc(path: PathLike, data: np.ndarray, voxel_size: float) -> None:
+    """Write a float32 ``(z, y, x)`` volume (or ``(n, z, y, x)`` stack) with its voxel size."""
+    arr = np.ascontiguousarray(data, dtype=np.float32)
+    with atomic_output(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(arr)
+            if arr.ndim == 4:
+                mrc.header.ispg = 401
+            mrc.voxel_size = float(voxel_size)
+            mrc.update_header_stats()
+
+
+class StackWriter:
+    """Write a stack of ``n`` cubic volumes of side ``box`` into one memory-mapped MRC file.
+
+    Memory use does not depend on ``n``: volumes go straight into the memory map. The file
+    appears at its final path only when :meth:`close` succeeds (use as a context manager).
+    """
+
+    def __init__(self, path: PathLike, n: int, box: int, voxel_size: float):
+        self._target = Path(path)
+        self._ctx = atomic_output(self._target)
+        self._tmp = self._ctx.__enter__()
+        self.n, self.box, self.voxel_size = int(n), int(box), float(voxel_size)
+        self._mrc = None
+        if self.n == 0:  # an empty stack: header only, still recording box and voxel size
+            with mrcfile.new(self._tmp, overwrite=True) as mrc:
+                mrc.set_data(np.zeros((0, self.box, self.box, self.box), dtype=np.float32))
+                mrc.header.ispg = 401
+                mrc.voxel_size = self.voxel_size
+            return
+        shape = (self.n, self.box, self.box, self.box)
+        self._mrc = mrcfile.new_mmap(self._tmp, shape=shape, mrc_mode=2, overwrite=True)
+        self._mrc.header.ispg = 401
+        self._mrc.voxel_size = self.voxel_size
+
+    def __setitem__(self, index: int | slice, volumes: np.ndarray) -> None:
+        if self._mrc is None:
+            raise IndexError("the stack is empty")
+        self._mrc.data[index] = volumes
+
+    def close(self) -> None:
+        if self._mrc is not None:
+            self._mrc.update_header_stats()
+            self._mrc.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        if self._mrc is not None:
+            self._mrc.close()
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+    def __enter__(self) -> StackWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+def open_stack(path: PathLike) -> tuple[np.ndarray, float]:
+    """Memory-map an MRC stack written by :class:`StackWriter`: ``(n, z, y, x)`` and voxel size.
+
+    A stack of one volume is returned with a leading axis of length one.
+    """
+    p = Path(path)
+    _check_exists(p, "particle stack")
+    try:
+        mrc = mrcfile.mmap(p, mode="r", permissive=False)
+    except ValueError:  # an empty stack cannot be memory-mapped
+        mrc = mrcfile.open(p, mode="r", permissive=False)
+    except (OSError, EOFError) as exc:
+        raise TomoclustError(f"particle stack {p}: not a readable MRC file ({exc})") from exc
+    vs = _voxel_size_of(mrc, p, "particle stack")
+    data = mrc.data
+    if data.ndim == 3:
+        data = data[None]
+    return data, vs
+
+
+# -------------------------------------------------------------------------------- STAR
+def read_star(path: PathLike, block: str | None = None, what: str = "STAR file") -> pd.DataFrame:
+    """Read one data block of a STAR file as a DataFrame.
+
+    Without ``block`` the ``particles`` block is returned if present, else the only (or
+    last) block.
+    """
+    p = Path(path)
+    _check_exists(p, what)
+    try:
+        data = starfile.read(p, always_dict=True)
+    except Exception as exc:  # starfile raises many types on malformed input
+        raise TomoclustError(f"{what} {p}: not a readable STAR file ({exc})") from exc
+    if not data:
+        raise TomoclustError(f"{what} {p}: contains no data block")
+    if block is not None:
+        if block not in data:
+            raise TomoclustError(f"{what} {p}: has no data_{block} block (found {list(data)})")
+        df = data[block]
+    elif "particles" in data:
+        df = data["particles"]
+    else:
+        df = list(data.values())[-1]
+    if not isinstance(df, pd.DataFrame):
+        df = pd.DataFrame([df]) if isinstance(df, Mapping) else pd.DataFrame(df)
+    return df
+
+
+def write_star(path: PathLike, blocks: pd.DataFrame | Mapping[str, pd.DataFrame]) -> None:
+    """Write one DataFrame (as ``data_particles``) or several named blocks, atomically."""
+    if isinstance(blocks, pd.DataFrame):
+        blocks = {"particles": blocks}
+    with atomic_output(path) as tmp:
+        starfile.write(dict(blocks), tmp, overwrite=True)
+
+
+# ------------------------------------------------------------------- coordinate conventions
+def zyx_to_xyz(coords_zyx: np.ndarray) -> np.ndarray:
+    """Reverse the last axis: array index order ``(z, y, x)`` to table order ``(x, y, z)``."""
+    return np.asarray(coords_zyx, dtype=np.float64)[..., ::-1].copy()
+
+
+def xyz_to_zyx(coords_xyz: np.ndarray) -> np.ndarray:
+    """Reverse the last axis: table order ``(x, y, z)`` to array index order ``(z, y, x)``."""
+    return np.asarray(coords_xyz, dtype=np.float64)[..., ::-1].copy()
+
+
+def centered_angst(coords_xyz_vox: np.ndarray, shape_zyx: tuple[int, ...], voxel_size: float
+                   ) -> np.ndarray:
+    """RELION 5 centred coordinates (Å) from voxel coordinates of a tomogram.
+
+    RELION 5 puts the origin of ``rlnCenteredCoordinate*Angst`` at the tomogram centre,
+    voxel ``size // 2`` along each axis (matching its FFT-centre convention).
+    """
+    centre = np.array(shape_zyx[::-1], dtype=np.float64) // 2
+    return (np.asarray(coords_xyz_vox, dtype=np.float64) - centre) * float(voxel_size)
+
+
+def voxels_from_centered_angst(coords_angst: np.ndarray, shape_zyx: tuple[int, ...],
+                               voxel_size: float) -> np.ndarray:
+    """Inverse of :func:`centered_angst`: centred Å to ``(x, y, z)`` voxel coordinates."""
+    centre = np.array(shape_zyx[::-1], dtype=np.float64) // 2
+    return np.asarray(coords_angst, dtype=np.float64) / float(voxel_size) + centre
+
+
+def particle_table(
+    tomo_name: str,
+    coords_xyz_vox: np.ndarray,
+    shape_zyx: tuple[int, ...],
+    voxel_size: float,
+    angles: np.ndarray | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """A RELION-5 tomography particle table for one tomogram.
+
+    Parameters
+    ----------
+    coords_xyz_vox
+        ``(n, 3)`` coordinates in voxels of the named tomogram, ``x, y, z`` order.
+    angles
+        Optional ``(n, 3)`` RELION ``rot, tilt, psi`` in degrees.
+    extra
+        Further columns (own columns carry the ``tcl`` prefix).
+    """
+    xyz = np.asarray(coords_xyz_vox, dtype=np.float64).reshape(-1, 3)
+    cen = centered_angst(xyz, shape_zyx, voxel_size)
+    df = pd.DataFrame({
+        "rlnTomoName": [tomo_name] * len(xyz),
+        "rlnCoordinateX": xyz[:, 0], "rlnCoordinateY": xyz[:, 1], "rlnCoordinateZ": xyz[:, 2],
+        "rlnCenteredCoordinateXAngst": cen[:, 0],
+        "rlnCenteredCoordinateYAngst": cen[:, 1],
+        "rlnCenteredCoordinateZAngst": cen[:, 2],
+    })
+    if angles is not None:
+        ang = np.asarray(angles, dtype=np.float64).reshape(-1, 3)
+        df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = ang[:, 0], ang[:, 1], ang[:, 2]
+    for key, val in (extra or {}).items():
+        df[key] = val
+    return df
+
+
+def optics_table(voxel_size_tomo: float, voxel_size_image: float, box: int,
+                 voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.07
+                 ) -> pd.DataFrame:
+    """A one-group RELION optics block for 3D subtomograms."""
+    return pd.DataFrame({
+        "rlnOpticsGroup": [1],
+        "rlnOpticsGroupName": ["opticsGroup1"],
+        "rlnSphericalAberration": [cs_mm],
+        "rlnVoltage": [voltage_kv],
+        "rlnAmplitudeContrast": [amplitude_contrast],
+        "rlnTomoTiltSeriesPixelSize": [voxel_size_tomo],
+        "rlnImagePixelSize": [voxel_size_image],
+        "rlnImageSize": [box],
+        "rlnImageDimensionality": [3],
+    })

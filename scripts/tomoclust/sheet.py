@@ -1,0 +1,87 @@
+"""The tomogram sheet: a TSV with one row per tomogram.
+
+Columns: ``name`` (unique ID, letters, digits, ``_ . -``), ``path`` (MRC file; relative paths
+are relative to the directory Snakemake runs in), and optionally ``voxel_size`` (Å, overrides
+the header), ``tilt_min`` / ``tilt_max`` (degrees, default −60 / 60). Only pandas is needed,
+so the Snakefile can import this module too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from . import TomoclustError
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+REQUIRED = ("name", "path")
+OPTIONAL_FLOAT = ("voxel_size", "tilt_min", "tilt_max")
+
+
+def load_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
+    """Read and validate a tomogram sheet; returns it indexed by ``name``.
+
+    Raises :class:`TomoclustError` naming the sheet and the offending row for: a missing
+    required column, an empty or ill-formed name, a duplicated name, a non-numeric or
+    non-positive voxel size, tilt_min ≥ tilt_max, or (with ``check_files``) a path that
+    does not exist.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TomoclustError(f"tomogram sheet {p}: file does not exist")
+    try:
+        df = pd.read_csv(p, sep="\t", dtype=str, comment="#", skip_blank_lines=True)
+    except Exception as exc:
+        raise TomoclustError(f"tomogram sheet {p}: cannot be read as TSV ({exc})") from exc
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise TomoclustError(f"tomogram sheet {p}: missing column(s) {missing}; "
+                             f"found {list(df.columns)} (is it tab-separated?)")
+    if df.empty:
+        raise TomoclustError(f"tomogram sheet {p}: has no rows")
+    df = df.fillna("")
+    for col in df.columns:
+        df[col] = df[col].str.strip()
+    for i, row in df.iterrows():
+        line = i + 2  # header is line 1
+        if not re.fullmatch(NAME_PATTERN, row["name"]):
+            raise TomoclustError(f"tomogram sheet {p}, line {line}: name {row['name']!r} must "
+                                 "start with a letter or digit and contain only letters, digits, "
+                                 "'_', '.', '-'")
+        if not row["path"]:
+            raise TomoclustError(f"tomogram sheet {p}, line {line} ({row['name']}): empty path")
+        if check_files and not Path(row["path"]).is_file():
+            raise TomoclustError(f"tomogram sheet {p}, line {line} ({row['name']}): "
+                                 f"file {row['path']} does not exist")
+    dup = df["name"][df["name"].duplicated()].unique().tolist()
+    if dup:
+        raise TomoclustError(f"tomogram sheet {p}: duplicate name(s) {dup}")
+    for col in OPTIONAL_FLOAT:
+        if col not in df.columns:
+            df[col] = None
+            continue
+        vals = []
+        for i, v in enumerate(df[col]):
+            if v == "":
+                vals.append(None)
+                continue
+            try:
+                f = float(v)
+            except ValueError:
+                raise TomoclustError(f"tomogram sheet {p}, line {i + 2}: {col} {v!r} is not a "
+                                     "number") from None
+            if col == "voxel_size" and not f > 0:
+                raise TomoclustError(f"tomogram sheet {p}, line {i + 2}: voxel_size must be > 0")
+            vals.append(f)
+        df[col] = pd.Series(vals, dtype=object)
+    for i, row in df.iterrows():
+        lo = -60.0 if row["tilt_min"] is None else row["tilt_min"]
+        hi = 60.0 if row["tilt_max"] is None else row["tilt_max"]
+        if not (-90 <= lo < hi <= 90):
+            raise TomoclustError(f"tomogram sheet {p}, line {i + 2}: tilt range [{lo}, {hi}] "
+                                 "must satisfy -90 <= tilt_min < tilt_max <= 90")
+        df.at[i, "tilt_min"], df.at[i, "tilt_max"] = lo, hi
+    return df.set_index("name", drop=False)
