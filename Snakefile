@@ -13,6 +13,8 @@ include: "rules/simulate.smk"
 include: "rules/ingest.smk"
 include: "rules/pick.smk"
 include: "rules/extract.smk"
+include: "rules/features.smk"
+include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 
 

@@ -36,12 +36,14 @@ else:
     width = len(str(SIM["n_tomograms"]))
     TOMOGRAMS = [f"sim{i + 1:0{max(width, 2)}d}" for i in range(SIM["n_tomograms"])]
 HAS_TRUTH = SHEET is None
+METHODS = list(config["methods"])
 
 
 wildcard_constraints:
     tomo=NAME_PATTERN,
     template=NAME_PATTERN,
     subset=NAME_PATTERN,
+    method="|".join(METHODS) if METHODS else "^$",
 
 
 # ------------------------------------------------------------------------- input functions
@@ -56,6 +58,14 @@ def sheet_voxel_size(wildcards):
     if SHEET is None:
         return None
     return SHEET.loc[wildcards.tomo, "voxel_size"]
+
+
+def wedge_range():
+    """Tilt range (degrees) for missing-wedge-aware steps: the simulation's, or the range
+    that every tomogram of the sheet covers (the largest tilt_min, the smallest tilt_max)."""
+    if SHEET is None:
+        return [SIM["tilt_min"], SIM["tilt_max"]]
+    return [float(SHEET["tilt_min"].max()), float(SHEET["tilt_max"].min())]
 
 
 def template_source(wildcards):
@@ -84,11 +94,14 @@ def all_targets():
         "results/particles/particles.star",
         "results/particles/particles.mrcs",
     ]
+    targets += expand("results/cluster/{method}/clusters.star", method=METHODS)
     if HAS_TRUTH:
         targets += [
             "results/evaluation/picking/metrics.tsv",
             "results/evaluation/picking/picking.png",
         ]
+        if METHODS:
+            targets.append("results/evaluation/classification.tsv")
     targets += expand(
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),

@@ -16,3 +16,39 @@ rule evaluate_picking:
         "../envs/cpu.yaml"
     script:
         "../scripts/evaluate_picking.py"
+
+
+rule evaluate_classification:
+    input:
+        clusters="results/cluster/{method}/clusters.star",
+        features="results/features/{method}/features.npy",
+        truth="results/simulation/truth.star",
+    output:
+        metrics="results/evaluation/{method}/metrics.tsv",
+        confusion="results/evaluation/{method}/confusion.tsv",
+        confusion_plot="results/evaluation/{method}/confusion.png",
+        embedding="results/evaluation/{method}/embedding.png",
+    log:
+        "logs/evaluation/{method}.log",
+    params:
+        tolerance=config["evaluation"]["picking_tolerance"],
+        seed=config["clustering"]["seed"],
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/evaluate_classification.py"
+
+
+rule summarise_classification:
+    input:
+        expand("results/evaluation/{method}/metrics.tsv", method=METHODS),
+    output:
+        "results/evaluation/classification.tsv",
+    log:
+        "logs/evaluation/classification.log",
+    params:
+        methods=METHODS,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/summarise_classification.py"

@@ -113,3 +113,23 @@ def evaluate_picking(picks: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: 
     metrics = pd.DataFrame(rows, columns=["scope", "name", "n_true", "n_picked", "tp",
                                           "precision", "recall", "f1"])
     return metrics, picks
+
+
+def truth_classes(particles: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: float
+                  ) -> np.ndarray:
+    """True class of each particle (0 when no true particle lies within the tolerance).
+
+    Particles and truth are matched one-to-one per tomogram on
+    ``rlnCenteredCoordinate*Angst`` (see :func:`match_points`).
+    """
+    cols = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
+    out = np.zeros(len(particles), dtype=np.int64)
+    pn = particles["rlnTomoName"].to_numpy()
+    tn = truth["rlnTomoName"].to_numpy()
+    for tomo in np.unique(pn):
+        pi = np.flatnonzero(pn == tomo)
+        ti = np.flatnonzero(tn == tomo)
+        a, b = match_points(particles.iloc[pi][cols].to_numpy(), truth.iloc[ti][cols].to_numpy(),
+                            tolerance_angst)
+        out[pi[a]] = truth.iloc[ti[b]]["rlnClassNumber"].to_numpy()
+    return out

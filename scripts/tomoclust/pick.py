@@ -173,7 +173,7 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
             flat = flat[rng.choice(flat.size, sample_per_slab, replace=False)]
         samples.append(flat.astype(np.float64))
         idx = np.argwhere(peaks[z0 - a:z1 - a])
-        cand_c.append([*idx, z0, 0, 0])
+        cand_c.append(idx + np.array([z0, 0, 0]))
         cand_s.append(core[tuple(idx.T)])
     allsamp = np.concatenate(samples)
     med = float(np.median(allsamp))

@@ -46,3 +46,87 @@ def plot_picking(metrics: pd.DataFrame, path: str | Path) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_bic(bic: pd.DataFrame, k_chosen: int, path: str | Path, title: str = "") -> None:
+    """BIC against K (lower is better), with the chosen K marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    if len(bic):
+        cold = bic[~bic.get("warm_start", pd.Series(False, index=bic.index)).astype(bool)]
+        ax.plot(cold["k"], cold["bic"], "o-", color="#4C72B0", label="BIC")
+        ax.axvline(k_chosen, color="#C44E52", ls="--", label=f"chosen K = {k_chosen}")
+        ax.set_xlabel("number of classes K")
+        ax.set_ylabel("BIC (lower is better)")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"fixed K = {k_chosen} (no BIC scan)", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+    ax.set_title(f"{title}: model selection" if title else "model selection")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_confusion(cm: pd.DataFrame, path: str | Path, title: str = "") -> None:
+    """Confusion matrix (true classes × clusters); class 0 = picks matching no particle."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * cm.shape[1], 1.0 + 0.5 * cm.shape[0]))
+    im = ax.imshow(cm.to_numpy(), cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm.to_numpy()):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                color="white" if v > cm.to_numpy().max() / 2 else "black")
+    ax.set_xticks(range(cm.shape[1]), [str(c) for c in cm.columns])
+    ax.set_yticks(range(cm.shape[0]), ["junk" if r == 0 else str(r) for r in cm.index])
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title}: confusion" if title else "confusion")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def embed_2d(features: np.ndarray, seed: int = 0, max_points: int = 3000
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """t-SNE of (at most ``max_points`` of) the standardised, PCA-reduced features.
+
+    Returns the 2D coordinates and the indices of the rows shown.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(features))
+    if len(idx) > max_points:
+        idx = np.sort(rng.choice(idx, max_points, replace=False))
+    x = np.asarray(features, dtype=np.float64)[idx]
+    sd = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1)
+    x = PCA(n_components=min(16, x.shape[1], len(x) - 1), random_state=seed).fit_transform(x)
+    perplexity = float(min(30, max(2, (len(x) - 1) / 3)))
+    xy = TSNE(2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(x)
+    return xy, idx
+
+
+def plot_embedding(features: np.ndarray, clusters: np.ndarray, truth: np.ndarray | None,
+                   path: str | Path, title: str = "", seed: int = 0) -> None:
+    """t-SNE of the features coloured by cluster and (when known) by true class."""
+    plt = _pyplot()
+    xy, idx = embed_2d(features, seed)
+    panels = [("cluster", np.asarray(clusters)[idx])]
+    if truth is not None:
+        panels.append(("true class (0 = junk)", np.asarray(truth)[idx]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, (name, lab) in zip(axes[0], panels, strict=True):
+        for v in np.unique(lab):
+            sel = lab == v
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, label=str(v), alpha=0.8)
+        ax.set_title(f"{title}: t-SNE by {name}" if title else f"t-SNE by {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

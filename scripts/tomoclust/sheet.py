@@ -20,6 +20,18 @@ REQUIRED = ("name", "path")
 OPTIONAL_FLOAT = ("voxel_size", "tilt_min", "tilt_max")
 
 
+def _row_lines(path: Path, n_rows: int) -> list[int]:
+    """1-based file line of each data row, skipping the header, blank and ``#`` comment lines
+    as ``pandas.read_csv`` does (falls back to ``row + 2`` if the two disagree)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        text = []
+    nums = [k for k, line in enumerate(text, 1) if line.split("#", 1)[0].strip(" \r") != ""]
+    nums = nums[1:]  # the header
+    return nums if len(nums) == n_rows else [i + 2 for i in range(n_rows)]
+
+
 def load_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     """Read and validate a tomogram sheet; returns it indexed by ``name``.
 
@@ -45,8 +57,9 @@ def load_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     df = df.fillna("")
     for col in df.columns:
         df[col] = df[col].str.strip()
+    lines = _row_lines(p, len(df))  # for messages: comment and blank lines are skipped
     for i, row in df.iterrows():
-        line = i + 2  # header is line 1
+        line = lines[i]
         if not re.fullmatch(NAME_PATTERN, row["name"]):
             raise TomoclustError(f"tomogram sheet {p}, line {line}: name {row['name']!r} must "
                                  "start with a letter or digit and contain only letters, digits, "
@@ -71,17 +84,19 @@ def load_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
             try:
                 f = float(v)
             except ValueError:
-                raise TomoclustError(f"tomogram sheet {p}, line {i + 2}: {col} {v!r} is not a "
+                raise TomoclustError(f"tomogram sheet {p}, line {lines[i]}: {col} {v!r} is not a "
                                      "number") from None
             if col == "voxel_size" and not f > 0:
-                raise TomoclustError(f"tomogram sheet {p}, line {i + 2}: voxel_size must be > 0")
+                raise TomoclustError(f"tomogram sheet {p}, line {lines[i]}: voxel_size must be > 0")
             vals.append(f)
         df[col] = pd.Series(vals, dtype=object)
-    for i, row in df.iterrows():
-        lo = -60.0 if row["tilt_min"] is None else row["tilt_min"]
-        hi = 60.0 if row["tilt_max"] is None else row["tilt_max"]
+    for i in df.index:
+        # not iterrows: with pandas >= 3 a row mixing str and object columns turns None into NaN
+        t_lo, t_hi = df.at[i, "tilt_min"], df.at[i, "tilt_max"]
+        lo = -60.0 if t_lo is None or pd.isna(t_lo) else float(t_lo)
+        hi = 60.0 if t_hi is None or pd.isna(t_hi) else float(t_hi)
         if not (-90 <= lo < hi <= 90):
-            raise TomoclustError(f"tomogram sheet {p}, line {i + 2}: tilt range [{lo}, {hi}] "
+            raise TomoclustError(f"tomogram sheet {p}, line {lines[i]}: tilt range [{lo}, {hi}] "
                                  "must satisfy -90 <= tilt_min < tilt_max <= 90")
         df.at[i, "tilt_min"], df.at[i, "tilt_max"] = lo, hi
     return df.set_index("name", drop=False)

@@ -1,0 +1,21 @@
+rule cluster:
+    input:
+        features="results/features/{method}/features.npy",
+        star="results/particles/particles.star",
+    output:
+        star="results/cluster/{method}/clusters.star",
+        bic="results/cluster/{method}/bic.tsv",
+        plot="results/cluster/{method}/bic.png",
+        summary="results/cluster/{method}/summary.json",
+    log:
+        "logs/cluster/{method}.log",
+    params:
+        clustering=config["clustering"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/cluster.py"

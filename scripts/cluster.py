@@ -1,0 +1,32 @@
+"""Rule cluster: GMM with BIC choice of K (or k-means with fixed K) on a method's features."""
+
+import numpy as np
+from tomoclust.cluster import cluster_features
+from tomoclust.io import read_star, write_json, write_star, write_tsv
+from tomoclust.logs import log, run_rule
+from tomoclust.plots import plot_bic
+
+
+def main(smk) -> None:
+    c = smk.params.clustering
+    feats = np.load(smk.input.features)
+    df = read_star(smk.input.star, what="particle table")
+    if len(df) != len(feats):
+        raise RuntimeError(f"{len(feats)} feature rows for {len(df)} particles")
+    res = cluster_features(feats, c["algorithm"], k=c["k"], k_min=c["k_min"], k_max=c["k_max"],
+                           pca_components=c["pca_components"], n_init=c["n_init"], seed=c["seed"])
+    df["rlnClassNumber"] = res.labels
+    df["tclClassProbability"] = res.probability
+    write_star(smk.output.star, df)
+    write_tsv(smk.output.bic, res.bic)
+    plot_bic(res.bic, res.k, smk.output.plot, title=smk.wildcards.method)
+    sizes = np.bincount(res.labels)[1:].tolist()
+    write_json(smk.output.summary, {"method": smk.wildcards.method, "algorithm": c["algorithm"],
+                                    "k": res.k, "class_sizes": sizes,
+                                    "stability_ari": res.stability_ari,
+                                    "mean_probability": float(res.probability.mean())})
+    log.info("%s: K=%d, sizes %s, stability ARI %.3f", smk.wildcards.method, res.k, sizes,
+             res.stability_ari)
+
+
+run_rule(snakemake, main)

@@ -1,0 +1,25 @@
+"""Rule features_invariant: rotation-invariant shell spectra of the gathered particles."""
+
+import time
+
+import torch
+from tomoclust.features import load_particles, run_info, save_features, write_info
+from tomoclust.invariants import shell_spectra
+from tomoclust.logs import log, resolve_device, run_rule
+
+
+def main(smk) -> None:
+    torch.set_num_threads(max(int(smk.threads), 1))
+    device = resolve_device(smk.params.device)
+    cfg = smk.params.invariant
+    df, stack, _ = load_particles(smk.input.star, smk.input.stack)
+    t0 = time.time()
+    feats = shell_spectra(stack, cfg["l_max"], cfg["lowpass"], device=device)
+    dt = time.time() - t0
+    log.info("%d particles -> %d invariant features in %.1f s (%.0f/s) on %s", len(df),
+             feats.shape[1], dt, len(df) / max(dt, 1e-9), device)
+    save_features(smk.output.features, feats, len(df))
+    write_info(smk.output.info, run_info(device, seconds=dt, params=dict(cfg)))
+
+
+run_rule(snakemake, main)

@@ -1,0 +1,119 @@
+"""tomoclust.evaluate: one-to-one matching, precision/recall/F1, edge masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from tomoclust.evaluate import evaluate_picking, match_points, within_edge
+
+CEN = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
+
+
+def _table(tomo, xyz, classes=None, names=None):
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    df = pd.DataFrame({"rlnTomoName": [tomo] * len(xyz)})
+    for k, col in enumerate(CEN):
+        df[col] = xyz[:, k]
+    if classes is not None:
+        df["rlnClassNumber"] = classes
+    if names is not None:
+        df["tclTemplateName"] = names
+    return df
+
+
+def _pairs(i, j):
+    return sorted(zip(i.tolist(), j.tolist()))
+
+
+def test_two_picks_near_one_truth_give_one_match():
+    truth = np.array([[0.0, 0, 0], [100.0, 0, 0]])
+    picks = np.array([[1.0, 0, 0], [2.0, 0, 0], [99.0, 0, 0], [500.0, 0, 0]])
+    ip, it = match_points(picks, truth, 10.0)
+    assert _pairs(ip, it) == [(0, 0), (2, 1)]  # the nearer of the two picks wins
+
+
+def test_matching_is_one_to_one_and_maximal():
+    """Greedy nearest-truth matching would give 1 pair here; the optimum gives 2."""
+    truth = np.array([[0.0, 0, 0], [6.0, 0, 0]])
+    picks = np.array([[4.0, 0, 0], [8.5, 0, 0]])  # pick 0 is nearer truth 1, its only rival
+    ip, it = match_points(picks, truth, 4.5)
+    assert _pairs(ip, it) == [(0, 0), (1, 1)]
+    assert len(set(it.tolist())) == len(it)
+
+
+def test_matching_tolerance_and_empty_inputs():
+    truth = np.array([[0.0, 0, 0]])
+    assert len(match_points(np.array([[10.0, 0, 0]]), truth, 9.99)[0]) == 0
+    assert len(match_points(np.array([[0, 6.0, 8.0]]), truth, 10.0)[0]) == 1  # distance 10
+    for a, b in ((np.zeros((0, 3)), truth), (truth, np.zeros((0, 3))),
+                 (np.array([[50.0, 0, 0]]), truth)):
+        ip, it = match_points(a, b, 5.0)
+        assert len(ip) == len(it) == 0
+
+
+def test_evaluate_picking_hand_made_example():
+    # tomogram A: 3 true particles (classes 1, 1, 2), 4 picks: 2 hits, one double, one miss
+    truth = pd.concat([
+        _table("A", [[0, 0, 0], [200, 0, 0], [0, 300, 0]], classes=[1, 1, 2],
+               names=["ribo", "ribo", "prot"]),
+        # tomogram B: 2 true particles (classes 2, 1); 1 pick hits the class-2 one
+        _table("B", [[0, 0, 0], [500, 500, 500]], classes=[2, 1], names=["prot", "ribo"]),
+    ], ignore_index=True)
+    picks = pd.concat([
+        _table("A", [[10, 0, 0], [15, 5, 0], [0, 290, 20], [900, 900, 900]]),
+        # a pick in B at A's particle position must not match across tomograms
+        _table("B", [[5, 5, 5], [200, 0, 0]]),
+    ], ignore_index=True)
+    metrics, annotated = evaluate_picking(picks, truth, tolerance_angst=30.0)
+    m = metrics.set_index(["scope", "name"])
+    # overall: 3 TP of 6 picks and 5 true particles
+    assert m.loc[("all", "all"), "tp"] == 3
+    assert m.loc[("all", "all"), "precision"] == pytest.approx(3 / 6)
+    assert m.loc[("all", "all"), "recall"] == pytest.approx(3 / 5)
+    assert m.loc[("all", "all"), "f1"] == pytest.approx(2 * 3 / (6 + 5))
+    assert m.loc[("tomogram", "A"), "tp"] == 2
+    assert m.loc[("tomogram", "A"), "precision"] == pytest.approx(2 / 4)
+    assert m.loc[("tomogram", "A"), "recall"] == pytest.approx(2 / 3)
+    assert m.loc[("tomogram", "B"), "precision"] == pytest.approx(1 / 2)
+    assert m.loc[("tomogram", "B"), "recall"] == pytest.approx(1 / 2)
+    # per class: recall only (ribo: 1 of 3 found; prot: 2 of 2)
+    assert m.loc[("class", "1:ribo"), "recall"] == pytest.approx(1 / 3)
+    assert m.loc[("class", "2:prot"), "recall"] == pytest.approx(1.0)
+    assert np.isnan(m.loc[("class", "1:ribo"), "precision"])
+    # annotated picks: matched class and distance, 0 / NaN when unmatched
+    assert annotated["tclTruthClass"].tolist() == [1, 0, 2, 0, 2, 0]
+    d = annotated["tclTruthDistanceAngst"].to_numpy()
+    assert d[0] == pytest.approx(10.0)
+    assert d[2] == pytest.approx(np.sqrt(10**2 + 20**2))
+    assert d[4] == pytest.approx(np.sqrt(75))
+    assert np.isnan(d[[1, 3, 5]]).all()
+
+
+def test_evaluate_picking_without_picks():
+    truth = _table("A", [[0, 0, 0]], classes=[1])
+    picks = _table("A", np.zeros((0, 3)))
+    metrics, annotated = evaluate_picking(picks, truth, 30.0)
+    row = metrics.iloc[0]
+    assert row["scope"] == "all" and row["tp"] == 0 and row["recall"] == 0.0
+    assert np.isnan(row["precision"])
+    assert row["f1"] == 0.0
+    assert len(annotated) == 0
+    # class label falls back to the class number without tclTemplateName
+    assert "1:1" in metrics["name"].tolist()
+
+
+def test_within_edge():
+    shape = (20, 30, 40)  # z, y, x voxels; centre (x, y, z) = (20, 15, 10)
+    vs = 10.0
+    vox_x = np.array([2, 3, 36, 37, 20])
+    xyz = np.column_stack([vox_x, np.full(5, 15), np.full(5, 10)])
+    table = _table("T", (xyz - np.array([20, 15, 10])) * vs)
+    other = _table("U", [[0, 0, 0]])  # a tomogram not listed: never kept
+    both = pd.concat([table, other], ignore_index=True)
+    keep = within_edge(both, {"T": shape}, {"T": vs}, {"T": 30.0})
+    np.testing.assert_array_equal(keep, [False, True, True, False, True, False])
+    # the edge applies along z too
+    zt = _table("T", [[0, 0, (2 - 10) * vs], [0, 0, (3 - 10) * vs], [0, 0, (17 - 10) * vs]])
+    np.testing.assert_array_equal(within_edge(zt, {"T": shape}, {"T": vs}, {"T": 30.0}),
+                                  [False, True, False])

@@ -1,0 +1,178 @@
+"""tomoclust.pick: DoG picking of planted particles, NMS, edges, chunking, torch backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DEVICES
+from tomoclust.io import open_mrc, write_mrc
+from tomoclust.pick import DogParams, dog_pick, gaussian_kernel, params_from_angst
+
+SHAPE = (40, 48, 48)
+COLUMNS = ["x", "y", "z", "score", "zscore"]
+
+
+def _blob(centre_zyx, sigma, shape=SHAPE):
+    zz, yy, xx = np.indices(shape, dtype=np.float64)
+    c = centre_zyx
+    r2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
+    return np.exp(-r2 / (2 * sigma**2))
+
+
+def _xyz(df):
+    return df[["x", "y", "z"]].to_numpy()
+
+
+def _near(df, centre_zyx, radius):
+    """Rows of picks within ``radius`` voxels of a zyx position."""
+    d = np.linalg.norm(_xyz(df) - np.asarray(centre_zyx)[::-1], axis=1)
+    return df[d <= radius]
+
+
+@pytest.fixture
+def planted(rng):
+    """Noise (sd 1) with one dark Gaussian particle (σ 3 voxels) at a known place."""
+    centre = (20, 22, 27)
+    vol = rng.standard_normal(SHAPE) - 1.5 * _blob(centre, 3.0)
+    return vol.astype(np.float32), centre
+
+
+def _params(**kw):
+    return params_from_angst(10.0, 40.0, **{"threshold": 3.0, **kw})
+
+
+def test_params_from_angst():
+    p = params_from_angst(10.0, 100.0, sigma_scale=0.5, ratio=1.2, contrast="bright",
+                          threshold=4.0, min_distance_angst=150.0, edge_angst=205.0,
+                          max_count=7, chunk_z=32)
+    assert p.sigma == pytest.approx(5.0)
+    assert p.min_distance == pytest.approx(15.0)
+    assert p.edge == 21  # ceil(20.5)
+    assert (p.ratio, p.contrast, p.threshold, p.max_count, p.chunk_z) == (1.2, "bright", 4.0,
+                                                                          7, 32)
+    assert params_from_angst(10.0, 100.0).min_distance == pytest.approx(10.0)  # = radius
+    assert params_from_angst(10.0, 5.0).sigma == pytest.approx(0.5)  # floor
+    with pytest.raises(ValueError, match="contrast"):
+        params_from_angst(10.0, 100.0, contrast="grey")
+    with pytest.raises(ValueError):
+        params_from_angst(10.0, -1.0)
+    with pytest.raises(ValueError):
+        params_from_angst(0.0, 100.0)
+
+
+def test_gaussian_kernel():
+    k = gaussian_kernel(2.0)
+    assert len(k) == 2 * int(4 * 2.0 + 0.5) + 1
+    assert k.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(k, k[::-1])
+    x = np.arange(len(k)) - len(k) // 2
+    assert (k * x**2).sum() == pytest.approx(4.0, rel=1e-3)  # variance σ²
+
+
+def test_dark_particle_is_picked_at_its_place(planted):
+    vol, centre = planted
+    picks = dog_pick(vol, _params())
+    assert list(picks.columns) == COLUMNS
+    assert len(picks) >= 1
+    # strongest first, and the strongest is the planted particle
+    assert np.all(np.diff(picks["score"].to_numpy()) <= 0)
+    np.testing.assert_allclose(_xyz(picks)[0], np.array(centre)[::-1], atol=1.0)
+    assert picks["zscore"].iloc[0] > 5
+    assert np.all(picks["zscore"] >= 3.0)
+
+
+def test_bright_contrast_is_the_sign_flip(planted):
+    vol, centre = planted
+    dark = dog_pick(vol, _params(contrast="dark"))
+    bright = dog_pick(-vol, _params(contrast="bright"))
+    np.testing.assert_array_equal(_xyz(bright), _xyz(dark))
+    np.testing.assert_allclose(bright["zscore"], dark["zscore"], rtol=1e-5)
+    # looking for dark particles in the flipped volume does not find the (now bright) one
+    wrong = dog_pick(-vol, _params(contrast="dark"))
+    assert len(_near(wrong, centre, 2.0)) == 0
+
+
+def test_min_distance_suppresses_the_weaker_of_two_close_peaks(rng):
+    a, b = (20, 24, 21), (20, 24, 27)  # 6 voxels apart
+    vol = (0.2 * rng.standard_normal(SHAPE) - 2.0 * _blob(a, 1.5)
+           - 1.5 * _blob(b, 1.5)).astype(np.float32)
+    p_close = params_from_angst(10.0, 25.0, threshold=5.0, min_distance_angst=30.0)
+    both = dog_pick(vol, p_close)
+    assert len(_near(both, a, 1.0)) == 1 and len(_near(both, b, 1.0)) == 1
+    p_far = params_from_angst(10.0, 25.0, threshold=5.0, min_distance_angst=100.0)
+    one = dog_pick(vol, p_far)
+    mid = (20, 24, 24)
+    near = _near(one, mid, 8.0)
+    assert len(near) == 1
+    np.testing.assert_allclose(_xyz(near)[0], np.array(a)[::-1], atol=1.0)  # the stronger
+    # no two picks closer than min_distance
+    xyz = _xyz(one)
+    d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
+    assert np.all(d[~np.eye(len(xyz), dtype=bool)] >= 10.0)
+
+
+def test_edge_exclusion(rng):
+    centre = (20, 24, 3)  # 3 voxels from the x = 0 face
+    vol = (rng.standard_normal(SHAPE) - 3.0 * _blob(centre, 2.0)).astype(np.float32)
+    p = params_from_angst(10.0, 30.0, threshold=3.0)
+    assert len(_near(dog_pick(vol, p), centre, 1.0)) == 1
+    p_edge = params_from_angst(10.0, 30.0, threshold=3.0, edge_angst=60.0)
+    picks = dog_pick(vol, p_edge)
+    assert len(_near(picks, centre, 1.5)) == 0
+    xyz = _xyz(picks)
+    assert np.all(xyz >= 6) and np.all(xyz < np.array(SHAPE[::-1]) - 6)
+
+
+def test_max_count_keeps_the_strongest(planted):
+    vol, _ = planted
+    all_picks = dog_pick(vol, _params())
+    assert len(all_picks) > 3
+    top = dog_pick(vol, _params(max_count=3))
+    assert len(top) == 3
+    np.testing.assert_array_equal(_xyz(top), _xyz(all_picks)[:3])
+
+
+@pytest.mark.parametrize("chunk_z", [5, 8, 13])
+def test_chunked_equals_unchunked(planted, chunk_z):
+    vol, _ = planted
+    whole = dog_pick(vol, _params(chunk_z=128))
+    slabs = dog_pick(vol, _params(chunk_z=chunk_z))
+    assert len(slabs) == len(whole)
+    np.testing.assert_array_equal(_xyz(slabs), _xyz(whole))
+    np.testing.assert_allclose(slabs["zscore"], whole["zscore"], rtol=1e-5)
+
+
+def test_picks_from_a_memory_mapped_tomogram(planted, tmp_path):
+    vol, centre = planted
+    path = tmp_path / "tomo.mrc"
+    write_mrc(path, vol, 10.0)
+    in_memory = dog_pick(vol, _params(chunk_z=8))
+    with open_mrc(path) as mrc:
+        mapped = dog_pick(mrc.data, _params(chunk_z=8))
+    np.testing.assert_array_equal(_xyz(mapped), _xyz(in_memory))
+    np.testing.assert_allclose(_xyz(mapped)[0], np.array(centre)[::-1], atol=1.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_backend_matches_numpy(planted, device):
+    vol, centre = planted
+    ref = dog_pick(vol, _params(chunk_z=16))
+    got = dog_pick(vol, _params(chunk_z=16), device=device)
+    assert list(got.columns) == COLUMNS
+    assert len(got) == len(ref)
+    # same picks up to floating-point ties: match each to its nearest numpy pick
+    d = np.linalg.norm(_xyz(got)[:, None] - _xyz(ref)[None], axis=-1)
+    assert d.min(1).max() <= 1.0
+    assert d.min(0).max() <= 1.0
+    np.testing.assert_allclose(_xyz(got)[0], np.array(centre)[::-1], atol=1.0)
+    np.testing.assert_allclose(np.sort(got["zscore"]), np.sort(ref["zscore"]), rtol=1e-3)
+
+
+def test_no_picks_gives_empty_table_with_columns(planted):
+    vol, _ = planted
+    picks = dog_pick(vol, _params(threshold=1e6))
+    assert len(picks) == 0
+    assert list(picks.columns) == COLUMNS
+    # a constant volume has no robust spread: nothing passes
+    flat = dog_pick(np.ones(SHAPE, dtype=np.float32), DogParams(sigma=2.0, threshold=1.0))
+    assert len(flat) == 0 and list(flat.columns) == COLUMNS

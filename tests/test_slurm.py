@@ -1,0 +1,256 @@
+"""The SLURM profile (profiles/slurm), statically and against a real single-node SLURM.
+
+Static checks (always run, < 1 s): the profile's keys are options of the installed Snakemake
+and SLURM plugin, and they survive the workflow profile (profiles/default), which Snakemake
+loads automatically next to ``--profile`` and lets override it.
+
+The real-cluster test (``-m slurm``) runs only when ``CI=true`` or ``TOMOCLUST_SLURM=1``:
+tests/slurm/start_cluster.sh installs Debian's SLURM if needed and starts munged, slurmctld and
+slurmd with one fake GPU; the fixture always stops them again. The tiny workflow
+(tests/slurm/tiny.yaml) is run with exactly the users' command line::
+
+    snakemake --profile profiles/slurm --configfile tiny.yaml
+
+plus ``--verbose`` (to log the sbatch calls), and ``--set-resources pick:gpu=1`` only if no rule
+of the tiny DAG asks for a GPU (so the GPU path is always exercised). Run it with::
+
+    TOMOCLUST_SLURM=1 .venv/bin/python -m pytest -m slurm tests/test_slurm.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "slurm"
+CLUSTER = REPO / "tests" / "slurm"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+# the whole snakemake run; a hang fails after this (SIGINT: snakemake cancels its jobs)
+RUN_LIMIT_S = int(os.environ.get("TOMOCLUST_SLURM_LIMIT", "420"))
+# If the tiny DAG has no rule that asks for a GPU, this one is made to (the GPU path is proven
+# either way; pick falls back to the CPU like every GPU-capable step)
+FALLBACK_GPU_RULE = "pick"
+
+SLURM_ALLOWED = os.environ.get("CI") == "true" or os.environ.get("TOMOCLUST_SLURM") == "1"
+
+
+def _profile() -> dict:
+    return yaml.safe_load((PROFILE / "config.yaml").read_text())
+
+
+def _parse_cli(args: list[str], cwd: Path, monkeypatch):
+    """Snakemake's own argument parsing, profiles included (as `snakemake <args>` in cwd)."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(cwd)
+    return parse_args(args)[1]
+
+
+def _dest(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _value(resource):
+    """A parsed resource's constant value (None for expressions such as `2*input.size_mb`)."""
+    try:
+        return getattr(resource, "value", resource)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------- static
+def test_profile_options_exist(tmp_path, monkeypatch):
+    """Every key of profiles/slurm is an option of this Snakemake + plugin (no typos)."""
+    args = _parse_cli(["--snakefile", str(REPO / "Snakefile"), "--profile", str(PROFILE),
+                       "--workflow-profile", "none", "--dry-run"], tmp_path, monkeypatch)
+    for key in _profile():
+        assert hasattr(args, _dest(key)), f"unknown profile key {key}"
+    assert args.executor == "slurm"
+    assert args.slurm_status_command == "squeue"  # sacct hangs where there is no slurmdbd
+    assert "gpu" not in {k for k, v in args.default_resources.items() if _value(v)}
+
+
+def test_workflow_profile_keeps_slurm_settings(tmp_path, monkeypatch):
+    """`--profile profiles/slurm` also loads profiles/default, whose settings win: it must not
+    undo the cluster settings (keep-going, default-resources such as a site's slurm_account)
+    nor impose a global resource limit (a local `gpu: 1` would run one GPU job at a time on the
+    whole cluster)."""
+    args = _parse_cli(["--snakefile", str(REPO / "Snakefile"), "--profile", str(PROFILE),
+                       "--dry-run"], tmp_path, monkeypatch)
+    prof = _profile()
+    for key, want in prof.items():
+        if isinstance(want, dict):
+            continue
+        got = getattr(args, _dest(key))
+        if isinstance(got, Path):
+            got = str(got)
+        assert got == want, f"{key}: profiles/slurm says {want!r}, effective {got!r}"
+    for name, want in prof.get("default-resources", {}).items():
+        got = _value(args.default_resources.get(name)) if args.default_resources else None
+        assert got == want, f"default-resources {name}: {want!r} in profiles/slurm, got {got!r}"
+    limits = {k: _value(v) for k, v in (args.resources or {}).items()}
+    assert limits == prof.get("resources", {}), f"global resource limits on a cluster: {limits}"
+
+
+# ---------------------------------------------------------------------------- real cluster
+def _run(cmd: list[str], env: dict, timeout: float, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, timeout=timeout, text=True, capture_output=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A running single-node SLURM; its daemons are stopped even if starting it failed."""
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        pytest.skip("needs Debian/Ubuntu (apt-get) or an installed SLURM")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root")
+    state = tmp_path_factory.mktemp("slurm-state")
+    env = {**os.environ, "TOMOCLUST_SLURM_DIR": str(state), "TOMOCLUST_SLURM_TIMEOUT": "60"}
+    env.pop("SLURM_CONF", None)
+    try:
+        res = _run(["bash", str(CLUSTER / "start_cluster.sh")], env, timeout=600)
+        assert res.returncode == 0, f"start_cluster.sh failed:\n{res.stderr[-4000:]}"
+        yield state
+    finally:
+        _run(["bash", str(CLUSTER / "stop_cluster.sh")], env, timeout=120)
+
+
+def _gpu_rules_declared() -> dict[str, int]:
+    """{rule: gpu} for rules in rules/*.smk whose `resources:` ask for a GPU."""
+    out = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        blocks = re.split(r"^(?:rule|checkpoint)\s+(\w+)\s*:", smk.read_text(), flags=re.M)
+        for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
+            m = re.search(r"^\s+resources:\s*\n((?:\s{8,}.*\n)+)", body, flags=re.M)
+            g = re.search(r"\bgpu\s*=\s*(\d+)", m.group(1)) if m else None
+            if g and int(g.group(1)) > 0:
+                out[name] = int(g.group(1))
+    return out
+
+
+def _job_stats(text: str) -> Counter:
+    """The 'Job stats' table snakemake prints before running: {rule: count}."""
+    m = re.search(r"^Job stats:\n.*\n-+\s+-+\n((?:\S+\s+\d+\n)+)", text, flags=re.M)
+    assert m, "no 'Job stats' table in the snakemake output"
+    rows = (line.split() for line in m.group(1).splitlines())
+    return Counter({r: int(n) for r, n in rows if r != "total"})
+
+
+def _sbatch_calls(text: str) -> dict[str, list[str]]:
+    """{rule: [sbatch call without the --wrap payload]} from snakemake --verbose output."""
+    calls = defaultdict(list)
+    for line in text.splitlines():
+        if "sbatch call: sbatch " not in line:
+            continue
+        call = line.split("sbatch call: ", 1)[1].split(" --wrap=", 1)[0]
+        m = re.search(r"--comment '?rule_(\w+?)(?:_wildcards_\S*)?'?(?:\s|$)", call)
+        assert m, f"no rule comment in sbatch call: {call}"
+        calls[m.group(1)].append(call)
+    return calls
+
+
+def _gpus_requested(call: str) -> int:
+    m = re.search(r"--gpus[= ](?:[\w.]+:)?(\d+)", call)
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.skipif(not SLURM_ALLOWED, reason="real SLURM only on CI=true or TOMOCLUST_SLURM=1")
+def test_tiny_workflow_on_slurm(slurm_cluster, tmp_path):
+    state = slurm_cluster
+    cfg = yaml.safe_load((CLUSTER / "tiny.yaml").read_text())
+    cfg["templates"] = {k: str(REPO / v) for k, v in cfg["templates"].items()}
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    # exactly the users' command line (in a scratch directory)
+    users = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+             "--profile", str(PROFILE), "--configfile", str(work / "tiny.yaml")]
+
+    dry = _run([*users, "--dry-run"], env, timeout=120, cwd=work)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    declared_gpu = _gpu_rules_declared()
+    overrides = {}
+    if not set(_job_stats(dry.stdout + dry.stderr)) & set(declared_gpu):
+        overrides = {FALLBACK_GPU_RULE: 1}
+
+    cmd = [
+        # --foreground: SIGINT reaches snakemake only, so its scancel of the jobs is not
+        # interrupted; -k: SIGKILL if it has not stopped a minute later
+        "timeout", "--foreground", "-s", "INT", "-k", "60", str(RUN_LIMIT_S), *users,
+        *(["--set-resources", *(f"{r}:gpu={n}" for r, n in overrides.items())]
+          if overrides else []),
+        "--verbose",  # logs the sbatch calls
+    ]
+    res = _run(cmd, env, timeout=RUN_LIMIT_S + 90, cwd=work)
+    out = res.stdout + res.stderr
+    (tmp_path / "snakemake.log").write_text(out)
+    assert res.returncode != 124, f"snakemake timed out after {RUN_LIMIT_S} s:\n{out[-6000:]}"
+    assert res.returncode == 0, f"snakemake failed ({res.returncode}):\n{out[-6000:]}"
+
+    # the workflow's outputs
+    for rel in ["results/particles/particles.star", "results/particles/particles.mrcs",
+                "results/evaluation/picking/metrics.tsv", "results/evaluation/picking/picking.png",
+                *(f"results/picks/sim{i:02d}.star" for i in range(1, cfg["simulation"]
+                                                                ["n_tomograms"] + 1))]:
+        assert (work / rel).stat().st_size > 0, rel
+
+    # every job except the target rule went through sbatch, once
+    expected = _job_stats(out)
+    expected.pop("all")
+    calls = _sbatch_calls(out)
+    assert Counter({r: len(c) for r, c in calls.items()}) == expected
+
+    # GPU flags exactly where a GPU is asked for (rule definitions + the test's override)
+    want_gpu = {**declared_gpu, **overrides}
+    assert set(want_gpu) & set(calls), "no job asked for a GPU"
+    for rule, rule_calls in calls.items():
+        for call in rule_calls:
+            if want_gpu.get(rule, 0) > 0:
+                assert _gpus_requested(call) == want_gpu[rule], call
+            else:
+                assert "--gpus" not in call and "--gres" not in call, call
+
+    # SLURM's view: the jobs of this run, their rules, states and GPU TRES
+    run_uuid = re.search(r"--job-name '?([\w-]+)", calls[next(iter(calls))][0]).group(1)
+    sq = _run(["squeue", "--states=all", "--noheader", "--name", run_uuid,
+               "-O", "JobID:20,Comment:100,tres-per-job:40,State:20"], env, timeout=30)
+    assert sq.returncode == 0, sq.stderr
+    jobs = {}
+    for line in sq.stdout.splitlines():
+        jobid, comment, tres, st = line.split()
+        rule = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", comment).group(1)
+        jobs[jobid] = rule
+        assert st == "COMPLETED", line
+        assert ("gpu" in tres) == (want_gpu.get(rule, 0) > 0), line
+    assert Counter(jobs.values()) == expected
+
+    # inside the jobs (TaskProlog records): GPU jobs saw a GPU, CPU jobs none
+    seen = defaultdict(list)
+    for line in (state / "task_env.log").read_text().splitlines():
+        jobid, *kv = line.split()
+        seen[jobid].append(dict(x.split("=", 1) for x in kv))
+    for jobid, rule in jobs.items():
+        assert seen[jobid], f"no task environment recorded for job {jobid} ({rule})"
+        if want_gpu.get(rule, 0) > 0:
+            assert any(e["CUDA_VISIBLE_DEVICES"] != "unset" for e in seen[jobid]), seen[jobid]
+        else:
+            assert all(e["SLURM_JOB_GPUS"] == "unset" for e in seen[jobid]), seen[jobid]
+
+    # GPU jobs ran (device: auto) although the fake GPU is /dev/null: they fell back to the CPU
+    # (their success above); pick says so in its log
+    for log in sorted((work / "logs" / "pick").glob("*.log")):
+        assert re.search(r"backend (numpy|torch/cpu)", log.read_text()), log.read_text()
