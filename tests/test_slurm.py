@@ -81,25 +81,30 @@ def test_profile_options_exist(tmp_path, monkeypatch):
 
 
 def test_workflow_profile_keeps_slurm_settings(tmp_path, monkeypatch):
-    """`--profile profiles/slurm` also loads profiles/default, whose settings win: it must not
-    undo the cluster settings (keep-going, default-resources such as a site's slurm_account)
-    nor impose a global resource limit (a local `gpu: 1` would run one GPU job at a time on the
-    whole cluster)."""
+    """`--profile profiles/slurm` also loads profiles/default (the workflow profile), whose
+    settings win. It must not undo the cluster settings (keep-going, default-resources such as a
+    site's slurm_account) nor impose a global resource limit: a local `resources: gpu: 1` would
+    let one GPU job at a time run on the whole cluster."""
     args = _parse_cli(["--snakefile", str(REPO / "Snakefile"), "--profile", str(PROFILE),
                        "--dry-run"], tmp_path, monkeypatch)
     prof = _profile()
+    problems = []
     for key, want in prof.items():
         if isinstance(want, dict):
             continue
         got = getattr(args, _dest(key))
-        if isinstance(got, Path):
-            got = str(got)
-        assert got == want, f"{key}: profiles/slurm says {want!r}, effective {got!r}"
+        got = str(got) if isinstance(got, Path) else got
+        if got != want:
+            problems.append(f"{key}: {want!r} in profiles/slurm, effective {got!r}")
     for name, want in prof.get("default-resources", {}).items():
-        got = _value(args.default_resources.get(name)) if args.default_resources else None
-        assert got == want, f"default-resources {name}: {want!r} in profiles/slurm, got {got!r}"
+        got = _value((args.default_resources or {}).get(name))
+        if got != want:
+            problems.append(f"default-resources {name}: {want!r} in profiles/slurm, "
+                            f"effective {got!r}")
     limits = {k: _value(v) for k, v in (args.resources or {}).items()}
-    assert limits == prof.get("resources", {}), f"global resource limits on a cluster: {limits}"
+    if limits != prof.get("resources", {}):
+        problems.append(f"global resource limits on the cluster: {limits}")
+    assert not problems, "profiles/default overrides profiles/slurm:\n" + "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------- real cluster
@@ -108,15 +113,17 @@ def _run(cmd: list[str], env: dict, timeout: float, **kw) -> subprocess.Complete
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster():
     """A running single-node SLURM; its daemons are stopped even if starting it failed."""
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("needs Debian/Ubuntu (apt-get) or an installed SLURM")
     if os.geteuid() != 0:
         pytest.skip("the test cluster runs its daemons as root")
-    state = tmp_path_factory.mktemp("slurm-state")
+    state = Path(os.environ.get("TOMOCLUST_SLURM_DIR", "/tmp/tomoclust-slurm"))
     env = {**os.environ, "TOMOCLUST_SLURM_DIR": str(state), "TOMOCLUST_SLURM_TIMEOUT": "60"}
     env.pop("SLURM_CONF", None)
+    # daemons left by a test run that was killed before its teardown (their recorded PIDs only)
+    _run(["bash", str(CLUSTER / "stop_cluster.sh")], env, timeout=120)
     try:
         res = _run(["bash", str(CLUSTER / "start_cluster.sh")], env, timeout=600)
         assert res.returncode == 0, f"start_cluster.sh failed:\n{res.stderr[-4000:]}"

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from . import TomoclustError
 from .augment import AUGMENT_MODES, augment, wedge_mask_torch
 from .cluster import compact_labels, gmm_bic, reduce_features
 from .nn import Yopo, YopoConfig
@@ -187,6 +188,10 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
     rng = np.random.default_rng(params.seed)
     cfg = params.network()
     model = Yopo(cfg, n_classes=2).to(device)
+    if d < model.min_box():
+        raise TomoclustError(f"a {d}-voxel box is too small for this YOPO network ({cfg.blocks} "
+                         f"blocks, input binning {cfg.input_binning}: at least "
+                         f"{model.min_box()} voxels); use a smaller preset or fewer blocks")
     opt = torch.optim.NAdam(model.parameters(), lr=params.lr)
     wedge = wedge_mask_torch(d, params.tilt_min, params.tilt_max, device)
     k_values = list(range(params.k_min, params.k_max + 1))

@@ -86,6 +86,10 @@ class Yopo(nn.Module):
     def n_classes(self) -> int:
         return self.head.out_features
 
+    def min_box(self) -> int:
+        """Smallest input side: each valid 3³ convolution trims 2 voxels after binning."""
+        return self.cfg.input_binning * (2 * self.cfg.blocks + 1)
+
     def new_head(self, n_classes: int) -> None:
         """Replace the classification head (when the number of clusters changes)."""
         dev = self.embed.weight.device

@@ -22,6 +22,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from . import TomoclustError
+
 log = logging.getLogger(__name__)
 
 _MAD_TO_SIGMA = 1.4826
@@ -91,8 +93,12 @@ def _dog_numpy(vol: np.ndarray, p: DogParams) -> tuple[np.ndarray, np.ndarray]:
 
 def _dog_torch(vol: np.ndarray, p: DogParams, device: str) -> tuple[np.ndarray, np.ndarray]:
     """Score map and local-maximum mask for one slab (torch, any device)."""
-    import torch
-    import torch.nn.functional as F
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        raise TomoclustError("the torch backend of DoG picking needs PyTorch, which is not "
+                             "installed in this step's environment") from None
 
     v = torch.as_tensor(np.ascontiguousarray(vol, dtype=np.float32), device=device)[None, None]
 

@@ -60,8 +60,12 @@ for daemon in slurmctld slurmd; do
         die "a $daemon is already running on this machine; stop it first (stop_cluster.sh)"
     fi
 done
+if [ -d "$STATE" ] && [ -n "$(ls -A "$STATE")" ] && [ ! -f "$STATE/.tomoclust-slurm" ]; then
+    die "$STATE is not empty and not a test-cluster directory; set TOMOCLUST_SLURM_DIR"
+fi
 rm -rf "$STATE"
 mkdir -p "$STATE/spool" "$STATE/ctld"
+touch "$STATE/.tomoclust-slurm"
 chmod 755 "$STATE"
 : >"$STATE/pids"
 : >"$STATE/task_env.log"

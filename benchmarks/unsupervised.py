@@ -1,0 +1,181 @@
+"""Unsupervised accuracy benchmark: the published protocol (Zeng et al.; Uddin et al.).
+
+5 classes × ``--per-class`` subtomograms (default 1000), 32³ at 12 Å, tilt ±60°, 3D CTF,
+noise in the aitom SNR convention at the nominal SNRs 100, 0.1, 0.05, 0.03, 0.01; every
+method's features clustered with K fixed (5, GMM) and automatic (GMM + BIC over 2..10);
+accuracy after Hungarian matching, ARI, NMI, V-measure; mean ± std over seeds; wall time and
+device. Each finished run is appended to the JSON at once, so an interrupted benchmark keeps
+what it measured; ``--resume`` skips runs already there.
+
+    .venv/bin/python benchmarks/unsupervised.py --out benchmarks/results/unsupervised.json
+    .venv/bin/python benchmarks/unsupervised.py --methods disca --per-class 200 --seeds 0 \\
+        --out benchmarks/results/unsupervised_disca_reduced.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import DEMO_CLASSES, REPO, fmt, log, machine_info, machine_line, md_table
+from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
+from tomoclust.cluster import cluster_features
+from tomoclust.density import template_density
+from tomoclust.disca import DiscaParams, run_disca
+from tomoclust.invariants import shell_spectra
+from tomoclust.metrics import clustering_metrics
+from tomoclust.simulate import Template, simulate_subtomograms
+
+PUBLISHED = {  # Uddin et al. table (accuracy, 5 classes, aitom SNR convention)
+    "DISCA (published)": {100: 0.912, 0.1: 0.814, 0.05: 0.806, 0.03: 0.781, 0.01: 0.560},
+    "autoencoder + k-means (published)": {100: 0.215, 0.1: 0.214, 0.05: 0.212, 0.03: 0.203,
+                                          0.01: 0.20},
+}
+TARGET = {100: 0.99, 0.1: 0.95, 0.05: 0.93, 0.03: 0.90, 0.01: 0.70}
+
+
+def features_for(method: str, stack: np.ndarray, seed: int, device: str, args) -> np.ndarray:
+    if method == "invariant":
+        return shell_spectra(stack, 6, 1.0, device=device)
+    if method == "disca":
+        p = DiscaParams(preset=args.disca_preset, iterations=args.disca_iterations, k_max=10,
+                        seed=seed)
+        return run_disca(stack, p, device).features
+    if method == "autoencoder":
+        p = AutoencoderParams(epochs=args.ae_epochs, channels=args.ae_channels, seed=seed)
+        return run_autoencoder(stack, p, device).features
+    raise ValueError(method)
+
+
+def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device: str) -> dict:
+    truth = data.truth["rlnClassNumber"].to_numpy()
+    t0 = time.perf_counter()
+    feats = features_for(method, data.stack, seed, device, args)
+    t_feat = time.perf_counter() - t0
+    out = {"method": method, "snr": snr, "seed": seed, "n": len(truth),
+           "snr_measured": data.info["snr_measured"], "device": device,
+           "seconds_features": t_feat, "seconds_simulation": t_sim}
+    for mode, k in (("fixed", 5), ("auto", None)):
+        t0 = time.perf_counter()
+        c = cluster_features(feats, "gmm", k=k, k_min=2, k_max=10, seed=seed,
+                             stability_seeds=0)
+        m = clustering_metrics(truth, c.labels)
+        out[mode] = {**m, "k": c.k, "seconds_clustering": time.perf_counter() - t0}
+    log(f"{method} SNR {snr} seed {seed}: fixed acc {out['fixed']['accuracy']:.3f}, "
+        f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f} ({t_feat:.0f} s)")
+    return out
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    rows = []
+    keys = sorted({(r["method"], r["snr"]) for r in runs}, key=lambda t: (t[0], -t[1]))
+    for method, snr in keys:
+        rs = [r for r in runs if r["method"] == method and r["snr"] == snr]
+        row = {"method": method, "snr": snr, "n_seeds": len(rs), "n": rs[0]["n"],
+               "snr_measured": float(np.mean([r["snr_measured"] for r in rs])),
+               "seconds": float(np.mean([r["seconds_features"] for r in rs])),
+               "device": rs[0]["device"]}
+        for mode in ("fixed", "auto"):
+            for key in ("accuracy", "ari", "nmi", "v_measure"):
+                v = [r[mode][key] for r in rs]
+                row[f"{mode}_{key}"] = (float(np.mean(v)), float(np.std(v)))
+            row[f"{mode}_k"] = [r[mode]["k"] for r in rs]
+        rows.append(row)
+    return rows
+
+
+def render(payload: dict) -> str:
+    rows = summarise(payload["runs"])
+    snrs = sorted({r["snr"] for r in rows}, reverse=True)
+    pm = lambda t: f"{t[0]:.3f} ± {t[1]:.3f}"  # noqa: E731
+    md = [f"Machine: {machine_line(payload['machine'])}\n",
+          f"Command: `{payload['command']}`\n"]
+    md.append("### Accuracy (Hungarian), K fixed = 5 | automatic K (BIC, 2..10)\n")
+    header = ["method", "n/class", "seeds"] + [f"SNR {s:g}" for s in snrs]
+    table = []
+    for method in sorted({r["method"] for r in rows}):
+        for mode in ("fixed", "auto"):
+            cells = [f"{method} ({'K=5' if mode == 'fixed' else 'auto K'})",
+                     payload["args"]["per_class"], ""]
+            for s in snrs:
+                r = next((x for x in rows if x["method"] == method and x["snr"] == s), None)
+                if r is None:
+                    cells.append("–")
+                    continue
+                cells[2] = r["n_seeds"]
+                txt = pm(r[f"{mode}_accuracy"])
+                if mode == "auto":
+                    txt += f" (K={','.join(map(str, r['auto_k']))})"
+                cells.append(txt)
+            table.append(cells)
+    for name, vals in PUBLISHED.items():
+        table.append([name, 1000, "", *[fmt(vals.get(s)) for s in snrs]])
+    table.append(["target (BENCHMARKS.md)", "", "", *[fmt(TARGET.get(s)) for s in snrs]])
+    md.append(md_table(header, table))
+    md.append("\n### All metrics (mean ± std over seeds)\n")
+    header = ["method", "SNR", "measured SNR", "K", "acc", "ARI", "NMI", "V", "s/run (features)",
+              "device"]
+    t2 = []
+    for r in rows:
+        for mode in ("fixed", "auto"):
+            t2.append([r["method"], f"{r['snr']:g}", f"{r['snr_measured']:.4f}",
+                       "5" if mode == "fixed" else ",".join(map(str, r["auto_k"])),
+                       pm(r[f"{mode}_accuracy"]), pm(r[f"{mode}_ari"]), pm(r[f"{mode}_nmi"]),
+                       pm(r[f"{mode}_v_measure"]), f"{r['seconds']:.1f}", r["device"]])
+    md.append(md_table(header, t2))
+    return "\n".join(md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="+", default=["invariant"],
+                    choices=["invariant", "disca", "autoencoder"])
+    ap.add_argument("--snrs", nargs="+", type=float, default=[100, 0.1, 0.05, 0.03, 0.01])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--per-class", type=int, default=1000)
+    ap.add_argument("--disca-preset", default="light")
+    ap.add_argument("--disca-iterations", type=int, default=5)
+    ap.add_argument("--ae-epochs", type=int, default=5)
+    ap.add_argument("--ae-channels", type=int, default=8)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/unsupervised.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else args.device
+    out = Path(args.out)
+    payload = {"machine": machine_info(), "args": vars(args),
+               "command": "benchmarks/unsupervised.py " + " ".join(
+                   f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                   for k, v in vars(args).items() if k not in ("resume", "out", "threads")),
+               "runs": []}
+    if args.resume and out.exists():
+        payload["runs"] = json.loads(out.read_text())["runs"]
+    done = {(r["method"], r["snr"], r["seed"]) for r in payload["runs"]}
+    templates = [Template(name, i + 1, template_density(REPO / path, 12.0, box=32))
+                 for i, (name, path) in enumerate(DEMO_CLASSES.items())]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for snr in args.snrs:
+            todo = [m for m in args.methods if (m, snr, seed) not in done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            data = simulate_subtomograms(templates, args.per_class, 32, 12.0, snr, "aitom",
+                                         seed=seed)
+            t_sim = time.perf_counter() - t0
+            for method in todo:
+                payload["runs"].append(run_one(method, snr, seed, data, t_sim, args, device))
+                out.write_text(json.dumps(payload, indent=2) + "\n")
+                out.with_suffix(".md").write_text(render(payload))
+    log(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
