@@ -43,6 +43,7 @@ MODULE_TO_CONDA: dict[str, tuple[str, ...]] = {
     "gemmi": ("gemmi",),
     "skimage": ("scikit-image",),
     "sklearn": ("scikit-learn",),
+    "threadpoolctl": ("threadpoolctl",),
     "yaml": ("pyyaml",),
     "torch": ("pytorch",),
     "matplotlib": ("matplotlib-base", "matplotlib"),

@@ -68,7 +68,7 @@ def run_autoencoder(stack: np.ndarray, params: AutoencoderParams, device,
             loss = F.mse_loss(recon, x) + params.l1_activity * code.abs().mean()
             loss.backward()
             opt.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
             cnt += len(idx)
         history.append({"epoch": ep, "loss": tot / max(cnt, 1), "seconds": time.time() - t0})
         log.info("autoencoder epoch %d: loss %.4f (%.1f s)", ep, history[-1]["loss"],
@@ -80,6 +80,7 @@ def run_autoencoder(stack: np.ndarray, params: AutoencoderParams, device,
                              "history": history})
         if on_epoch is not None:
             on_epoch(ep)
+    write_history(history_path, history)  # also when a resumed run had nothing left to do
     model.eval()
     feats = infer(model.encode, stack, device)
     return AutoencoderResult(feats, model.state_dict(), pd.DataFrame(history))

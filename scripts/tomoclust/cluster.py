@@ -18,6 +18,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ def gmm_bic(z: np.ndarray, k_values: list[int], n_init: int = 3, seed: int = 0,
     With ``warm_labels`` (0-based), a mixture with that many components is also fitted
     starting from those labels' means, and competes on BIC (DISCA's warm-started refit).
     """
+    # mixtures of a few dimensions are far faster on one BLAS thread than on several
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _gmm_bic(z, k_values, n_init, seed, reg_covar, warm_labels)
+
+
+def _gmm_bic(z, k_values, n_init, seed, reg_covar, warm_labels):
     rows, best, best_bic = [], None, np.inf
     n = len(z)
     candidates = [(k, None) for k in k_values if 1 <= k < n]
@@ -91,6 +98,11 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
         Extra seeds for the stability check (0 to skip).
     """
     z = reduce_features(features, pca_components, seed)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds)
+
+
+def _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds) -> ClusterResult:
     n = len(z)
     if n < 2:
         raise ValueError(f"cannot cluster {n} particle(s)")

@@ -206,27 +206,30 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
         opt.load_state_dict(state["optimizer"])
         set_rng_state(rng, state["rng"])
         start = int(state["iteration"]) + 1
-        prev = state["labels"].numpy() if state["labels"] is not None else None
+        prev = state["labels"].cpu().numpy() if state["labels"] is not None else None
         history = list(state["history"])
-        best = {k: (v.numpy() if isinstance(v, torch.Tensor) and k != "state_dict" else v)
+        best = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) and k != "state_dict" else v)
                 for k, v in state["best"].items()}
         log.info("resuming DISCA from checkpoint after iteration %d", start - 1)
 
     if params.init not in ("invariant", "random"):
         raise ValueError(f"unknown DISCA init {params.init!r} (invariant or random)")
+    if params.init == "invariant":
+        from .invariants import shell_spectra
+
+        inv = shell_spectra(stack, params.invariant_l_max, params.invariant_lowpass,
+                            device=device)
+        z_inv = reduce_features(inv, params.pca_components, params.seed)
     n_passes = params.iterations + (1 if params.init == "invariant" else 0)
     for it in range(start, n_passes):
         t0 = time.time()
         model.eval()
         from_invariants = it == 0 and params.init == "invariant"
         if from_invariants:
-            from .invariants import shell_spectra
-
-            feats = shell_spectra(stack, params.invariant_l_max, params.invariant_lowpass,
-                                  device=device)
+            feats, z = inv, z_inv
         else:
             feats = infer(model.features, stack, device)
-        z = reduce_features(feats, params.pca_components, params.seed)
+            z = reduce_features(feats, params.pca_components, params.seed)
         gm, bic = gmm_bic(z, k_values, n_init=params.gmm_n_init, seed=params.seed + it,
                           warm_labels=prev)
         post = gm.predict_proba(z)
@@ -290,6 +293,7 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
         if converged:
             log.info("converged: %.3f%% of labels unchanged", 100 * (1 - changed))
             break
+    write_history(history_path, history)  # also when a resumed run had nothing left to do
     return DiscaResult(
         features=np.asarray(best["features"], dtype=np.float32),
         labels=np.asarray(best["labels"]) + 1,

@@ -99,7 +99,9 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 
 def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = json.loads(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    # a checkpoint loaded with map_location="cuda" brings this tensor to the GPU, but
+    # torch.set_rng_state takes only a CPU ByteTensor
+    torch.set_rng_state(state["torch"].cpu())
 
 
 def write_history(path: str | Path | None, rows: list[dict]) -> None:

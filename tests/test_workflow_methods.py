@@ -1,0 +1,172 @@
+"""End to end with every feature method: invariant, DISCA and the autoencoder on the tiny
+simulation, the shared clustering, the classification evaluation; rerun triggers of the
+method and clustering settings; the DISCA checkpoint seen from the workflow; lint.
+
+The run (tests/data/tiny_methods.yaml) takes about a minute on 2 busy cores; the dry runs
+after it reuse its working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from test_workflow import SNAKEMAKE, _job_stats, _output, _snakemake
+from tomoclust.io import read_star
+
+pytestmark = pytest.mark.slow
+
+METHODS = ["invariant", "disca", "autoencoder"]
+UPSTREAM = {"simulate_tomogram", "template_density", "gather_truth", "ingest", "pick",
+            "extract", "gather_particles", "evaluate_picking"}
+
+
+def _write_config(repo: Path, path: Path, **changes) -> Path:
+    """tests/data/tiny_methods.yaml with absolute template paths and ``section__key=value``
+    changes."""
+    cfg = yaml.safe_load((repo / "tests" / "data" / "tiny_methods.yaml").read_text())
+    cfg["templates"] = {k: str(repo / v) for k, v in cfg["templates"].items()}
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        cfg[section][key] = value
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def methods_run(tmp_path_factory, repo):
+    workdir = tmp_path_factory.mktemp("tiny_methods")
+    config = _write_config(repo, workdir / "tiny_methods.yaml")
+    proc = _snakemake(repo, workdir, "--configfile", str(config), timeout=600)
+    assert proc.returncode == 0, _output(proc)[-5000:]
+    return workdir
+
+
+def _dry_run_jobs(repo: Path, workdir: Path, name: str, **changes) -> dict[str, int]:
+    cfg = _write_config(repo, workdir / name, **changes)
+    proc = _snakemake(repo, workdir, "-n", "--configfile", str(cfg))
+    assert proc.returncode == 0, _output(proc)
+    return _job_stats(_output(proc))
+
+
+def test_features_clusters_and_evaluation(methods_run):
+    res = methods_run / "results"
+    particles = read_star(res / "particles" / "particles.star")
+    n = len(particles)
+    assert n >= 10
+    for method in METHODS:
+        feats = np.load(res / "features" / method / "features.npy")
+        assert feats.shape[0] == n and feats.ndim == 2 and feats.dtype == np.float32
+        assert np.all(np.isfinite(feats))
+        info = json.loads((res / "features" / method / "info.json").read_text())
+        assert info["device"] == "cpu"
+
+        clusters = read_star(res / "cluster" / method / "clusters.star")
+        assert len(clusters) == n
+        assert clusters["rlnImageName"].tolist() == particles["rlnImageName"].tolist()
+        labels = clusters["rlnClassNumber"].to_numpy()
+        k = int(labels.max())
+        assert 2 <= k <= 4  # clustering.k_min .. k_max
+        assert sorted(set(labels)) == list(range(1, k + 1))  # 1-based, no gaps
+        prob = clusters["tclClassProbability"].to_numpy(dtype=float)
+        assert np.all((prob > 0) & (prob <= 1 + 1e-9))
+        summary = json.loads((res / "cluster" / method / "summary.json").read_text())
+        assert summary["k"] == k and sum(summary["class_sizes"]) == n
+        bic = pd.read_csv(res / "cluster" / method / "bic.tsv", sep="\t")
+        assert set(bic["k"]) >= {2, 3, 4}
+        assert (res / "cluster" / method / "bic.png").stat().st_size > 0
+
+        m = pd.read_csv(res / "evaluation" / method / "metrics.tsv", sep="\t")
+        assert len(m) == 1 and m["method"].iloc[0] == method
+        assert m["n_classes"].iloc[0] == 2  # two templates
+        assert m["n"].iloc[0] + m["n_unmatched_picks"].iloc[0] == n
+        assert 0 <= m["accuracy"].iloc[0] <= 1
+        for name in ["confusion.tsv", "confusion.png", "embedding.png"]:
+            assert (res / "evaluation" / method / name).stat().st_size > 0
+
+    table = pd.read_csv(res / "evaluation" / "classification.tsv", sep="\t")
+    assert table["method"].tolist() == METHODS
+    # proteasome vs apoferritin at SNR 0.5: the rotation-invariant spectra tell them apart
+    inv = table.set_index("method").loc["invariant"]
+    assert inv["accuracy"] >= 0.85, table.to_string()
+
+    # DISCA's own outputs: labels, history (invariant init + 2 iterations at most), weights
+    dl = read_star(res / "features" / "disca" / "labels.star")
+    assert len(dl) == n and dl["rlnClassNumber"].min() == 1
+    hist = pd.read_csv(res / "features" / "disca" / "history.tsv", sep="\t")
+    assert hist["iteration"].tolist() == list(range(len(hist))) and 2 <= len(hist) <= 3
+    assert hist["features"].iloc[0] == "invariant"
+    state = torch.load(res / "features" / "disca" / "model.pt", weights_only=True)
+    assert state["embed.weight"].shape[0] == 16  # the 'tiny' preset's feature_dim
+    ae = pd.read_csv(res / "features" / "autoencoder" / "history.tsv", sep="\t")
+    assert ae["epoch"].tolist() == [0, 1]
+    assert np.load(res / "features" / "autoencoder" / "features.npy").shape == (n, 8)
+    assert not list(res.rglob("*.part"))
+
+
+def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
+    proc = _snakemake(repo, methods_run, "-n", "--configfile",
+                      str(methods_run / "tiny_methods.yaml"))
+    assert proc.returncode == 0, _output(proc)
+    assert "Nothing to be done" in _output(proc), _output(proc)
+
+
+@pytest.mark.parametrize("change", [{"clustering__k_max": 3},
+                                    {"clustering__algorithm": "kmeans", "clustering__k": 2}],
+                         ids=["k_max", "kmeans"])
+def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, change):
+    jobs = _dry_run_jobs(repo, methods_run, "clustering.yaml", **change)
+    assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
+                    "all": 1}, jobs
+    assert not {"features_invariant", "features_disca", "features_autoencoder"} & set(jobs)
+    assert not UPSTREAM & set(jobs)
+
+
+def test_disca_change_reruns_only_disca(methods_run, repo):
+    jobs = _dry_run_jobs(repo, methods_run, "disca.yaml", disca__iterations=3)
+    # one cluster / evaluate_classification job: DISCA's, not the other methods'
+    assert jobs == {"features_disca": 1, "cluster": 1, "evaluate_classification": 1,
+                    "summarise_classification": 1, "all": 1}, jobs
+
+
+def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
+    jobs = _dry_run_jobs(repo, methods_run, "ae.yaml", autoencoder__epochs=3)
+    assert jobs == {"features_autoencoder": 1, "cluster": 1, "evaluate_classification": 1,
+                    "summarise_classification": 1, "all": 1}, jobs
+
+
+def test_forced_disca_job_resumes_from_its_checkpoint(methods_run, repo):
+    """The checkpoint lives outside the job's outputs, so a rerun of the same settings on the
+    same particles (after a kill, or forced) picks it up instead of training again."""
+    res = methods_run / "results"
+    assert (res / "checkpoints" / "disca.pt").is_file()
+    assert (res / "checkpoints" / "autoencoder.pt").is_file()
+    before = np.load(res / "features" / "disca" / "features.npy")
+    config = str(methods_run / "tiny_methods.yaml")
+    proc = _snakemake(repo, methods_run, "--configfile", config, "--forcerun",
+                      "features_disca", "--until", "features_disca")
+    try:
+        assert proc.returncode == 0, _output(proc)[-5000:]
+        log = (methods_run / "logs" / "features" / "disca.log").read_text()
+        assert "resuming DISCA from checkpoint" in log, log
+        np.testing.assert_array_equal(np.load(res / "features" / "disca" / "features.npy"),
+                                      before)
+    finally:  # leave the working directory up to date for the other tests
+        touch = _snakemake(repo, methods_run, "--configfile", config, "--touch")
+        assert touch.returncode == 0, _output(touch)
+    proc = _snakemake(repo, methods_run, "-n", "--configfile", config)
+    assert "Nothing to be done" in _output(proc), _output(proc)
+
+
+def test_lint_is_clean_with_every_method(repo, tmp_path):
+    config = _write_config(repo, tmp_path / "tiny_methods.yaml")
+    proc = subprocess.run([str(SNAKEMAKE), "--lint", "--configfile", str(config)], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, _output(proc)
+    assert "Congratulations" in _output(proc) or "good condition" in _output(proc), _output(proc)
