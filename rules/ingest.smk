@@ -11,7 +11,6 @@ rule ingest:
     params:
         working_voxel_size=config["ingest"]["voxel_size"],
         voxel_size_override=sheet_voxel_size,
-        min_size_angst=config["extraction"]["box"] * config["extraction"]["voxel_size"],
     resources:
         mem_mb=8000,
         runtime=30,

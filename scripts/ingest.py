@@ -7,10 +7,13 @@ from tomoclust.logs import log, run_rule
 
 def main(smk) -> None:
     p = smk.params
+    # The box only decides whether the tomogram is usable, not what ingest writes, so it is
+    # read from the config rather than a param: changing the box must not re-ingest.
+    ext = smk.config["extraction"]
     res = ingest_tomogram(
         smk.input[0], working_voxel_size=p.working_voxel_size,
-        voxel_size_override=p.voxel_size_override, min_size_angst=p.min_size_angst,
-        name=smk.wildcards.tomo,
+        voxel_size_override=p.voxel_size_override,
+        min_size_angst=float(ext["box"]) * float(ext["voxel_size"]), name=smk.wildcards.tomo,
     )
     log.info("%s: %s -> %s (z, y, x) at %.4g Å", smk.wildcards.tomo, res.info["shape_in_zyx"],
              res.info["shape_out_zyx"], res.voxel_size)

@@ -138,10 +138,6 @@ def test_box_change_reruns_extraction_and_not_simulation(tiny_run, repo):
     assert not {"template_density", "simulate_tomogram", "gather_truth"} & set(jobs), jobs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rules/ingest.smk passes min_size_angst = extraction.box * extraction.voxel_size as a "
-    "param, so a new box re-ingests every tomogram (params trigger) although the ingested "
-    "tomogram does not depend on it"))
 def test_box_change_does_not_reingest(tiny_run, repo):
     cfg = _write_config(repo, tiny_run / "box.yaml", extraction__box=20)
     proc = _snakemake(repo, tiny_run, "-n", "--configfile", str(cfg))
