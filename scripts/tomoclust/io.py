@@ -203,7 +203,7 @@ class StackWriter:
 
     def close(self) -> None:
         if self._mrc is not None:
-            self._mrc.update_header_stats()
+            _header_stats_chunked(self._mrc)
             self._mrc.close()
         self._ctx.__exit__(None, None, None)
 
@@ -221,6 +221,26 @@ class StackWriter:
             self.close()
         else:
             self.abort(exc)
+
+
+def _header_stats_chunked(mrc: mrcfile.mrcfile.MrcFile, chunk: int = 256) -> None:
+    """Set dmin/dmax/dmean/rms like mrcfile's ``update_header_stats``, chunk by chunk.
+
+    mrcfile computes the standard deviation over the whole mapped array at once, which
+    allocates a temporary as large as the stack; here memory stays bounded by ``chunk``.
+    """
+    data = mrc.data
+    n = data.shape[0]
+    lo, hi, total, total_sq, count = np.inf, -np.inf, 0.0, 0.0, 0
+    for a in range(0, n, chunk):
+        block = np.asarray(data[a:a + chunk], dtype=np.float64)
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        total += float(block.sum())
+        total_sq += float(np.square(block).sum())
+        count += block.size
+    mean = total / count
+    mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
+    mrc.header.rms = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
 def open_stack(path: PathLike) -> tuple[np.ndarray, float]:

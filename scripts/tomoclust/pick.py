@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.fft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -73,20 +74,46 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
     return k / k.sum()
 
 
-def _dog_numpy(vol: np.ndarray, p: DogParams) -> tuple[np.ndarray, np.ndarray]:
-    """Score map and local-maximum mask for one slab (numpy / scipy)."""
+def _kernel_transfer(n: int, sigma: float, rfft: bool = False) -> np.ndarray:
+    """DFT (length ``n``) of the truncated kernel of :func:`gaussian_kernel`, centred at 0.
+
+    The kernel is symmetric, so its transform is real. Multiplying by it is exactly the
+    circular correlation with that kernel.
+    """
+    k = gaussian_kernel(sigma)
+    r = (len(k) - 1) // 2
+    h = np.zeros(n)
+    h[: r + 1] = k[r:]
+    h[n - r:] = k[:r]
+    return (np.fft.rfft(h) if rfft else np.fft.fft(h)).real.astype(np.float32)
+
+
+def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Score map and local-maximum mask for one slab (numpy / scipy).
+
+    The two Gaussian blurs are one multiplication in Fourier space by the difference of the
+    truncated kernels' transforms; padding the slab by the kernel radius with its edge values
+    makes this identical to separable correlation in "nearest" mode (the torch backend), to
+    floating-point rounding, at a fraction of the cost.
+    """
     v = np.asarray(vol, dtype=np.float32)
+    r = int(4.0 * p.sigma * p.ratio + 0.5)
+    shp = [scipy.fft.next_fast_len(n + 2 * r, real=True) for n in v.shape]
+    vp = np.pad(v, [(r, n - s - r) for n, s in zip(shp, v.shape, strict=True)], mode="edge")
+    spec = scipy.fft.rfftn(vp, workers=workers, overwrite_x=True)
+    del vp
 
-    def blur(sigma: float) -> np.ndarray:
-        k = gaussian_kernel(sigma).astype(np.float32)
-        out = v
-        for ax in range(3):
-            out = ndimage.correlate1d(out, k, axis=ax, mode="nearest")
-        return out
+    def transfer(sigma: float) -> np.ndarray:
+        return (_kernel_transfer(shp[0], sigma)[:, None, None]
+                * _kernel_transfer(shp[1], sigma)[None, :, None]
+                * _kernel_transfer(shp[2], sigma, rfft=True)[None, None, :])
 
-    s = blur(p.sigma) - blur(p.sigma * p.ratio)
-    if p.contrast == "dark":
-        s = -s
+    sign = -1.0 if p.contrast == "dark" else 1.0
+    spec *= sign * (transfer(p.sigma) - transfer(p.sigma * p.ratio))
+    full = scipy.fft.irfftn(spec, s=shp, workers=workers, overwrite_x=True)
+    s = np.ascontiguousarray(full[r:r + v.shape[0], r:r + v.shape[1], r:r + v.shape[2]],
+                             dtype=np.float32)
     peaks = s == ndimage.maximum_filter(s, size=3, mode="nearest")
     return s, peaks
 
@@ -167,11 +194,12 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
     reach = int(np.ceil(4 * p.sigma * p.ratio)) + 2  # blur support + local-max neighbourhood
     step = max(int(p.chunk_z), 1)
     rng = np.random.default_rng(seed)
-    cand_c, cand_s, samples = [], [], []
+    cand_c, cand_s, samples, scale = [], [], [], 0.0
     for z0 in range(0, nz, step):
         z1 = min(z0 + step, nz)
         a, b = max(z0 - reach, 0), min(z1 + reach, nz)
         slab = np.asarray(volume[a:b], dtype=np.float32)
+        scale = max(scale, float(np.abs(slab).max()))
         s, peaks = _dog_numpy(slab, p) if device is None else _dog_torch(slab, p, device)
         core = s[z0 - a:z1 - a]
         flat = core.ravel()
@@ -184,6 +212,8 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
     allsamp = np.concatenate(samples)
     med = float(np.median(allsamp))
     mad = float(np.median(np.abs(allsamp - med))) * _MAD_TO_SIGMA
+    if mad <= 1e-6 * scale:  # a (numerically) constant score map: no structure, no picks
+        mad = 0.0
     coords = np.concatenate(cand_c).astype(np.float64)
     scores = np.concatenate(cand_s).astype(np.float64)
     z = (scores - med) / mad if mad > 0 else np.zeros_like(scores)
