@@ -79,6 +79,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "git_commit": _git_commit(),
+        "load_average_at_start": list(os.getloadavg()),
     }
     try:
         import torch
@@ -112,7 +113,12 @@ def machine_line(m: dict[str, Any]) -> str:
             f"{m['memory_gb']} GB, GPU: {m['gpu']}; Python {m['python']}, numpy {m['numpy']}, "
             f"scipy {m['scipy']}, torch {m['torch']}"
             + (f", scikit-image {m['scikit_image']}" if "scikit_image" in m else "")
-            + f"; {m['date_utc']}; commit {m['git_commit']}")
+            + f"; {m['date_utc']}; commit {m['git_commit']}"
+            + ("; load average (1/5/15 min) "
+               + "/".join(f"{x:.1f}" for x in m["load_average_at_start"]) + " at the start"
+               if "load_average_at_start" in m else "")
+            + (" and " + "/".join(f"{x:.1f}" for x in m["load_average_at_end"]) + " at the end"
+               if "load_average_at_end" in m else ""))
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -215,17 +215,24 @@ def memory_child(n: int, tomogram: str, mode: str, stack: str, seed: int) -> dic
     with open_mrc(tomogram, "tomogram") as mrc:
         plan = plan_resampling(float(mrc.voxel_size.x), PLANS[mode], BOX)
         coords = centres(plan, n, seed)
+        before_close = dict(peaks)
         if n:
-            ours_to_stack(mrc.data, coords, plan, stack)
+            with StackWriter(stack, n, plan.box_out, plan.voxel_size_out) as w:
+                extract_to_stack(mrc.data, coords, plan, w, batch=BATCH, workers=WORKERS)
+                time.sleep(0.02)  # let the sampler see the state before close
+                before_close = dict(peaks)
     dt = time.perf_counter() - t0
     stop.set()
     th.join()
+    if not n:
+        before_close = dict(peaks)
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"n": n, "seconds": dt, "per_s": n / dt if n else None,
             "ru_maxrss_mb": ru / 1024, "vm_hwm_mb": _status_kb()["VmHWM"] / 1024,
             "baseline_rss_mb": base["VmRSS"] / 1024,
             "peak_rss_anon_mb": peaks["RssAnon"] / 1024,
             "peak_rss_file_mb": peaks["RssFile"] / 1024,
+            "peak_rss_anon_before_close_mb": before_close["RssAnon"] / 1024,
             "stack_mb": n * BOX**3 * 4 / 1024**2}
 
 
@@ -405,12 +412,14 @@ def main() -> None:
     four = result["modes"]["fourier"]["per_s"]["tomoclust → stack"]
     crop = result["modes"]["crop"]["per_s"]["tomoclust → stack"]
     anon = [m["peak_rss_anon_mb"] for m in result["memory"] if m["n"]]
+    pre = [m["peak_rss_anon_before_close_mb"] for m in result["memory"] if m["n"]]
     result["targets"] = {
         "ge_2000_per_s": {"crop": crop, "fourier": four, "met": min(crop, four) >= 2000},
-        "memory_flat_in_n": {"peak_rss_anon_mb": anon,
+        "memory_flat_in_n": {"peak_rss_anon_mb": anon, "before_close_mb": pre,
                              "met": bool(anon) and max(anon) - min(anon) < 0.25 * min(anon)},
     }
     result["total_runtime_s"] = time.perf_counter() - t_start
+    machine["load_average_at_end"] = list(os.getloadavg())
     md = render(result)
     path = write_outputs(args.out, result, md)
     log(f"wrote {args.out} and {path} in {result['total_runtime_s']:.0f} s")
@@ -459,14 +468,16 @@ def render(res: dict[str, Any]) -> str:
     lines.append("\nPeak memory, one fresh process per N (fourier plan, → stack on disk):\n")
     lines.append(md_table(
         ["N", "s", "subtomograms / s", "ru_maxrss MB", "peak anonymous RSS MB",
-         "peak file-backed RSS MB", "stack on disk MB"],
+         "of which before StackWriter.close", "peak file-backed RSS MB", "stack on disk MB"],
         [[m["n"], m["seconds"], m["per_s"], m["ru_maxrss_mb"], m["peak_rss_anon_mb"],
-          m["peak_rss_file_mb"], m["stack_mb"]] for m in res["memory"]]))
+          m["peak_rss_anon_before_close_mb"], m["peak_rss_file_mb"], m["stack_mb"]]
+         for m in res["memory"]]))
     lines.append("\nN = 0 is the process after imports and opening the memory map. Anonymous "
-                 "RSS is the process's own memory; file-backed RSS counts pages of the mapped "
-                 "tomogram and of the mapped output stack, which the kernel can drop or write "
-                 "back at any time, so ru_maxrss (their sum at the peak) grows with N while "
-                 "the memory the process needs does not.\n")
+                 "RSS is the process's own memory (arrays); file-backed RSS counts pages of the "
+                 "mapped tomogram and of the mapped output stack, which the kernel can drop or "
+                 "write back at any time; ru_maxrss is their sum at the peak. \"Before "
+                 "StackWriter.close\" is the anonymous peak while extracting, i.e. without the "
+                 "header statistics computed when the stack is closed.\n")
     t = res["targets"]
     lines.append(
         f"\nTargets: ≥ 2,000 subtomograms/s on 2 cores: "
@@ -474,7 +485,9 @@ def render(res: dict[str, Any]) -> str:
         f"{t['ge_2000_per_s']['crop']:,.0f}/s, Fourier 10→12 Å "
         f"{t['ge_2000_per_s']['fourier']:,.0f}/s, end to end into the stack); memory "
         f"independent of N (anonymous RSS): {'met' if t['memory_flat_in_n']['met'] else 'NOT met'}"
-        f" ({', '.join(f'{x:.0f}' for x in t['memory_flat_in_n']['peak_rss_anon_mb'])} MB).\n")
+        f" ({', '.join(f'{x:.0f}' for x in t['memory_flat_in_n']['peak_rss_anon_mb'])} MB; "
+        "before StackWriter.close "
+        f"{', '.join(f'{x:.0f}' for x in t['memory_flat_in_n']['before_close_mb'])} MB).\n")
     lines.append(f"\nTotal benchmark run time {res['total_runtime_s'] / 60:.1f} min.\n")
     return "\n".join(lines)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import os
 import sys
 import time
 from dataclasses import replace
@@ -175,7 +176,7 @@ def prototype_fft(volume: np.ndarray, p: DogParams, b: int = 2, workers: int = 2
     nz, ny, nx = (n // b for n in shp)
     zi = np.r_[0:nz // 2, shp[0] - nz // 2:shp[0]]
     yi = np.r_[0:ny // 2, shp[1] - ny // 2:shp[1]]
-    spec = spec[zi][:, yi][:, :, :nx // 2 + 1]
+    spec = spec[:, :, :nx // 2 + 1][zi][:, yi]  # crop the half-axis first (a view)
     kz, ky = scipy.fft.fftfreq(shp[0])[zi], scipy.fft.fftfreq(shp[1])[yi]
     kx = scipy.fft.rfftfreq(shp[2])[:nx // 2 + 1]
 
@@ -465,6 +466,7 @@ def main() -> None:
             "met": bool(snr01) and snr01[0]["methods"]["tomoclust numpy"]["f1"] >= 0.85},
     }
     result["total_runtime_s"] = time.perf_counter() - t_start
+    machine["load_average_at_end"] = list(os.getloadavg())
     md = render(result, args)
     path = write_outputs(args.out, result, md)
     log(f"wrote {args.out} and {path} in {result['total_runtime_s']:.0f} s")
