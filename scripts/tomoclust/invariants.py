@@ -115,12 +115,12 @@ def shell_spectra(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 0.0,
     from .train import batches, to_tensor
 
     ss = ShellSpectrum(stack.shape[-1], l_max)
-    out = []
+    out = np.empty((len(stack), ss.n_features), dtype=np.float32)  # filled batch by batch
     with torch.inference_mode():
         for idx in batches(len(stack), batch_size):
             v = to_tensor(stack, idx, device)
             if lowpass_sigma > 0:
                 v = gaussian_blur(v, lowpass_sigma)
             f = ss(v)
-            out.append((torch.sign(f) * f.abs().sqrt()).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+            out[idx] = (torch.sign(f) * f.abs().sqrt()).cpu().numpy()
+    return out
