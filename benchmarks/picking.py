@@ -95,7 +95,8 @@ def demo_picking(cfg: dict) -> tuple[DogParams, int, float]:
     params = params_from_angst(
         VOXEL, pk["particle_radius"], sigma_scale=pk["sigma_scale"], ratio=pk["sigma_ratio"],
         contrast=pk["contrast"], threshold=pk["threshold"], min_distance_angst=pk["min_distance"],
-        edge_angst=edge * VOXEL, max_count=pk["max_count"], chunk_z=pk["chunk_z"])
+        edge_angst=edge * VOXEL, max_count=pk["max_count"], chunk_z=pk["chunk_z"],
+        bin=pk.get("bin", 1))
     return params, edge, float(cfg["evaluation"]["picking_tolerance"])
 
 

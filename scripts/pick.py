@@ -17,7 +17,7 @@ def main(smk) -> None:
             vs, cfg["particle_radius"], sigma_scale=cfg["sigma_scale"], ratio=cfg["sigma_ratio"],
             contrast=cfg["contrast"], threshold=cfg["threshold"],
             min_distance_angst=cfg["min_distance"], edge_angst=edge * vs,
-            max_count=cfg["max_count"], chunk_z=cfg["chunk_z"],
+            max_count=cfg["max_count"], chunk_z=cfg["chunk_z"], bin=cfg["bin"],
         )
         # the numpy backend on CPU, torch only where it brings a GPU
         picks = dog_pick(mrc.data, params, device=None if device == "cpu" else device)

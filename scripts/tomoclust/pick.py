@@ -42,12 +42,14 @@ class DogParams:
     edge: int = 0  # voxels from each face
     max_count: int | None = None
     chunk_z: int = 128  # slab depth (voxels of core per slab)
+    bin: int = 1  # evaluate the score map on a grid this many times coarser (1 = exact)
 
 
 def params_from_angst(voxel_size: float, radius_angst: float, sigma_scale: float = 0.577,
                       ratio: float = 1.1, contrast: str = "dark", threshold: float = 3.0,
                       min_distance_angst: float | None = None, edge_angst: float = 0.0,
-                      max_count: int | None = None, chunk_z: int = 128) -> DogParams:
+                      max_count: int | None = None, chunk_z: int = 128, bin: int = 1
+                      ) -> DogParams:
     """DoG parameters from physical sizes.
 
     ``σ₁ = sigma_scale · radius`` (``1/√3 ≈ 0.577`` is the scale at which a normalised
@@ -63,6 +65,7 @@ def params_from_angst(voxel_size: float, radius_angst: float, sigma_scale: float
         sigma=max(sigma_scale * radius_angst / voxel_size, 0.5), ratio=ratio, contrast=contrast,
         threshold=threshold, min_distance=md / voxel_size,
         edge=int(np.ceil(edge_angst / voxel_size)), max_count=max_count, chunk_z=chunk_z,
+        bin=int(bin),
     )
 
 
@@ -98,8 +101,11 @@ def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
     floating-point rounding, at a fraction of the cost.
     """
     v = np.asarray(vol, dtype=np.float32)
+    b = max(int(p.bin), 1)
     r = int(4.0 * p.sigma * p.ratio + 0.5)
+    r += (-r) % b  # the coarse grid must start on voxel 0
     shp = [scipy.fft.next_fast_len(n + 2 * r, real=True) for n in v.shape]
+    shp = [n + (-n) % (2 * b) for n in shp]
     vp = np.pad(v, [(r, n - s - r) for n, s in zip(shp, v.shape, strict=True)], mode="edge")
     spec = scipy.fft.rfftn(vp, workers=workers, overwrite_x=True)
     del vp
@@ -111,9 +117,20 @@ def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
 
     sign = -1.0 if p.contrast == "dark" else 1.0
     spec *= sign * (transfer(p.sigma) - transfer(p.sigma * p.ratio))
-    full = scipy.fft.irfftn(spec, s=shp, workers=workers, overwrite_x=True)
-    s = np.ascontiguousarray(full[r:r + v.shape[0], r:r + v.shape[1], r:r + v.shape[2]],
-                             dtype=np.float32)
+    if b > 1:
+        # the DoG is band-limited far below the coarse grid's Nyquist: crop the spectrum
+        nz, ny, nx = (n // b for n in shp)
+        zi = np.r_[0:nz // 2, shp[0] - nz // 2:shp[0]]
+        yi = np.r_[0:ny // 2, shp[1] - ny // 2:shp[1]]
+        spec = spec[:, :, :nx // 2 + 1][zi][:, yi]
+        full = scipy.fft.irfftn(spec, s=(nz, ny, nx), workers=workers) / b**3
+        o = r // b
+        cz, cy, cx = (-(-n // b) for n in v.shape)
+        s = np.ascontiguousarray(full[o:o + cz, o:o + cy, o:o + cx], dtype=np.float32)
+    else:
+        full = scipy.fft.irfftn(spec, s=shp, workers=workers, overwrite_x=True)
+        s = np.ascontiguousarray(full[r:r + v.shape[0], r:r + v.shape[1], r:r + v.shape[2]],
+                                 dtype=np.float32)
     peaks = s == ndimage.maximum_filter(s, size=3, mode="nearest")
     return s, peaks
 
@@ -145,9 +162,30 @@ def _dog_torch(vol: np.ndarray, p: DogParams, device: str) -> tuple[np.ndarray, 
     s = blur(p.sigma) - blur(p.sigma * p.ratio)
     if p.contrast == "dark":
         s = -s
+    b = max(int(p.bin), 1)
+    if b > 1:  # the same coarse grid as the numpy backend (the DoG is band-limited)
+        s = s[:, :, ::b, ::b, ::b].contiguous()
     mx = F.max_pool3d(F.pad(s, [1] * 6, mode="replicate"), kernel_size=3, stride=1)
     peaks = s == mx
     return s[0, 0].cpu().numpy(), peaks[0, 0].cpu().numpy()
+
+
+def _parabolic_offsets(s: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Offsets in ``[-0.5, 0.5]`` of the maximum of a parabola through each peak and its two
+    neighbours along every axis (0 at the volume's faces)."""
+    off = np.zeros(idx.shape, dtype=np.float64)
+    for ax in range(3):
+        inner = (idx[:, ax] > 0) & (idx[:, ax] < s.shape[ax] - 1)
+        i = idx[inner]
+        lo_i, hi_i = i.copy(), i.copy()
+        lo_i[:, ax] -= 1
+        hi_i[:, ax] += 1
+        f0, fm, fp = (s[tuple(j.T)].astype(np.float64) for j in (i, lo_i, hi_i))
+        den = fm - 2 * f0 + fp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(den < 0, 0.5 * (fm - fp) / den, 0.0)
+        off[inner, ax] = np.clip(d, -0.5, 0.5)
+    return off
 
 
 def _nms(coords: np.ndarray, scores: np.ndarray, min_distance: float) -> np.ndarray:
@@ -191,23 +229,30 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
     """
     nz = volume.shape[0]
     p = params
-    reach = int(np.ceil(4 * p.sigma * p.ratio)) + 2  # blur support + local-max neighbourhood
-    step = max(int(p.chunk_z), 1)
+    b = max(int(p.bin), 1)
+    reach = int(np.ceil(4 * p.sigma * p.ratio)) + 2 * b  # blur support + local-max neighbourhood
+    reach += (-reach) % b
+    step = max(int(p.chunk_z), b)
+    step += (-step) % b  # slabs start on the coarse grid
     rng = np.random.default_rng(seed)
     cand_c, cand_s, samples, scale = [], [], [], 0.0
     for z0 in range(0, nz, step):
         z1 = min(z0 + step, nz)
-        a, b = max(z0 - reach, 0), min(z1 + reach, nz)
-        slab = np.asarray(volume[a:b], dtype=np.float32)
+        a, e = max(z0 - reach, 0), min(z1 + reach, nz)
+        slab = np.asarray(volume[a:e], dtype=np.float32)
         scale = max(scale, float(np.abs(slab).max()))
         s, peaks = _dog_numpy(slab, p) if device is None else _dog_torch(slab, p, device)
-        core = s[z0 - a:z1 - a]
+        lo, hi = (z0 - a) // b, -(-(z1 - a) // b)
+        core = s[lo:hi]
         flat = core.ravel()
         if flat.size > sample_per_slab:
             flat = flat[rng.choice(flat.size, sample_per_slab, replace=False)]
         samples.append(flat.astype(np.float64))
-        idx = np.argwhere(peaks[z0 - a:z1 - a])
-        cand_c.append(idx + np.array([z0, 0, 0]))
+        idx = np.argwhere(peaks[lo:hi])
+        pos = idx.astype(np.float64)
+        if b > 1:  # sub-voxel peak position on the coarse grid (parabola through neighbours)
+            pos += _parabolic_offsets(s, idx + np.array([lo, 0, 0]))
+        cand_c.append(pos * b + np.array([z0, 0, 0]))
         cand_s.append(core[tuple(idx.T)])
     allsamp = np.concatenate(samples)
     med = float(np.median(allsamp))
