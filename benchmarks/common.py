@@ -7,7 +7,6 @@ design documents; every figure they report is measured in the same process, side
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
@@ -155,24 +154,13 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def write_outputs(out_json: str | Path, payload: dict[str, Any], markdown: str) -> Path:
     """Write ``payload`` as JSON and ``markdown`` next to it (same stem, ``.md``)."""
+    from tomoclust.io import write_json, write_text
+
     out = Path(out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    write_json(out, payload)
     md = out.with_suffix(".md")
-    md.write_text(markdown)
+    write_text(md, markdown)
     return md
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def log(msg: str) -> None:

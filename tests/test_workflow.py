@@ -49,9 +49,9 @@ def _job_stats(text: str) -> dict[str, int]:
     return jobs
 
 
-def _write_config(repo: Path, path: Path, **changes) -> Path:
-    """tests/data/tiny.yaml with absolute template paths and ``section.key=value`` changes."""
-    cfg = yaml.safe_load((repo / "tests" / "data" / "tiny.yaml").read_text())
+def _write_config(repo: Path, path: Path, base: str = "tiny.yaml", **changes) -> Path:
+    """tests/data/``base`` with absolute template paths and ``section__key=value`` changes."""
+    cfg = yaml.safe_load((repo / "tests" / "data" / base).read_text())
     cfg["templates"] = {k: str(repo / v) for k, v in cfg["templates"].items()}
     for dotted, value in changes.items():
         section, key = dotted.split("__")

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from test_workflow import SNAKEMAKE, _job_stats, _output, _snakemake
+from test_workflow import _write_config as _write_tiny_config
 from tomoclust.io import read_star
 
 pytestmark = pytest.mark.slow
@@ -28,15 +28,8 @@ UPSTREAM = {"simulate_tomogram", "template_density", "gather_truth", "ingest", "
 
 
 def _write_config(repo: Path, path: Path, **changes) -> Path:
-    """tests/data/tiny_methods.yaml with absolute template paths and ``section__key=value``
-    changes."""
-    cfg = yaml.safe_load((repo / "tests" / "data" / "tiny_methods.yaml").read_text())
-    cfg["templates"] = {k: str(repo / v) for k, v in cfg["templates"].items()}
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        cfg[section][key] = value
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    """tests/data/tiny_methods.yaml, written as test_workflow's tiny config is."""
+    return _write_tiny_config(repo, path, base="tiny_methods.yaml", **changes)
 
 
 @pytest.fixture(scope="module")
