@@ -89,12 +89,7 @@ def evaluate_picking(picks: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: 
     truth = truth.reset_index(drop=True)
     truth_hit = np.zeros(len(truth), dtype=bool)
     rows = []
-    tomos = sorted(set(truth["rlnTomoName"]) | set(picks["rlnTomoName"]))
-    for tomo in tomos:
-        pi = np.flatnonzero(picks["rlnTomoName"].to_numpy() == tomo)
-        ti = np.flatnonzero(truth["rlnTomoName"].to_numpy() == tomo)
-        a, b = match_points(picks.loc[pi, cols].to_numpy(), truth.loc[ti, cols].to_numpy(),
-                            tolerance_angst)
+    for tomo, pi, ti, a, b in _match_by_tomogram(picks, truth, tolerance_angst):
         truth_hit[ti[b]] = True
         picks.loc[pi[a], "tclTruthClass"] = truth.loc[ti[b], "rlnClassNumber"].to_numpy()
         d = np.linalg.norm(picks.loc[pi[a], cols].to_numpy() - truth.loc[ti[b], cols].to_numpy(),
@@ -122,14 +117,21 @@ def truth_classes(particles: pd.DataFrame, truth: pd.DataFrame, tolerance_angst:
     Particles and truth are matched one-to-one per tomogram on
     ``rlnCenteredCoordinate*Angst`` (see :func:`match_points`).
     """
-    cols = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
     out = np.zeros(len(particles), dtype=np.int64)
-    pn = particles["rlnTomoName"].to_numpy()
-    tn = truth["rlnTomoName"].to_numpy()
-    for tomo in np.unique(pn):
-        pi = np.flatnonzero(pn == tomo)
-        ti = np.flatnonzero(tn == tomo)
-        a, b = match_points(particles.iloc[pi][cols].to_numpy(), truth.iloc[ti][cols].to_numpy(),
-                            tolerance_angst)
-        out[pi[a]] = truth.iloc[ti[b]]["rlnClassNumber"].to_numpy()
+    truth = truth.reset_index(drop=True)
+    for _, pi, ti, a, b in _match_by_tomogram(particles.reset_index(drop=True), truth,
+                                             tolerance_angst):
+        out[pi[a]] = truth.loc[ti[b], "rlnClassNumber"].to_numpy()
     return out
+
+
+def _match_by_tomogram(picks: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: float):
+    """Per tomogram (sorted names of both tables): ``(name, pick rows, truth rows, i_pick,
+    i_truth)``, the last two indexing the first two as :func:`match_points` returns them."""
+    cols = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
+    pn, tn = picks["rlnTomoName"].to_numpy(), truth["rlnTomoName"].to_numpy()
+    for tomo in sorted(set(pn) | set(tn)):
+        pi, ti = np.flatnonzero(pn == tomo), np.flatnonzero(tn == tomo)
+        a, b = match_points(picks.iloc[pi][cols].to_numpy(), truth.iloc[ti][cols].to_numpy(),
+                            tolerance_angst)
+        yield tomo, pi, ti, a, b

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.fft
+
+from . import TomoclustError
+from .io import StackWriter, open_stack, optics_table, read_star, write_star
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +155,6 @@ def gather_stacks(stars: list[str], stacks: list[str], out_star: str, out_stack:
     Raises :class:`TomoclustError` when all tomograms together have no particle, or when
     stacks disagree in box or voxel size.
     """
-    from pathlib import Path
-
-    import pandas as pd
-
-    from . import TomoclustError
-    from .io import StackWriter, open_stack, optics_table, read_star, write_star
-
     tables, arrays = [], []
     for star, stack in zip(stars, stacks, strict=True):
         df = read_star(star, what="subtomogram table")
