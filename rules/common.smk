@@ -5,15 +5,23 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from tomoclust import TomoclustError  # noqa: E402
-from tomoclust.sheet import NAME_PATTERN, load_sheet  # noqa: E402
+from tomoclust.starhead import has_class_numbers  # noqa: E402
+from tomoclust.sheet import NAME_PATTERN, coordinate_files, load_sheet  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 SIM = config["simulation"]
 TEMPLATES = list(config["templates"])
+EXT = config["external"]
+SUBTOMO_MODE = bool(EXT["subtomograms"])  # mode 2: subtomograms in (see rules/external.smk)
 
 
 def _tomogram_table():
+    if SUBTOMO_MODE:
+        if config["tomograms"] or SIM["enabled"] or EXT["coordinates"]:
+            raise WorkflowError("config: 'external.subtomograms' replaces the tomograms; unset "
+                                "'tomograms', 'external.coordinates' and 'simulation.enabled'")
+        return None
     if config["tomograms"]:
         if SIM["enabled"]:
             raise WorkflowError("config: set either 'tomograms' (a sheet) or "
@@ -35,7 +43,7 @@ if SHEET is not None:
 else:
     width = len(str(SIM["n_tomograms"]))
     TOMOGRAMS = [f"sim{i + 1:0{max(width, 2)}d}" for i in range(SIM["n_tomograms"])]
-HAS_TRUTH = SHEET is None
+HAS_TRUTH = SHEET is None and SIM["enabled"]  # simulated ground truth (picking evaluation)
 METHODS = list(config["methods"])
 
 
@@ -63,6 +71,8 @@ def sheet_voxel_size(wildcards):
 def wedge_range():
     """Tilt range (degrees) for missing-wedge-aware steps: the simulation's, or the range
     that every tomogram of the sheet covers (the largest tilt_min, the smallest tilt_max)."""
+    if SUBTOMO_MODE:
+        return [EXT["tilt_min"], EXT["tilt_max"]]
     if SHEET is None:
         return [SIM["tilt_min"], SIM["tilt_max"]]
     return [float(SHEET["tilt_min"].max()), float(SHEET["tilt_max"].min())]
@@ -88,6 +98,73 @@ def subset_voxel_size(wildcards):
     return subtomogram_set(wildcards)["voxel_size"]
 
 
+# ------------------------------------------------- external picks / subtomograms (issue 7)
+def _external_sources():
+    """{tomogram: [coordinate STAR files]} for tomograms whose picking is skipped."""
+    if EXT["coordinates"]:
+        if SHEET is None:
+            raise WorkflowError("config: 'external.coordinates' needs a tomogram sheet "
+                                "('tomograms'); it is not used with the simulation")
+        if not Path(EXT["coordinates"]).is_file():
+            raise WorkflowError(f"config: external.coordinates {EXT['coordinates']}: file does "
+                                "not exist")
+        if any(coordinate_files(c) for c in SHEET["coordinates"]):
+            raise WorkflowError("config: set either 'external.coordinates' (one STAR for all) or "
+                                "the sheet's 'coordinates' column, not both")
+        return {t: [f"results/imported/split/{t}.star"] for t in TOMOGRAMS}
+    if SHEET is None:
+        return {}
+    return {t: coordinate_files(SHEET.loc[t, "coordinates"]) for t in TOMOGRAMS
+            if coordinate_files(SHEET.loc[t, "coordinates"])}
+
+
+COORD_SOURCES = _external_sources()
+
+
+def _external_truth():
+    if not EXT["truth"]:
+        return False
+    try:
+        if SUBTOMO_MODE:
+            return has_class_numbers([EXT["subtomograms"]])
+        if EXT["coordinates"]:
+            return has_class_numbers([EXT["coordinates"]])
+        return has_class_numbers(f for fs in COORD_SOURCES.values() for f in fs)
+    except TomoclustError as exc:
+        raise WorkflowError(str(exc))
+
+
+EXTERNAL_TRUTH = _external_truth()  # the input STAR carries rlnClassNumber: evaluate by index
+
+
+def picks_for(wildcards):
+    """Coordinates extraction starts from: DoG picks, or another tool's, converted."""
+    if wildcards.tomo in COORD_SOURCES:
+        return f"results/imported/{wildcards.tomo}.star"
+    return f"results/picks/{wildcards.tomo}.star"
+
+
+def coordinate_sources(wildcards):
+    return COORD_SOURCES[wildcards.tomo]
+
+
+def coordinates_voxel_size(wildcards):
+    """The sheet's coordinates_voxel_size for this tomogram, else the config's (or None)."""
+    if SHEET is not None:
+        v = SHEET.loc[wildcards.tomo, "coordinates_voxel_size"]
+        if v is not None and v == v:
+            return float(v)
+    return EXT["coordinates_voxel_size"]
+
+
+def classification_truth():
+    """Ground truth for evaluate_classification: the simulation's (matched by position) or the
+    input STAR's rlnClassNumber (aligned to the particle stack)."""
+    if EXTERNAL_TRUTH:
+        return "results/truth/particles_truth.star"
+    return "results/simulation/truth.star"
+
+
 # ---------------------------------------------------------------------------------- targets
 def all_targets():
     targets = [
@@ -100,8 +177,8 @@ def all_targets():
             "results/evaluation/picking/metrics.tsv",
             "results/evaluation/picking/picking.png",
         ]
-        if METHODS:
-            targets.append("results/evaluation/classification.tsv")
+    if METHODS and (HAS_TRUTH or EXTERNAL_TRUTH):
+        targets.append("results/evaluation/classification.tsv")
     targets += expand(
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),

@@ -22,7 +22,7 @@ rule evaluate_classification:
     input:
         clusters="results/cluster/{method}/clusters.star",
         features="results/features/{method}/features.npy",
-        truth="results/simulation/truth.star",
+        truth=classification_truth(),
     output:
         metrics="results/evaluation/{method}/metrics.tsv",
         confusion="results/evaluation/{method}/confusion.tsv",
@@ -33,6 +33,7 @@ rule evaluate_classification:
     params:
         tolerance=config["evaluation"]["picking_tolerance"],
         seed=config["clustering"]["seed"],
+        truth_by_index=EXTERNAL_TRUTH,
     conda:
         "../envs/cpu.yaml"
     script:

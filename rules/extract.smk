@@ -1,7 +1,7 @@
 rule extract:
     input:
         tomogram="results/tomograms/{tomo}/tomogram.mrc",
-        picks="results/picks/{tomo}.star",
+        picks=picks_for,
     output:
         star="results/subtomograms/{tomo}.star",
         stack="results/subtomograms/{tomo}.mrcs",

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 from tomoclust.evaluate import truth_classes
+from tomoclust.external import truth_by_index
 from tomoclust.io import read_star, write_tsv
 from tomoclust.logs import log, run_rule
 from tomoclust.metrics import clustering_metrics, confusion
@@ -13,10 +14,16 @@ def main(smk) -> None:
     clusters = read_star(smk.input.clusters, what="cluster table")
     truth = read_star(smk.input.truth, what="ground truth")
     feats = np.load(smk.input.features)
-    true_cls = truth_classes(clusters, truth, smk.params.tolerance)
-    ok = true_cls > 0
-    log.info("%d of %d particles match a true particle within %.0f Å; the rest are junk picks",
-             int(ok.sum()), len(ok), smk.params.tolerance)
+    if smk.params.truth_by_index:  # the input STAR's rlnClassNumber, row by row
+        true_cls = truth_by_index(clusters, truth)
+        ok = true_cls > 0
+        log.info("%d of %d particles carry a class number in the input STAR", int(ok.sum()),
+                 len(ok))
+    else:  # simulated truth, matched by position
+        true_cls = truth_classes(clusters, truth, smk.params.tolerance)
+        ok = true_cls > 0
+        log.info("%d of %d particles match a true particle within %.0f Å; the rest are junk "
+                 "picks", int(ok.sum()), len(ok), smk.params.tolerance)
     pred = clusters["rlnClassNumber"].to_numpy()
     m = clustering_metrics(true_cls[ok], pred[ok])
     m = {"method": smk.wildcards.method, **m, "n_unmatched_picks": int((~ok).sum())}

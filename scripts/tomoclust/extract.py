@@ -121,6 +121,14 @@ def extract_boxes(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: ResamplePl
     raw = np.empty((len(c), b, b, b), dtype=np.float32)
     for i, (z, y, x) in enumerate(c - b // 2):
         raw[i] = tomogram[z:z + b, y:y + b, x:x + b]
+    return resample_boxes(raw, plan, normalise=normalise, workers=workers)
+
+
+def resample_boxes(raw: np.ndarray, plan: ResamplePlan, normalise: bool = True,
+                   workers: int = 1) -> np.ndarray:
+    """Resample cubes ``(n, box_in, box_in, box_in)`` cut at ``plan.voxel_size_in`` (centre at
+    voxel ``box_in // 2``) to ``(n, box_out, box_out, box_out)`` at ``plan.voxel_size_out``,
+    centre at ``box_out // 2``; optionally zero mean and unit variance per box."""
     if plan.plain_crop:
         out = raw
     else:

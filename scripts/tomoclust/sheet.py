@@ -2,8 +2,10 @@
 
 Columns: ``name`` (unique ID, letters, digits, ``_ . -``), ``path`` (MRC file; relative paths
 are relative to the directory Snakemake runs in), and optionally ``voxel_size`` (Å, overrides
-the header), ``tilt_min`` / ``tilt_max`` (degrees, default −60 / 60). Only pandas is needed,
-so the Snakefile can import this module too.
+the header), ``tilt_min`` / ``tilt_max`` (degrees, default −60 / 60), ``coordinates`` (STAR
+file(s) of particle coordinates from another tool, comma-separated; picking is then skipped for
+that tomogram) and ``coordinates_voxel_size`` (Å, voxel size of those coordinates when the STAR
+does not state it). Only pandas is needed, so the Snakefile can import this module too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from . import TomoclustError
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 REQUIRED = ("name", "path")
-OPTIONAL_FLOAT = ("voxel_size", "tilt_min", "tilt_max")
+OPTIONAL_FLOAT = ("voxel_size", "tilt_min", "tilt_max", "coordinates_voxel_size")
+POSITIVE = ("voxel_size", "coordinates_voxel_size")
 
 
 def _row_lines(path: Path, n_rows: int) -> list[int]:
@@ -69,6 +72,12 @@ def load_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         if check_files and not Path(row["path"]).is_file():
             raise TomoclustError(f"tomogram sheet {p}, line {line} ({row['name']}): "
                                  f"file {row['path']} does not exist")
+        for star in coordinate_files(row.get("coordinates", "")):
+            if check_files and not Path(star).is_file():
+                raise TomoclustError(f"tomogram sheet {p}, line {line} ({row['name']}): "
+                                     f"coordinates file {star} does not exist")
+    if "coordinates" not in df.columns:
+        df["coordinates"] = ""
     dup = df["name"][df["name"].duplicated()].unique().tolist()
     if dup:
         raise TomoclustError(f"tomogram sheet {p}: duplicate name(s) {dup}")
@@ -86,8 +95,8 @@ def load_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
             except ValueError:
                 raise TomoclustError(f"tomogram sheet {p}, line {lines[i]}: {col} {v!r} is not a "
                                      "number") from None
-            if col == "voxel_size" and not f > 0:
-                raise TomoclustError(f"tomogram sheet {p}, line {lines[i]}: voxel_size must be > 0")
+            if col in POSITIVE and not f > 0:
+                raise TomoclustError(f"tomogram sheet {p}, line {lines[i]}: {col} must be > 0")
             vals.append(f)
         df[col] = pd.Series(vals, dtype=object)
     for i in df.index:
@@ -100,3 +109,10 @@ def load_sheet(path: str | Path, check_files: bool = True) -> pd.DataFrame:
                                  "must satisfy -90 <= tilt_min < tilt_max <= 90")
         df.at[i, "tilt_min"], df.at[i, "tilt_max"] = lo, hi
     return df.set_index("name", drop=False)
+
+
+def coordinate_files(cell: object) -> list[str]:
+    """The STAR files of a sheet's ``coordinates`` cell (comma-separated; empty: none)."""
+    if cell is None or (isinstance(cell, float) and pd.isna(cell)):
+        return []
+    return [s.strip() for s in str(cell).split(",") if s.strip()]
