@@ -397,3 +397,34 @@ def test_truth_table_rejects_bad_class_numbers():
     t[TRUTH_COLUMN] = [1.0, np.nan]  # e.g. a DoG-picked tomogram beside labelled imports
     assert truth_table(t)["rlnClassNumber"].tolist() == [1, 0]
 
+
+
+# ------------------------------------------------------- the README's worked examples, exactly
+def _readme_example(df, optics=None, **kw):
+    """TS_01: 1000 × 1000 × 400 voxels (x, y, z) at 10 Å, ingested at 15 Å (666 × 666 × 266)."""
+    plan = plan_resampling(15.0, 15.0, 32)
+    r = import_coordinates([("x", df, optics)], "TS_01", shape_in_zyx=(400, 1000, 1000),
+                           voxel_size_in=10.0, shape_zyx=(266, 666, 666), voxel_size=15.0,
+                           plan=plan, **kw)
+    return r.particles[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()[0]
+
+
+def _xyz(x, y, z, **extra):
+    return pd.DataFrame({"rlnCoordinateX": [x], "rlnCoordinateY": [y], "rlnCoordinateZ": [z],
+                         **{k: [v] for k, v in extra.items()}})
+
+
+@pytest.mark.parametrize("df, optics, kw", [
+    (_xyz(150, 240, 100), None, {"coordinates_voxel_size": 20.0}),  # RELION 3, bin-8 tomogram
+    (_xyz(1200, 1920, 800, rlnOpticsGroup=1),
+     pd.DataFrame({"rlnOpticsGroup": [1], "rlnTomoTiltSeriesPixelSize": [2.5]}), {}),  # RELION 4
+    (pd.DataFrame({"rlnCenteredCoordinateXAngst": [-2000.0],
+                   "rlnCenteredCoordinateYAngst": [-200.0],
+                   "rlnCenteredCoordinateZAngst": [0.0]}), None, {}),  # RELION 5
+    (_xyz(300, 480, 200, rlnLCCmax=0.3, rlnCutOff=0.2, rlnSearchStd=0.05,
+          rlnDetectorPixelSize=10.0, rlnMicrographName="TS_01"), None, {}),  # pytom-match-pick
+    (_xyz(300, 480, 200), None, {"coordinates_voxel_size": 10.0}),  # TomoTwin
+])
+def test_readme_worked_examples(df, optics, kw):
+    np.testing.assert_allclose(_readme_example(df, optics, **kw), [200.0, 320.0, 400.0 / 3],
+                               atol=1e-9)
