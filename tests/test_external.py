@@ -428,3 +428,18 @@ def _xyz(x, y, z, **extra):
 def test_readme_worked_examples(df, optics, kw):
     np.testing.assert_allclose(_readme_example(df, optics, **kw), [200.0, 320.0, 400.0 / 3],
                                atol=1e-9)
+
+
+def test_many_subtomogram_files_few_open_at_once(tmp_path, rng):
+    """More files than the reader keeps open: every volume still lands in its own row."""
+    vols = rng.standard_normal((40, 8, 8, 8)).astype(np.float32)
+    for i, v in enumerate(vols):
+        write_mrc(tmp_path / f"s{i}.mrc", v, 10.0)
+    order = rng.permutation(40)
+    star = _write_star(tmp_path / "p.star", pd.DataFrame(
+        {"rlnImageName": [f"s{i}.mrc" for i in order]}))
+    info = import_subtomograms(star, tmp_path / "o.star", tmp_path / "o.mrcs", voxel_size=10.0,
+                               box=8, normalise=False)
+    assert info["n_files"] == 40
+    data, _ = open_stack(tmp_path / "o.mrcs")
+    np.testing.assert_array_equal(np.asarray(data), vols[order])

@@ -14,6 +14,9 @@ The library behind the Snakemake workflow. Modules each do one job:
 - :mod:`tomoclust.pick`      difference-of-Gaussians particle picking (numpy and torch)
 - :mod:`tomoclust.extract`   subtomogram extraction, resampling and stacking
 - :mod:`tomoclust.evaluate`  picking evaluation against ground truth
+- :mod:`tomoclust.external`  other tools' coordinates (RELION 3/4/5, pytom-match-pick,
+                             TomoTwin) and subtomograms in; their class numbers as truth
+- :mod:`tomoclust.starhead`  STAR block and column names without parsing the data
 
 Conventions: arrays are ``(z, y, x)``; tables and files speak ``x, y, z``; lengths in
 configuration and tables are in Ångström, voxels only inside functions that say so.

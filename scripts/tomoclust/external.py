@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,13 +501,29 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
     root = Path(image_root) if image_root else star.parent
     parsed = [parse_image_name(v, f"{where}, {_row(i)}") for i, v in
               enumerate(df["rlnImageName"])]
-    opened: dict[Path, _Volumes] = {}
+    meta: dict[Path, tuple[int, int, float | None]] = {}  # volumes, box, header voxel size
+    cache: OrderedDict[Path, _Volumes] = OrderedDict()  # a few open files, not thousands
+
+    def volumes(p: Path, i: int) -> _Volumes:
+        if p in cache:
+            cache.move_to_end(p)
+            return cache[p]
+        try:
+            v = _open_volumes(p, f"{where}, {_row(i)}")
+        except TomoclustError as exc:
+            msg = str(exc)
+            raise TomoclustError(msg if msg.startswith(where) else f"{where}, {_row(i)}: {msg}"
+                                 ) from None
+        cache[p] = v
+        if len(cache) > 16:
+            cache.popitem(last=False)[1].mrc.close()
+        return v
     try:
         files, index = [], np.zeros(len(df), dtype=np.int64)
         for i, (name, idx) in enumerate(parsed):
             p = Path(name)
             p = p if p.is_absolute() else root / p
-            if p not in opened:
+            if p not in meta:
                 if not p.is_file():
                     raise TomoclustError(f"{where}, {_row(i)}: image file {p} (from "
                                          f"rlnImageName {df['rlnImageName'].iloc[i]!r}) does not "
@@ -514,15 +531,9 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
                                                     "; relative names are resolved against the "
                                                     "STAR file's directory unless "
                                                     "'external.image_root' is set"))
-                try:
-                    opened[p] = _open_volumes(p, f"{where}, {_row(i)}")
-                except TomoclustError as exc:
-                    msg = str(exc)
-                    if not msg.startswith(where):
-                        msg = f"{where}, {_row(i)}: {msg}"
-                    raise TomoclustError(msg) from None
-            vols = opened[p]
-            n_in = vols.data.shape[0]
+                v = volumes(p, i)
+                meta[p] = (v.data.shape[0], v.data.shape[-1], v.header_voxel_size)
+            n_in = meta[p][0]
             if idx is None:
                 if n_in != 1:
                     raise TomoclustError(f"{where}, {_row(i)}: {p} holds {n_in} volumes; name "
@@ -544,7 +555,7 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
                 if col is not None:
                     got = _numeric(df, [col], where)[:, 0], col
             if got is None:
-                hv = [opened[f].header_voxel_size for f in files]
+                hv = [meta[f][2] for f in files]
                 miss = [i for i, v in enumerate(hv) if v is None]
                 if miss:
                     raise TomoclustError(
@@ -557,7 +568,7 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
         if len(bad):
             raise TomoclustError(f"{where}, {_row(int(bad[0]))}: voxel size {vs[bad[0]]} "
                                  f"({vs_src}) is not > 0")
-        boxes = np.array([opened[f].data.shape[-1] for f in files])
+        boxes = np.array([meta[f][1] for f in files])
         # one resampling plan per (voxel size, box) group
         groups: dict[tuple[float, int], list[int]] = {}
         for i in range(len(df)):
@@ -591,8 +602,8 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
                     chunk = rows[a:a + batch]
                     raw = np.empty((len(chunk), k, k, k), dtype=np.float32)
                     for j, i in enumerate(chunk):
-                        raw[j] = opened[files[i]].data[index[i], lo:lo + k, lo:lo + k,
-                                                       lo:lo + k]
+                        raw[j] = volumes(files[i], i).data[index[i], lo:lo + k, lo:lo + k,
+                                                           lo:lo + k]
                     bad = ~np.isfinite(raw).reshape(len(chunk), -1).all(axis=1)
                     if bad.any():
                         i = chunk[int(np.flatnonzero(bad)[0])]
@@ -602,7 +613,7 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
                     for j, i in enumerate(chunk):
                         w[i] = out[j]
     finally:
-        for v in opened.values():
+        for v in cache.values():
             v.mrc.close()
     table = pd.DataFrame(carry_columns(df))
     table.insert(0, "rlnImageName", [f"{i + 1}@{name}" for i in range(len(df))])
@@ -615,7 +626,7 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
         tomo_vs = float(optics["rlnTomoTiltSeriesPixelSize"].iloc[0])
     write_star(out_star, {"optics": optics_table(tomo_vs, float(voxel_size), int(box)),
                           "particles": table})
-    info = {"star": str(star), "n_particles": len(df), "n_files": len(opened),
+    info = {"star": str(star), "n_particles": len(df), "n_files": len(meta),
             "voxel_size_source": vs_src,
             "groups": [{"voxel_size_in": v, "box_in": b, "n": len(r),
                         "cut": plans[(v, b)].box_in, "fourier": plans[(v, b)].n_fourier}
