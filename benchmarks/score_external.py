@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from common import REPO, fmt, log, machine_info, machine_line, md_table, write_outputs
+from common import REPO, log, machine_info, machine_line, md_table, write_outputs
 from tomoclust import TomoclustError
 from tomoclust.external import parse_image_name, read_particles
 from tomoclust.io import open_mrc, read_star
@@ -62,9 +62,30 @@ def set_geometry(star: Path, image_root: Path | None) -> tuple[int, float, int, 
     return box, vs, len(df), sorted(int(c) for c in df["rlnClassNumber"].unique())
 
 
+def render(payload: dict) -> str:
+    """The markdown table of a run (also: ``--render run.json`` rewrites it from the JSON)."""
+    cfg, rows = payload["config"], payload["rows"]
+    ext, clu = cfg["extraction"], cfg["clustering"]
+    k = f"K={clu['k']}" if clu["k"] else f"auto K (BIC, {clu['k_min']}..{clu['k_max']})"
+    sec = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
+    star = Path(payload["star"])
+    star = star.relative_to(REPO) if star.is_relative_to(REPO) else star
+    return "\n".join([
+        f"Machine: {machine_line(payload['machine'])}\n",
+        f"Command: `{payload['command']}`\n",
+        f"Set: `{star}`: {payload['n']} subtomograms, classes {payload['classes']}, "
+        f"box {payload['box_in']} at {payload['voxel_size_in']:g} Å, worked at box {ext['box']} "
+        f"and {ext['voxel_size']:g} Å; clustering {clu['algorithm']} {k}, PCA "
+        f"{clu['pca_components']}; whole workflow {payload['seconds_workflow']:.0f} s\n",
+        md_table(["method", "K", "accuracy", "ARI", "NMI", "V-measure", "features (s)"],
+                 [[r["method"], r["k"], r["accuracy"], r["ari"], r["nmi"], r["v_measure"],
+                   sec(r["seconds_features"])] for r in rows])])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--star", required=True, type=Path, help="labelled particle STAR")
+    ap.add_argument("--star", type=Path, help="labelled particle STAR")
+    ap.add_argument("--render", type=Path, help="only rewrite the markdown of this JSON")
     ap.add_argument("--methods", nargs="+", default=["invariant", "disca", "autoencoder"],
                     choices=["invariant", "disca", "autoencoder"])
     ap.add_argument("--box", type=int, help="working box (default: the set's)")
@@ -79,6 +100,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="default: benchmarks/runs/external/<star stem>")
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/external_<stem>.json")
     args = ap.parse_args()
+    if args.render:
+        write_outputs(args.render, json.loads(args.render.read_text()),
+                      render(json.loads(args.render.read_text())))
+        return
+    if args.star is None:
+        ap.error("--star is required")
     star = args.star.resolve()
     root = args.image_root.resolve() if args.image_root else None
     box, vs, n, classes = set_geometry(star, root)
@@ -138,16 +165,7 @@ def main() -> None:
                "seconds_workflow": wall,
                "command": "benchmarks/score_external.py " + " ".join(sys.argv[1:]),
                "rows": rows}
-    md = [f"Machine: {machine_line(machine)}\n", f"Command: `{payload['command']}`\n",
-          f"Set: `{star}` — {n} subtomograms, classes {classes}, box {box} at {vs:g} Å, "
-          f"worked at box {cfg['extraction']['box']} and {cfg['extraction']['voxel_size']:g} Å; "
-          f"clustering {cfg['clustering']['algorithm']} "
-          f"{'K=' + str(cfg['clustering']['k']) if cfg['clustering']['k'] else 'auto K (BIC)'}; "
-          f"whole workflow {wall:.0f} s\n",
-          md_table(["method", "K", "accuracy", "ARI", "NMI", "V-measure", "features (s)"],
-                   [[r["method"], r["k"], r["accuracy"], r["ari"], r["nmi"], r["v_measure"],
-                     fmt(r["seconds_features"], 1)] for r in rows])]
-    path = write_outputs(out, payload, "\n".join(md))
+    path = write_outputs(out, payload, render(payload))
     log(f"wrote {out} and {path}")
 
 

@@ -218,3 +218,24 @@ def test_subtomograms_in_outputs(subtomo_run):
     m = pd.read_csv(res / "evaluation" / "classification.tsv", sep="\t").iloc[0]
     assert m["n_unmatched_picks"] == 0
     assert m["accuracy"] >= 0.9, m.to_dict()
+
+
+def test_score_external_benchmark_on_the_labelled_set(subtomo_run, repo, tmp_path):
+    """benchmarks/score_external.py: one command from a labelled STAR to the metrics table."""
+    import json
+    import subprocess
+    import sys
+
+    d, _, _ = subtomo_run
+    out = tmp_path / "external_tiny.json"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "score_external.py"), "--star",
+         str(d / "particles_in.star"), "--methods", "invariant", "--box", "16",
+         "--voxel-size", "12", "--k", "2", "--workdir", str(tmp_path / "w"), "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads(out.read_text())
+    row = payload["rows"][0]
+    assert row["method"] == "invariant" and row["k"] == 2 and row["n"] == 40
+    assert row["accuracy"] >= 0.9
+    assert "| invariant | 2 |" in out.with_suffix(".md").read_text()
