@@ -443,3 +443,16 @@ def test_many_subtomogram_files_few_open_at_once(tmp_path, rng):
     assert info["n_files"] == 40
     data, _ = open_stack(tmp_path / "o.mrcs")
     np.testing.assert_array_equal(np.asarray(data), vols[order])
+
+
+def test_warp1_style_pixel_size_columns(subtomo_set, tmp_path):
+    """Warp 1 writes rlnMagnification 10000 and rlnDetectorPixelSize = pixel size (Å)."""
+    star, df = subtomo_set
+    warp = df.iloc[:3].assign(rlnMagnification=10000.0, rlnDetectorPixelSize=10.0,
+                              rlnCtfImage="ctf/p.mrc")
+    s2 = _write_star(star.parent / "warp.star", warp)  # one unnamed data block, as Warp writes
+    info = import_subtomograms(s2, tmp_path / "o.star", tmp_path / "o.mrcs", voxel_size=12.0,
+                               box=16)
+    assert info["voxel_size_source"] == "rlnDetectorPixelSize/rlnMagnification"
+    assert info["groups"][0]["voxel_size_in"] == pytest.approx(10.0)
+    assert read_star(tmp_path / "o.star")["rlnCtfImage"].tolist() == ["ctf/p.mrc"] * 3

@@ -35,7 +35,8 @@ Mode 2, subtomograms in (ingest, picking and extraction skipped)
     directory, or to config ``external.image_root`` when set (a RELION project directory).
     Voxel size per particle: config ``external.subtomograms_voxel_size``, else the optics
     block (``rlnImagePixelSize``; ``rlnTomoTiltSeriesPixelSize`` × ``rlnTomoSubtomogramBinning``),
-    else a particle column ``rlnImagePixelSize`` / ``rlnPixelSize``, else the MRC header.
+    else a particle column ``rlnImagePixelSize`` / ``rlnPixelSize``, else (Warp 1, RELION 3.0)
+    ``10⁴ · rlnDetectorPixelSize / rlnMagnification``, else the MRC header.
     Every particle is Fourier-resampled to the working voxel size and box (the code of
     :mod:`tomoclust.extract`), so mixed voxel sizes and boxes are fine as long as every input
     box covers the working box's extent; otherwise the import stops naming the row.
@@ -554,6 +555,13 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
                            None)
                 if col is not None:
                     got = _numeric(df, [col], where)[:, 0], col
+                elif "rlnDetectorPixelSize" in df.columns:  # Warp 1 / RELION 3.0 style
+                    dps = _numeric(df, ["rlnDetectorPixelSize"], where)[:, 0]
+                    if "rlnMagnification" in df.columns:
+                        mag = _numeric(df, ["rlnMagnification"], where)[:, 0]
+                        got = dps * 1e4 / mag, "rlnDetectorPixelSize/rlnMagnification"
+                    else:
+                        got = dps, "rlnDetectorPixelSize"
             if got is None:
                 hv = [meta[f][2] for f in files]
                 miss = [i for i, v in enumerate(hv) if v is None]
