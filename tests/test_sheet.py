@@ -6,7 +6,7 @@ import re
 
 import pytest
 from tomoclust import TomoclustError
-from tomoclust.sheet import load_sheet
+from tomoclust.sheet import coordinate_files, load_sheet
 
 
 @pytest.fixture
@@ -139,4 +139,35 @@ def test_line_numbers_count_comment_and_blank_lines(tmp_path, tomos):
                             "# the next one has a typo\n"
                             f"bad\t{tomos[1]}\tten\n")
     with pytest.raises(TomoclustError, match=_err(path, "line 6: voxel_size 'ten'")):
+        load_sheet(path)
+
+
+def test_coordinates_columns(tmp_path, tomos):
+    """Issue 7: per-tomogram coordinate STAR files (comma-separated) and their voxel size."""
+    a, b = tmp_path / "a.star", tmp_path / "b.star"
+    a.write_text("data_\n")
+    b.write_text("data_\n")
+    path = _sheet(tmp_path, "name\tpath\tcoordinates\tcoordinates_voxel_size\n"
+                            f"TS_01\t{tomos[0]}\t{a}, {b}\t20\n"
+                            f"TS_02\t{tomos[1]}\t\t\n")
+    df = load_sheet(path)
+    assert coordinate_files(df.loc["TS_01", "coordinates"]) == [str(a), str(b)]
+    assert coordinate_files(df.loc["TS_02", "coordinates"]) == []
+    assert df.loc["TS_01", "coordinates_voxel_size"] == 20.0
+    assert df.loc["TS_02", "coordinates_voxel_size"] is None
+    # absent column: empty everywhere
+    assert coordinate_files(load_sheet(_sheet(tmp_path, f"name\tpath\nTS_01\t{tomos[0]}\n",
+                                              "plain.tsv")).loc["TS_01", "coordinates"]) == []
+
+
+@pytest.mark.parametrize("cells, then", [
+    ("{missing}\t", r"line 2 \(TS_01\): coordinates file .*nope.star does not exist"),
+    ("\t0", "line 2: coordinates_voxel_size must be > 0"),
+    ("\tbin4", "line 2: coordinates_voxel_size 'bin4' is not a number"),
+])
+def test_bad_coordinates_columns(tmp_path, tomos, cells, then):
+    cells = cells.format(missing=tmp_path / "nope.star")
+    path = _sheet(tmp_path, "name\tpath\tcoordinates\tcoordinates_voxel_size\n"
+                            f"TS_01\t{tomos[0]}\t{cells}\n")
+    with pytest.raises(TomoclustError, match=_err(path, then)):
         load_sheet(path)
