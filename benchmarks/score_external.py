@@ -12,9 +12,10 @@ and a markdown table.
     .venv/bin/python benchmarks/score_external.py --star path/to/particles.star \\
         --methods invariant disca autoencoder --out benchmarks/results/external_myset.json
 
-Box and voxel size default to the set's own (no resampling); ``--box`` / ``--voxel-size``
-resample. Method and clustering settings are those of ``config.yaml`` unless ``--configfile``
-(a YAML merged on top) or ``--k`` (fixed number of classes) say otherwise.
+Settings: command-line options, over ``--configfile`` (a YAML merged on top), over
+``config.yaml``. Box and voxel size default to the set's own (no resampling); ``--box`` /
+``--voxel-size`` (or the configfile's ``extraction``) resample; ``--k`` fixes the number of
+classes.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--star", type=Path, help="labelled particle STAR")
     ap.add_argument("--render", type=Path, help="only rewrite the markdown of this JSON")
-    ap.add_argument("--methods", nargs="+", default=["invariant", "disca", "autoencoder"],
-                    choices=["invariant", "disca", "autoencoder"])
+    ap.add_argument("--methods", nargs="+", choices=["invariant", "disca", "autoencoder"],
+                    help="default: those of config.yaml (or of --configfile)")
     ap.add_argument("--box", type=int, help="working box (default: the set's)")
     ap.add_argument("--voxel-size", type=float, help="working voxel size Å (default: the set's)")
     ap.add_argument("--image-root", type=Path, help="relative image names are relative to this "
@@ -114,18 +115,23 @@ def main() -> None:
     out = args.out or REPO / "benchmarks" / "results" / f"external_{label}.json"
     workdir.mkdir(parents=True, exist_ok=True)
 
+    # precedence: command-line options > --configfile > config.yaml (and the set's geometry)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg.update(tomograms="", templates={}, subtomogram_sets={}, methods=list(args.methods),
-               device=args.device)
+    cfg["extraction"] = {**cfg["extraction"], "box": box, "voxel_size": vs, "normalise": True}
+    if args.configfile:
+        cfg = _merge(cfg, yaml.safe_load(args.configfile.read_text()) or {})
+    cfg.update(tomograms="", templates={}, subtomogram_sets={}, device=args.device)
+    if args.methods:
+        cfg["methods"] = list(args.methods)
     cfg["simulation"]["enabled"] = False
     cfg["external"] = {**cfg.get("external", {}), "subtomograms": str(star),
                        "image_root": str(root or ""), "coordinates": "", "truth": True}
-    cfg["extraction"] = {"box": args.box or box, "voxel_size": args.voxel_size or vs,
-                         "normalise": True}
+    if args.box:
+        cfg["extraction"]["box"] = args.box
+    if args.voxel_size:
+        cfg["extraction"]["voxel_size"] = args.voxel_size
     if args.k:
         cfg["clustering"]["k"] = args.k
-    if args.configfile:
-        cfg = _merge(cfg, yaml.safe_load(args.configfile.read_text()) or {})
     cfg_path = workdir / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
