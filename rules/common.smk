@@ -5,8 +5,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from tomoclust import TomoclustError  # noqa: E402
-from tomoclust.starhead import has_class_numbers  # noqa: E402
 from tomoclust.sheet import NAME_PATTERN, coordinate_files, load_sheet  # noqa: E402
+from tomoclust.starhead import has_class_numbers  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 

@@ -33,7 +33,6 @@ rule evaluate_classification:
     params:
         tolerance=config["evaluation"]["picking_tolerance"],
         seed=config["clustering"]["seed"],
-        truth_by_index=EXTERNAL_TRUTH,
     conda:
         "../envs/cpu.yaml"
     script:

@@ -14,7 +14,7 @@ def main(smk) -> None:
     clusters = read_star(smk.input.clusters, what="cluster table")
     truth = read_star(smk.input.truth, what="ground truth")
     feats = np.load(smk.input.features)
-    if smk.params.truth_by_index:  # the input STAR's rlnClassNumber, row by row
+    if "tclStackIndex" in truth.columns:  # results/truth: the input STAR's classes, by row
         true_cls = truth_by_index(clusters, truth)
         ok = true_cls > 0
         log.info("%d of %d particles carry a class number in the input STAR", int(ok.sum()),
