@@ -456,3 +456,37 @@ def test_warp1_style_pixel_size_columns(subtomo_set, tmp_path):
     assert info["voxel_size_source"] == "rlnDetectorPixelSize/rlnMagnification"
     assert info["groups"][0]["voxel_size_in"] == pytest.approx(10.0)
     assert read_star(tmp_path / "o.star")["rlnCtfImage"].tolist() == ["ctf/p.mrc"] * 3
+
+
+def test_relion5_2d_stack_pseudo_subtomograms_are_refused(subtomo_set, tmp_path):
+    star, df = subtomo_set
+    s2 = _write_star(star.parent / "r5_2d.star", {
+        "general": {"rlnTomoSubTomosAre2DStacks": 1},
+        "optics": pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [10.0]}),
+        "particles": df.iloc[:3]})
+    with pytest.raises(TomoclustError, match="rlnTomoSubTomosAre2DStacks is 1"):
+        import_subtomograms(s2, tmp_path / "o.star", tmp_path / "o.mrcs", voxel_size=12.0,
+                            box=16)
+    s3 = _write_star(star.parent / "r5_3d.star", {
+        "general": {"rlnTomoSubTomosAre2DStacks": 0},
+        "optics": pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [10.0]}),
+        "particles": df.iloc[:3]})
+    info = import_subtomograms(s3, tmp_path / "o.star", tmp_path / "o.mrcs", voxel_size=12.0,
+                               box=16)
+    assert info["voxel_size_source"] == "optics rlnImagePixelSize"
+
+
+def test_relion_project_relative_paths_need_image_root(subtomo_set, tmp_path, monkeypatch):
+    """RELION writes image names relative to its project directory, not to the STAR's."""
+    star, df = subtomo_set
+    job = star.parent / "Extract" / "job012"
+    job.mkdir(parents=True)
+    s2 = _write_star(job / "particles.star", {"particles": df.iloc[:3]})
+    monkeypatch.chdir(star.parent)
+    with pytest.raises(TomoclustError, match=r"row 1: .* does not exist.*set "
+                                             r"'external.image_root'"):
+        import_subtomograms(s2, tmp_path / "o.star", tmp_path / "o.mrcs", voxel_size=12.0,
+                            box=16)
+    info = import_subtomograms(s2, tmp_path / "o.star", tmp_path / "o.mrcs", voxel_size=12.0,
+                               box=16, image_root=star.parent)
+    assert info["n_particles"] == 3

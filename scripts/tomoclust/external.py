@@ -497,8 +497,13 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
         raise TomoclustError(f"{where}: missing column 'rlnImageName'; found {list(df.columns)}")
     if len(df) == 0:
         raise TomoclustError(f"{where}: has no particles")
-    if df.get("rlnTomoSubTomosAre2DStacks") is not None:
-        raise TomoclustError(f"{where}: 2D-stack pseudo-subtomograms are not supported")
+    if "general" in star_labels(star):  # RELION 5 writes data_general before data_optics
+        general = starfile.read(star, always_dict=True).get("general")
+        flag = general.get("rlnTomoSubTomosAre2DStacks") if isinstance(general, Mapping) else None
+        if flag is not None and str(flag).strip() not in ("0", "0.0", "False"):
+            raise TomoclustError(f"{where}: rlnTomoSubTomosAre2DStacks is {flag}: RELION 5 "
+                                 "2D-stack pseudo-subtomograms are not supported; extract 3D "
+                                 "subtomograms (Extract job, 'Write output as 2D stacks?' No)")
     root = Path(image_root) if image_root else star.parent
     parsed = [parse_image_name(v, f"{where}, {_row(i)}") for i, v in
               enumerate(df["rlnImageName"])]
@@ -526,12 +531,16 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
             p = p if p.is_absolute() else root / p
             if p not in meta:
                 if not p.is_file():
+                    hint = ""
+                    if not image_root:
+                        hint = ("; relative names are resolved against the STAR file's "
+                                "directory unless 'external.image_root' is set")
+                        if Path(name).is_file():
+                            hint += (f" ({name} exists relative to the current directory, "
+                                     "as in a RELION project: set 'external.image_root' to it)")
                     raise TomoclustError(f"{where}, {_row(i)}: image file {p} (from "
                                          f"rlnImageName {df['rlnImageName'].iloc[i]!r}) does not "
-                                         "exist" + ("" if image_root else
-                                                    "; relative names are resolved against the "
-                                                    "STAR file's directory unless "
-                                                    "'external.image_root' is set"))
+                                         f"exist{hint}")
                 v = volumes(p, i)
                 meta[p] = (v.data.shape[0], v.data.shape[-1], v.header_voxel_size)
             n_in = meta[p][0]
