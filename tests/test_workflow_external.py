@@ -132,6 +132,22 @@ def test_coordinates_in_outputs_keep_identity_and_truth(coords_run):
     assert m["accuracy"] >= 0.85, m.to_dict()  # balls vs dumbbells, well separated
 
 
+def test_coordinate_voxel_size_change_reruns_only_that_tomogram(coords_run, repo):
+    """TS_01's voxel size comes from the sheet, so a new config value touches TS_02 alone:
+    its import, its extraction and everything after the gather; never ingest or picking."""
+    d, cfg, _ = coords_run
+    changed = yaml.safe_load(cfg.read_text())
+    changed["external"]["coordinates_voxel_size"] = 5.0
+    path = d / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    proc = _snakemake(repo, d, "-n", "--configfile", str(path))
+    out = _output(proc)
+    jobs = _job_stats(out)
+    assert jobs.get("import_coordinates") == 1 and jobs.get("extract") == 1, jobs
+    assert "wildcards: tomo=TS_02" in out and "tomo=TS_01" not in out, out
+    assert not {"ingest", "pick"} & set(jobs), jobs
+
+
 def test_one_star_for_all_with_an_unknown_name_fails_naming_the_row(coords_run, repo, tmp_path):
     d, _, _ = coords_run
     df = pd.DataFrame({"rlnMicrographName": ["TS_01.mrc", "TS_07.mrc"],
