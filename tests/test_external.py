@@ -490,3 +490,19 @@ def test_relion_project_relative_paths_need_image_root(subtomo_set, tmp_path, mo
     info = import_subtomograms(s2, tmp_path / "o.star", tmp_path / "o.mrcs", voxel_size=12.0,
                                box=16, image_root=star.parent)
     assert info["n_particles"] == 3
+
+
+def test_refined_origins_in_angstrom_are_subtracted(tomogram, tmp_path):
+    """RELION 4/5 refined particles: the centre is the coordinate minus rlnOrigin*Angst."""
+    cen = (np.array(PLANT) - np.array(SHAPE[::-1]) / 2.0) * VS
+    star = _write_star(tmp_path / "refined.star", pd.DataFrame({
+        "rlnCenteredCoordinateXAngst": [cen[0] + 30.0], "rlnCenteredCoordinateYAngst": [cen[1]],
+        "rlnCenteredCoordinateZAngst": [cen[2] - 20.0], "rlnOriginXAngst": [30.0],
+        "rlnOriginYAngst": [0.0], "rlnOriginZAngst": [-20.0]}))
+    res, boxes, _ = _import(tomogram, [star])
+    np.testing.assert_allclose(res.particles[["rlnCoordinateX", "rlnCoordinateY",
+                                              "rlnCoordinateZ"]].to_numpy()[0], PLANT)
+    _assert_centred(boxes)
+    # kept, under another name: the coordinates already include the shift
+    assert res.particles.iloc[0]["tclOriginalOriginXAngst"] == 30.0
+    assert "rlnOriginXAngst" not in res.particles

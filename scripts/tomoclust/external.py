@@ -24,6 +24,9 @@ Mode 1, coordinates in (picking skipped)
         size being those of the tomogram of the sheet (any binning of the reconstruction
         covers the same extent).
 
+    Refined particles carry ``rlnOriginX/Y/ZAngst``: as in RELION, the centre used is the
+    position minus the origin (Å), and the origins are kept as ``tclOriginalOrigin*Angst`` (so
+    nothing applies them twice); pixel-unit ``rlnOriginX/Y/Z`` are not applied (logged).
     Positions are taken to a physical distance from the first voxel's centre (Å) and from there
     to voxels of the ingested tomogram (ingest keeps that origin: it Fourier-bins and cuts only
     at the high end). Rows whose centre falls outside the tomogram, or whose box would cross a
@@ -71,6 +74,7 @@ COORDS = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
 CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
            "rlnCenteredCoordinateZAngst")
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
 NAME_COLUMNS = ("rlnTomoName", "rlnMicrographName")
 PYTOM_COLUMNS = ("rlnLCCmax", "rlnCutOff", "rlnSearchStd")
 TRUTH_COLUMN = "tclOriginalClassNumber"
@@ -283,15 +287,16 @@ def coordinate_voxel_size(df: pd.DataFrame, optics: pd.DataFrame | None, where: 
         "the sheet or in the config's 'external' section")
 
 
-def carry_columns(df: pd.DataFrame, drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
-    """Input columns to carry into tomoclust's tables, renamed where tomoclust writes the same
-    name (:func:`original_name`)."""
-    drop = set(drop)
+def carry_columns(df: pd.DataFrame, drop: Iterable[str] = (), rename: Iterable[str] = ()
+                  ) -> dict[str, np.ndarray]:
+    """Input columns to carry into tomoclust's tables, renamed (:func:`original_name`) where
+    tomoclust writes the same name, or where listed in ``rename``."""
+    drop, rename = set(drop), set(rename) | OWN_COLUMNS
     out = {}
     for c in df.columns:
         if c in drop:
             continue
-        out[original_name(c) if c in OWN_COLUMNS else c] = df[c].to_numpy()
+        out[original_name(c) if c in rename else c] = df[c].to_numpy()
     return out
 
 
@@ -358,6 +363,14 @@ def import_coordinates(
             vs, src = coordinate_voxel_size(df, optics, where, coordinates_voxel_size)
             phys = xyz * vs[:, None]
             src = f"voxels at {np.unique(np.round(vs, 4)).tolist()} Å (from {src})"
+        applied: tuple[str, ...] = ()
+        if set(ORIGINS) <= set(df.columns):  # refined particles: centre = position - origin
+            phys = phys - _numeric(df, ORIGINS, where)
+            applied = ORIGINS  # kept as tclOriginalOrigin*: not to be applied twice
+            src += "; rlnOriginX/Y/ZAngst subtracted"
+        elif any(c in df.columns for c in ("rlnOriginX", "rlnOriginY", "rlnOriginZ")):
+            log.warning("%s: rlnOriginX/Y/Z (pixels of an unstated size) are not applied; "
+                        "only rlnOriginX/Y/ZAngst are", where)
         vox = phys / float(voxel_size)  # x, y, z voxels of the ingested tomogram
         zyx = xyz_to_zyx(vox)
         r = np.round(zyx)
@@ -379,7 +392,8 @@ def import_coordinates(
                                 "conversion": src, "kept": int(keep.sum()),
                                 "outside": n_out, "edge": n_edge})
         angles = _numeric(df, ANGLES, where)[keep] if set(ANGLES) <= set(df.columns) else None
-        extra = carry_columns(df[keep], drop=ANGLES if angles is not None else ())
+        extra = carry_columns(df[keep], drop=ANGLES if angles is not None else (),
+                              rename=applied)
         if col == "rlnTomoName":  # the sheet's name replaces it; keep a differing original
             same = df.loc[keep, col].astype(str).str.strip().eq(tomo).all()
             if same:
