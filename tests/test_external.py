@@ -251,6 +251,23 @@ def test_row_of_another_tomogram_in_a_per_tomogram_file(tomogram, tmp_path):
                 sheet_paths=["a/TS_01.mrc", "a/TS_02.mrc"])
 
 
+def test_per_tomogram_file_names(tomogram, tmp_path, caplog):
+    """A per-tomogram file may name the file its picker ran on (logged); rows of several
+    unknown tomograms are an error."""
+    one = _write_star(tmp_path / "one.star", pd.DataFrame({
+        "rlnMicrographName": ["TS_01_bin4_denoised"], "rlnCoordinateX": [30.0],
+        "rlnCoordinateY": [25.0], "rlnCoordinateZ": [20.0]}))
+    res, _, _ = _import(tomogram, [one], coordinates_voxel_size=VS, sheet_names=["TS_01"],
+                        sheet_paths=[str(tomogram)])
+    assert len(res.particles) == 1 and "matches no sheet name" in caplog.text
+    two = _write_star(tmp_path / "two.star", pd.DataFrame({
+        "rlnMicrographName": ["a", "b"], "rlnCoordinateX": [30.0, 30.0],
+        "rlnCoordinateY": [25.0, 25.0], "rlnCoordinateZ": [20.0, 20.0]}))
+    with pytest.raises(TomoclustError, match=r"row 2: rlnMicrographName 'b' is not tomogram"):
+        _import(tomogram, [two], coordinates_voxel_size=VS, sheet_names=["TS_01"],
+                sheet_paths=[str(tomogram)])
+
+
 def test_name_matching_rules():
     names, paths = ["TS_01", "TS_02"], ["/d/rec_TS_01.mrc", "/d/TS_02.rec"]
     m = match_names(["TS_01", "/x/TS_02.mrc", "rec_TS_01.mrc", "TS_02.tomostar", "TS_3"],

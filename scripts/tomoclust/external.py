@@ -348,11 +348,20 @@ def import_coordinates(
         if col is not None and sheet_names is not None:
             vals = df[col].astype(str).str.strip().to_numpy()
             mapping = match_names(vals, sheet_names, sheet_paths)
-            wrong = [v for v, n in mapping.items() if n != tomo]
-            if wrong:
-                i = int(np.flatnonzero(vals == wrong[0])[0])
-                raise TomoclustError(f"{where}, {_row(i)}: {col} {wrong[0]!r} is not tomogram "
-                                     f"{tomo!r}, which this file is given for")
+            # a row naming another tomogram of the sheet, or rows naming several unknown
+            # tomograms, are errors; one unknown name (e.g. the file a picker ran on) is logged
+            other = [v for v, n in mapping.items() if n is not None and n != tomo]
+            unknown = [v for v, n in mapping.items() if n is None]
+            bad = other[:1] or (unknown[1:2] if len(unknown) > 1 else [])
+            if bad:
+                i = int(np.flatnonzero(vals == bad[0])[0])
+                raise TomoclustError(f"{where}, {_row(i)}: {col} {bad[0]!r} is not tomogram "
+                                     f"{tomo!r}, which this file is given for (names in the "
+                                     f"file: {list(mapping)[:5]})")
+            if unknown:
+                log.warning("%s: %s %r matches no sheet name; its rows are taken as tomogram %s "
+                            "because the sheet gives this file for it", where, col, unknown[0],
+                            tomo)
         if conv == "relion5":
             cen = _numeric(df, CENTRED, where)
             phys = cen + (shape_in / 2.0) * voxel_size_in
