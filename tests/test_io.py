@@ -197,12 +197,12 @@ def test_zyx_xyz_round_trip(rng):
 @pytest.mark.parametrize("shape", [(48, 96, 96), (47, 95, 101)])
 def test_centered_angst_uses_size_over_two_and_round_trips(rng, shape):
     vs = 13.5
-    centre_xyz = np.array(shape[::-1]) // 2  # RELION 5: centre is voxel size // 2
+    centre_xyz = np.array(shape[::-1]) / 2.0  # RELION 5: centre is size / 2 (float)
     np.testing.assert_allclose(centered_angst(centre_xyz, shape, vs), 0.0, atol=1e-12)
     one_x = centre_xyz + np.array([1, 0, 0])
     np.testing.assert_allclose(centered_angst(one_x, shape, vs), [vs, 0, 0], atol=1e-9)
     np.testing.assert_allclose(centered_angst(np.zeros(3), shape, vs),
-                               -vs * (np.array(shape[::-1]) // 2), atol=1e-9)
+                               -vs * (np.array(shape[::-1]) / 2.0), atol=1e-9)
     xyz = rng.uniform(0, 40, size=(10, 3))
     back = voxels_from_centered_angst(centered_angst(xyz, shape, vs), shape, vs)
     np.testing.assert_allclose(back, xyz, atol=1e-9)

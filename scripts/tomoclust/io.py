@@ -319,16 +319,17 @@ def centered_angst(coords_xyz_vox: np.ndarray, shape_zyx: tuple[int, ...], voxel
     """RELION 5 centred coordinates (Å) from voxel coordinates of a tomogram.
 
     RELION 5 puts the origin of ``rlnCenteredCoordinate*Angst`` at the tomogram centre,
-    voxel ``size // 2`` along each axis (matching its FFT-centre convention).
+    ``size / 2`` voxels (float division) from the first voxel's centre along each axis, as in
+    its ``ParticleSet`` decentring; on odd-sized axes that is half a voxel off ``size // 2``.
     """
-    centre = np.array(shape_zyx[::-1], dtype=np.float64) // 2
+    centre = np.array(shape_zyx[::-1], dtype=np.float64) / 2.0
     return (np.asarray(coords_xyz_vox, dtype=np.float64) - centre) * float(voxel_size)
 
 
 def voxels_from_centered_angst(coords_angst: np.ndarray, shape_zyx: tuple[int, ...],
                                voxel_size: float) -> np.ndarray:
     """Inverse of :func:`centered_angst`: centred Å to ``(x, y, z)`` voxel coordinates."""
-    centre = np.array(shape_zyx[::-1], dtype=np.float64) // 2
+    centre = np.array(shape_zyx[::-1], dtype=np.float64) / 2.0
     return np.asarray(coords_angst, dtype=np.float64) / float(voxel_size) + centre
 
 
