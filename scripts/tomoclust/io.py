@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -177,10 +178,14 @@ def write_mrc(path: PathLike, data: np.ndarray, voxel_size: float) -> None:
 
 
 class StackWriter:
-    """Write a stack of ``n`` cubic volumes of side ``box`` into one memory-mapped MRC file.
+    """Write a stack of ``n`` cubic volumes of side ``box`` into one MRC file, in place.
 
-    Memory use does not depend on ``n``: volumes go straight into the memory map. The file
-    appears at its final path only when :meth:`close` succeeds (use as a context manager).
+    Memory use does not depend on ``n``: each write goes straight to the file (``pwrite``
+    for a row or a run of rows, which costs less than faulting in fresh pages of a memory
+    map; the memory map otherwise). Writes of disjoint rows may come from several threads.
+    Header statistics are accumulated as rows arrive; close() only recomputes them from
+    the file when a row was written twice or never. The file appears at its final path only
+    when :meth:`close` succeeds (use as a context manager).
     """
 
     def __init__(self, path: PathLike, n: int, box: int, voxel_size: float):
@@ -189,6 +194,7 @@ class StackWriter:
         self._tmp = self._ctx.__enter__()
         self.n, self.box, self.voxel_size = int(n), int(box), float(voxel_size)
         self._mrc = None
+        self._fd: int | None = None
         if self.n == 0:  # an empty stack: header only, still recording box and voxel size
             with mrcfile.new(self._tmp, overwrite=True) as mrc:
                 mrc.set_data(np.zeros((0, self.box, self.box, self.box), dtype=np.float32))
@@ -196,22 +202,72 @@ class StackWriter:
                 mrc.voxel_size = self.voxel_size
             return
         shape = (self.n, self.box, self.box, self.box)
+        self._rows = np.arange(self.n)
+        self._written = np.zeros(self.n, dtype=bool)
+        self._stats: tuple[float, float, float, float, int] | None = (np.inf, -np.inf, 0.0,
+                                                                      0.0, 0)
+        self._lock = threading.Lock()
         self._mrc = mrcfile.new_mmap(self._tmp, shape=shape, mrc_mode=2, overwrite=True)
         self._mrc.header.ispg = 401
         self._mrc.voxel_size = self.voxel_size
+        self._offset = int(self._mrc.data.offset)  # bytes before the first voxel
+        self._fd = os.open(self._tmp, os.O_WRONLY)
 
     def __setitem__(self, index: int | slice, volumes: np.ndarray) -> None:
         if self._mrc is None:
             raise IndexError("the stack is empty")
-        self._mrc.data[index] = volumes
+        rows = self._rows[index]
+        nrows = int(np.size(rows))
+        run = isinstance(index, (int, np.integer)) or (
+            isinstance(index, slice) and index.step in (None, 1))
+        if run and nrows:
+            shape = np.shape(rows) + (self.box,) * 3
+            v = np.ascontiguousarray(np.broadcast_to(np.asarray(volumes, dtype=np.float32),
+                                                     shape))
+            self._pwrite(v, int(np.min(rows)))
+        else:
+            self._mrc.data[index] = volumes
+            v = np.asarray(self._mrc.data[index])
+        # header statistics of what was just written, while it is in the CPU cache; a row
+        # written twice makes close() recompute them over the whole stack instead
+        block = v.reshape(-1, self.box**3) if v.size else v.reshape(0, 1)
+        if block.size:  # float32 pairwise sums per volume, added up in float64
+            part = (float(block.min()), float(block.max()),
+                    float(block.sum(axis=1).sum(dtype=np.float64)),
+                    float(np.vecdot(block, block).sum(dtype=np.float64)), block.size)
+        with self._lock:
+            if np.any(self._written[rows]):
+                self._stats = None
+            self._written[rows] = True
+            if self._stats is not None and block.size:
+                lo, hi, total, total_sq, count = self._stats
+                self._stats = (min(lo, part[0]), max(hi, part[1]), total + part[2],
+                               total_sq + part[3], count + part[4])
+
+    def _pwrite(self, v: np.ndarray, row: int) -> None:
+        buf = memoryview(v).cast("B")
+        pos = self._offset + row * self.box**3 * 4
+        while len(buf):
+            k = os.pwrite(self._fd, buf, pos)
+            buf, pos = buf[k:], pos + k
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def close(self) -> None:
         if self._mrc is not None:
-            _header_stats_chunked(self._mrc)
+            self._close_fd()
+            if self._stats is not None and self._written.all():
+                _set_header_stats(self._mrc, *self._stats)
+            else:
+                _header_stats_chunked(self._mrc)
             self._mrc.close()
         self._ctx.__exit__(None, None, None)
 
     def abort(self, exc: BaseException) -> None:
+        self._close_fd()
         if self._mrc is not None:
             self._mrc.close()
         with contextlib.suppress(BaseException):
@@ -242,6 +298,12 @@ def _header_stats_chunked(mrc: mrcfile.mrcfile.MrcFile, chunk: int = 256) -> Non
         total += float(block.sum())
         total_sq += float(np.square(block).sum())
         count += block.size
+    _set_header_stats(mrc, lo, hi, total, total_sq, count)
+
+
+def _set_header_stats(mrc: mrcfile.mrcfile.MrcFile, lo: float, hi: float, total: float,
+                      total_sq: float, count: int) -> None:
+    """dmin/dmax/dmean/rms from the minimum, maximum, sum and sum of squares of the data."""
     mean = total / count
     mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
     mrc.header.rms = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
