@@ -198,10 +198,14 @@ def memory_child(n: int, tomogram: str, mode: str, stack: str, seed: int) -> dic
 
 
 # ----------------------------------------------------------------------------- main
-def time_methods(methods: dict, repeats: int) -> dict[str, list[float]]:
+def time_methods(methods: dict, repeats: int, stack: Path) -> dict[str, list[float]]:
+    """Interleaved timings. The previous run's stack is deleted first (untimed), as Snakemake
+    deletes a job's outputs: replacing an existing file by rename makes ext4 start writing
+    the new one back at once, a cost the workflow never pays."""
     times: dict[str, list[float]] = {k: [] for k in methods}
     for r in range(repeats):
         for name, (fn, n) in methods.items():
+            stack.unlink(missing_ok=True)
             gc.collect()
             t0 = time.perf_counter()
             fn()
@@ -326,7 +330,7 @@ def main() -> None:
                                                 args.n),
             }
             load = [os.getloadavg()[0]]
-            times = time_methods(methods, args.repeats)
+            times = time_methods(methods, args.repeats, Path(stack))
             load.append(os.getloadavg()[0])
             rates = {k: methods[k][1] / median(v) for k, v in times.items()}
             # agreement on the first particles
@@ -350,7 +354,9 @@ def main() -> None:
                 "load_1min_before_after": load,
             }
             log(f"{mode}: profiling")
+            Path(stack).unlink(missing_ok=True)
             entry["profile"] = profile_extract(data, coords, plan, stack)
+            Path(stack).unlink(missing_ok=True)
             entry["stages_s"] = stage_breakdown(data, coords, plan, stack)
             Path(stack).unlink(missing_ok=True)
             result["modes"][mode] = entry
