@@ -249,6 +249,8 @@ def test_bin_smooth_matches_the_direct_formula(rng, b, shape):
     assert got.shape == tuple(-(-n // b) for n in shape) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(_bin_smooth(vol, b, block=64), want, atol=1e-6)
+    np.testing.assert_array_equal(_bin_smooth(vol, b, block=1, workers=3),
+                                  _bin_smooth(vol, b, block=1))  # threads over blocks
     # a constant stays constant (the taps sum to 1, edges are "nearest")
     np.testing.assert_allclose(_bin_smooth(np.full(shape, 2.5, np.float32), b), 2.5, rtol=1e-6)
     torch = pytest.importorskip("torch")

@@ -22,6 +22,8 @@ they give the same picks up to floating-point ties.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +49,7 @@ class DogParams:
     min_distance: float = 10.0  # voxels
     edge: int = 0  # voxels from each face
     max_count: int | None = None
-    chunk_z: int = 128  # slab depth (voxels of core per slab)
+    chunk_z: int = 128  # slab depth: voxels of core per slab on the working grid (× bin fine)
     bin: int = 1  # evaluate the score map on a grid this many times coarser (1 = exact)
 
 
@@ -112,6 +114,14 @@ def _bin_weights(b: int) -> np.ndarray:
 _BIN_VARIANCE = 3.0 / 12.0
 
 
+def _put(op, dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst = src`` (op = np.copyto) or ``dst += src`` (op = np.add), broadcasting src."""
+    if op is np.copyto:
+        np.copyto(dst, src, casting="unsafe")
+    else:
+        np.add(dst, src, out=dst, casting="unsafe")
+
+
 def _reduce_axis(arr: np.ndarray, ax: int, b: int, n: int, rows: range, first: int = 0
                  ) -> np.ndarray:
     """Output voxels ``rows`` (coarse indices) of :func:`_bin_smooth` along one axis.
@@ -126,8 +136,9 @@ def _reduce_axis(arr: np.ndarray, ax: int, b: int, n: int, rows: range, first: i
     shape = arr.shape[:ax] + (len(rows),) + arr.shape[ax + 1:]
     acc = None
     for weight in sorted(set(w.tolist())):
-        part = np.zeros(shape, dtype=np.float32)
-        for t in np.flatnonzero(w == weight):
+        part = np.empty(shape, dtype=np.float32)
+        for k, t in enumerate(np.flatnonzero(w == weight)):
+            op = np.copyto if k == 0 else np.add  # the first tap sets every row
             off = int(t) - (b - 1)
             # output rows j (0-based within ``rows``) read fine voxel b·(start + j) + off
             j0 = max(-(off // b) - rows.start, 0)  # first row whose voxel is >= 0
@@ -136,12 +147,12 @@ def _reduce_axis(arr: np.ndarray, ax: int, b: int, n: int, rows: range, first: i
             if j1 > j0:
                 f0 = b * (rows.start + j0) + off - first
                 f1 = b * (rows.start + j1 - 1) + off - first + 1
-                part[pre + (slice(j0, j1),)] += arr[pre + (slice(f0, f1, b),)]
+                _put(op, part[pre + (slice(j0, j1),)], arr[pre + (slice(f0, f1, b),)])
             if j0 > 0:
-                part[pre + (slice(0, j0),)] += arr[pre + (slice(-first, 1 - first),)]
+                _put(op, part[pre + (slice(0, j0),)], arr[pre + (slice(-first, 1 - first),)])
             if j1 < len(rows):
-                part[pre + (slice(j1, None),)] += arr[pre + (slice(n - 1 - first,
-                                                                    n - first),)]
+                _put(op, part[pre + (slice(j1, None),)],
+                     arr[pre + (slice(n - 1 - first, n - first),)])
         if weight != 1:
             part *= np.float32(weight)
         if acc is None:
@@ -151,18 +162,20 @@ def _reduce_axis(arr: np.ndarray, ax: int, b: int, n: int, rows: range, first: i
     return acc
 
 
-def _bin_smooth(vol: np.ndarray, b: int, block: int = 4) -> np.ndarray:
+def _bin_smooth(vol: np.ndarray, b: int, block: int = 4, workers: int = 1) -> np.ndarray:
     """Low-pass by :func:`_bin_weights` and keep every ``b``-th voxel, axis by axis.
 
     Voxel ``i`` of the result is centred on fine voxel ``b·i + (b − 1)/2``; edges are
     "nearest". The input (an array or a memory map) is read once, ``block`` output planes
     at a time, so that the temporaries of the three axis passes stay in the CPU cache;
-    nothing larger than the output is allocated.
+    nothing larger than the output is allocated. Blocks are shared among ``workers``
+    threads (numpy releases the GIL in the additions).
     """
     nz, ny, nx = vol.shape
     mz, my, mx = (-(-n // b) for n in vol.shape)
     out = np.empty((mz, my, mx), dtype=np.float32)
-    for i0 in range(0, mz, block):
+
+    def one(i0: int) -> None:
         rows = range(i0, min(i0 + block, mz))
         lo = max(rows.start * b - (b - 1), 0)
         hi = min((rows.stop - 1) * b + 2 * b - 1, nz)
@@ -170,6 +183,15 @@ def _bin_smooth(vol: np.ndarray, b: int, block: int = 4) -> np.ndarray:
         t = _reduce_axis(slab, 0, b, nz, rows, first=lo)
         t = _reduce_axis(t, 1, b, ny, range(my))
         out[rows.start:rows.stop] = _reduce_axis(t, 2, b, nx, range(mx))
+
+    starts = range(0, mz, block)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(workers, len(starts))) as ex:
+            for f in [ex.submit(one, i0) for i0 in starts]:
+                f.result()
+    else:
+        for i0 in starts:
+            one(i0)
     out *= np.float32(1.0 / float(b) ** 9)
     return out
 
@@ -253,7 +275,8 @@ def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
     so the score map loses almost nothing while the FFTs shrink b³-fold.
     """
     b = max(int(p.bin), 1)
-    v = np.asarray(vol, dtype=np.float32) if b == 1 else _bin_smooth(vol, b)
+    threads = (os.cpu_count() or 1) if workers < 0 else max(workers, 1)
+    v = np.asarray(vol, dtype=np.float32) if b == 1 else _bin_smooth(vol, b, workers=threads)
     s1, s2, _ = _grid_sigmas(p)
     mag = max(abs(float(v.max())), abs(float(v.min())))
     s = _dog_fft(v, s1, s2, -1.0 if p.contrast == "dark" else 1.0, workers)
@@ -262,8 +285,8 @@ def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
 
 def _dog_torch(vol: np.ndarray, p: DogParams, device: str
                ) -> tuple[np.ndarray, np.ndarray, float]:
-    """:func:`_dog_numpy` on torch (any device): the same steps (block mean, FFT with the
-    truncated kernels' transfer functions, 3×3×3 maximum)."""
+    """:func:`_dog_numpy` on torch (any device): the same steps (anti-aliased binning, FFT
+    with the truncated kernels' transfer functions, 3×3×3 maximum)."""
     try:
         import torch
         import torch.nn.functional as F
@@ -363,8 +386,9 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
     b = max(int(p.bin), 1)
     # blur support + local-max neighbourhood + parabola neighbour, in voxels of the grid
     reach = b * (_grid_sigmas(p)[2] + 2)
-    step = max(int(p.chunk_z), b)
-    step += (-step) % b  # slabs start on the coarse grid
+    # memory per slab follows the working grid (the fine slab is read a few planes at a
+    # time): chunk_z working voxels are chunk_z · b fine ones, and slabs start on that grid
+    step = max(int(p.chunk_z), 1) * b
     rng = np.random.default_rng(seed)
     cand_c, cand_s, samples, scale = [], [], [], 0.0
     for z0 in range(0, nz, step):
