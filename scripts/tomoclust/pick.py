@@ -197,16 +197,22 @@ def _bin_smooth(vol: np.ndarray, b: int, block: int = 4, workers: int = 1) -> np
 
 
 def _bin_smooth_torch(v, b: int):
-    """:func:`_bin_smooth` for a ``(z, y, x)`` torch tensor."""
-    import torch
+    """:func:`_bin_smooth` for a ``(z, y, x)`` torch tensor (edge padding, strided views)."""
+    import torch.nn.functional as F
 
+    w = _bin_weights(b)
     for ax in range(3):
         n = v.shape[ax]
         m = -(-n // b)
+        pad = [0] * 6  # F.pad order: x, y, z (low, high)
+        pad[2 * (2 - ax)] = b - 1
+        pad[2 * (2 - ax) + 1] = b * m + b - 1 - n
+        vp = F.pad(v[None, None], pad, mode="replicate")[0, 0]
         acc = None
-        for t, wt in enumerate(_bin_weights(b)):
-            idx = torch.arange(m, device=v.device) * b + (t - (b - 1))
-            part = v.index_select(ax, idx.clamp(0, n - 1)) * float(wt)
+        for t, wt in enumerate(w):
+            sl = [slice(None)] * 3
+            sl[ax] = slice(t, t + b * (m - 1) + 1, b)
+            part = vp[tuple(sl)] * float(wt)
             acc = part if acc is None else acc.add_(part)
         v = acc
     return v / float(b) ** 9
