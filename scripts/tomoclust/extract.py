@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.fft
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import TomoclustError
 from .io import StackWriter, open_stack, optics_table, read_star, write_star
@@ -99,6 +99,12 @@ def _fourier_crop_batch(boxes: np.ndarray, n: int, workers: int) -> np.ndarray:
     res = scipy.fft.ifftn(scipy.fft.ifftshift(out, axes=(1, 2, 3)), axes=(1, 2, 3),
                           workers=workers).real
     return (res * (n**3 / m**3)).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """Created once: inspecting the loaded BLAS libraries costs milliseconds."""
+    return ThreadpoolController()
 
 
 @lru_cache(maxsize=32)
@@ -203,11 +209,12 @@ class _Extractor:
 
         starts = range(0, len(c), self.chunk)
         if workers <= 1 or len(c) <= self.chunk:
-            with threadpool_limits(1, user_api="blas"):
+            with _blas_controller().limit(limits=1, user_api="blas"):
                 for a in starts:
                     one(a)
             return
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as ex:
+        with _blas_controller().limit(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(workers) as ex:
             for f in [ex.submit(one, a) for a in starts]:
                 f.result()
 
