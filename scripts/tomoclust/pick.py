@@ -378,8 +378,8 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
         ``None`` for the numpy backend, or a torch device string (``"cpu"``, ``"cuda"``,
         ``"cuda:1"``) for the torch backend.
     sample_per_slab
-        Voxels per slab sampled (uniformly, seeded) for the global median/MAD; slabs
-        smaller than this contribute every voxel.
+        Voxels per slab (of the working grid) sampled uniformly with replacement (seeded)
+        for the global median/MAD; slabs smaller than this contribute every voxel.
 
     Returns
     -------
