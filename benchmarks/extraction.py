@@ -20,10 +20,9 @@ Methods, timed interleaved ``--repeats`` times at random centres (seeded, random
 * ``naive → stack`` / ``naive in memory``: per particle, a numpy crop of the memory map,
   ``scipy.ndimage.zoom`` (order 3, ``grid_mode=True`` so the voxel size is exactly 12 Å) to the
   same 35³ grid, the centre 32³, zero mean / unit variance, written one by one;
-* ``prototype …`` (NOT the library; a proposal): the same Fourier crop expressed as one real
-  32×42 matrix per axis (derived from the library's own ``_fourier_crop_batch``, so it gives
-  the same boxes), applied as three BLAS matrix products, single-threaded BLAS, two worker
-  threads over batches.
+* ``previous FFT path in memory``: the library's extraction before the separable operator
+  (batches of 256 boxes gathered, ``_fourier_crop_batch`` with complex FFTs, batch
+  normalisation), kept here as a side-by-side reference for the speed-up and the agreement.
 
 Then a profile of ``extract_to_stack`` (where the time goes) and the peak memory of a fresh
 subprocess per particle count (``--memory-n``): ``ru_maxrss`` as asked, plus the peaks of
@@ -46,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,10 +55,13 @@ from scipy import ndimage
 from tomoclust.extract import (
     ResamplePlan,
     _fourier_crop_batch,
+    _normalise_inplace,
+    _resample_chunk,
     edge_voxels,
     extract_boxes,
     extract_to_stack,
     plan_resampling,
+    resampling_matrix,
 )
 from tomoclust.io import StackWriter, open_mrc, write_mrc
 
@@ -90,9 +91,9 @@ def centres(plan: ResamplePlan, n: int, seed: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- methods
-def ours_to_stack(data, coords, plan, path) -> None:
+def ours_to_stack(data, coords, plan, path, workers: int = WORKERS) -> None:
     with StackWriter(path, len(coords), plan.box_out, plan.voxel_size_out) as w:
-        extract_to_stack(data, coords, plan, w, batch=BATCH, workers=WORKERS)
+        extract_to_stack(data, coords, plan, w, batch=BATCH, workers=workers)
 
 
 def ours_in_memory(data, coords, plan) -> None:
@@ -122,69 +123,29 @@ def naive_to_stack(data, coords, plan, path) -> None:
             w[i] = naive_box(data, c, plan)
 
 
-class SeparablePrototype:
-    """PROPOSAL, not the library: the Fourier crop as one real (box_out × box_in) matrix per axis.
-
-    The library's crop-pad-shift-crop chain is linear and separable, and its 1D operator is
-    real when the kept band is symmetric (odd ``n_fourier``, e.g. 35). The matrix is read off
-    the library itself (``_fourier_crop_batch`` of ``δ_i ⊗ 1 ⊗ 1``), so both give the same boxes.
-    """
-
-    def __init__(self, plan: ResamplePlan):
-        self.plan = plan
-        m, n, bo = plan.box_in, plan.n_fourier, plan.box_out
-        self.A = None
-        if not plan.plain_crop:
-            basis = np.zeros((m, m, m, m), dtype=np.float32)
-            for i in range(m):
-                basis[i, i] = 1.0  # δ_i along z, constant along y and x
-            res = _fourier_crop_batch(basis, n, 1)
-            lo = n // 2 - bo // 2
-            c = bo // 2
-            col = res[:, lo:lo + bo, lo + c, lo + c].astype(np.float64)  # A[:, i] · s²
-            # s = the 1D operator applied to a constant (1 for a band-limited crop)
-            ones = _fourier_crop_batch(np.ones((1, m, m, m), np.float32), n, 1)
-            s = np.cbrt(float(ones[0, lo + c, lo + c, lo + c]))
-            self.A = np.ascontiguousarray(col.T / s**2, dtype=np.float32)
-
-    def resample(self, raw: np.ndarray) -> np.ndarray:
-        if self.A is None:
-            return raw
-        A, m, bo, k = self.A, self.plan.box_in, self.plan.box_out, len(raw)
-        t = raw.reshape(-1, m) @ A.T  # x
-        t = t.reshape(k, m, m, bo).transpose(0, 1, 3, 2).reshape(-1, m) @ A.T  # y
-        t = t.reshape(k, m, bo, bo).transpose(0, 2, 3, 1).reshape(-1, m) @ A.T  # z
-        return t.reshape(k, bo, bo, bo).transpose(0, 3, 2, 1)
-
-    def batch(self, data, coords) -> np.ndarray:
-        b = self.plan.box_in
-        raw = np.empty((len(coords), b, b, b), dtype=np.float32)
-        for i, (z, y, x) in enumerate(np.asarray(coords) - b // 2):
-            raw[i] = data[z:z + b, y:y + b, x:x + b]
-        out = self.resample(raw)
-        mu = out.mean(axis=(1, 2, 3), keepdims=True)
-        sd = out.std(axis=(1, 2, 3), keepdims=True)
-        return ((out - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
-
-    def run(self, data, coords, writer=None, threads: int = WORKERS) -> None:
-        from threadpoolctl import threadpool_limits
-
-        def one(a: int) -> None:
-            out = self.batch(data, coords[a:a + BATCH])
-            if writer is not None:
-                writer[a:a + BATCH] = out
-
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as ex:
-            list(ex.map(one, range(0, len(coords), BATCH)))
+def fft_path_in_memory(data, coords, plan) -> list[np.ndarray]:
+    """The previous library path (FFT crop of 256-box batches), in memory."""
+    out = []
+    for a in range(0, len(coords), BATCH):
+        out.append(fft_path_batch(data, coords[a:a + BATCH], plan))
+    return out
 
 
-def proto_in_memory(proto, data, coords) -> None:
-    proto.run(data, coords)
-
-
-def proto_to_stack(proto, data, coords, plan, path) -> None:
-    with StackWriter(path, len(coords), plan.box_out, plan.voxel_size_out) as w:
-        proto.run(data, coords, writer=w)
+def fft_path_batch(data, coords, plan: ResamplePlan) -> np.ndarray:
+    b = plan.box_in
+    raw = np.empty((len(coords), b, b, b), dtype=np.float32)
+    for i, (z, y, x) in enumerate(np.asarray(coords) - b // 2):
+        raw[i] = data[z:z + b, y:y + b, x:x + b]
+    if plan.plain_crop:
+        out = raw
+    else:
+        res = _fourier_crop_batch(raw, plan.n_fourier, WORKERS)
+        lo = plan.n_fourier // 2 - plan.box_out // 2
+        sl = slice(lo, lo + plan.box_out)
+        out = np.ascontiguousarray(res[:, sl, sl, sl])
+    mu = out.mean(axis=(1, 2, 3), keepdims=True)
+    sd = out.std(axis=(1, 2, 3), keepdims=True)
+    return ((out - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- memory child
@@ -237,24 +198,41 @@ def memory_child(n: int, tomogram: str, mode: str, stack: str, seed: int) -> dic
 
 
 # ----------------------------------------------------------------------------- main
-def time_methods(methods: dict, repeats: int) -> dict[str, list[float]]:
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def time_methods(methods: dict, repeats: int, stack: Path
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Interleaved wall-clock and CPU timings. The previous run's stack is deleted first
+    (untimed), as Snakemake deletes a job's outputs: replacing an existing file by rename
+    makes ext4 start writing the new one back at once, a cost the workflow never pays.
+    CPU time (all threads) does not depend on how much of the machine other processes
+    take, so ``2 / CPU-seconds-per-subtomogram`` bounds the rate on 2 dedicated cores."""
     times: dict[str, list[float]] = {k: [] for k in methods}
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
     for r in range(repeats):
         for name, (fn, n) in methods.items():
+            stack.unlink(missing_ok=True)
             gc.collect()
-            t0 = time.perf_counter()
+            c0, t0 = _cpu_s(), time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-            log(f"  repeat {r + 1}: {name}: {n / times[name][-1]:,.0f} / s")
-    return times
+            cpu[name].append(_cpu_s() - c0)
+            log(f"  repeat {r + 1}: {name}: {n / times[name][-1]:,.0f} / s, "
+                f"{1e3 * cpu[name][-1] / n:.3f} CPU ms each")
+    return times, cpu
 
 
 def profile_extract(data, coords, plan, path) -> dict[str, Any]:
-    """cProfile of extract_to_stack (→ StackWriter), top functions by own time."""
+    """cProfile of extract_to_stack (→ StackWriter) on one thread (the profiler sees only the
+    calling thread), top functions by own time."""
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
-    ours_to_stack(data, coords, plan, path)
+    ours_to_stack(data, coords, plan, path, workers=1)
     prof.disable()
     total = time.perf_counter() - t0
     st = pstats.Stats(prof)
@@ -268,37 +246,37 @@ def profile_extract(data, coords, plan, path) -> dict[str, Any]:
 
 
 def stage_breakdown(data, coords, plan, path) -> dict[str, float]:
-    """Seconds in each stage of extract_boxes + StackWriter, timed separately (same steps)."""
-    b = plan.box_in
-    t = dict.fromkeys(("gather from memory map", "Fourier crop (scipy.fft, workers=2)",
-                       "normalise", "write into memory-mapped stack",
-                       "StackWriter.close (header stats, flush)"), 0.0)
-    with StackWriter(path, len(coords), plan.box_out, plan.voxel_size_out) as w:
-        for a in range(0, len(coords), BATCH):
-            c = coords[a:a + BATCH]
+    """Seconds in each stage of the library's extraction into a StackWriter, one thread,
+    timed separately (the same steps and chunk size as extract_to_stack)."""
+    from threadpoolctl import threadpool_limits
+
+    b, bo, chunk = plan.box_in, plan.box_out, 8
+    a = resampling_matrix(plan).astype(np.float32) if not plan.plain_crop else None
+    tomo = np.asarray(data)
+    raw = np.empty((chunk, b, b, b), dtype=np.float32)
+    t = dict.fromkeys(("gather from memory map", "resampling (3 matrix products)",
+                       "normalise", "write into the stack (pwrite + header statistics)",
+                       "StackWriter.close (flush, rename)"), 0.0)
+    keys = list(t)
+    with threadpool_limits(1, user_api="blas"), \
+            StackWriter(path, len(coords), bo, plan.voxel_size_out) as w:
+        for s in range(0, len(coords), chunk):
+            c = coords[s:s + chunk]
             t0 = time.perf_counter()
-            raw = np.empty((len(c), b, b, b), dtype=np.float32)
+            r = raw[:len(c)]
             for i, (z, y, x) in enumerate(c - b // 2):
-                raw[i] = data[z:z + b, y:y + b, x:x + b]
+                r[i] = tomo[z:z + b, y:y + b, x:x + b]
             t1 = time.perf_counter()
-            if plan.plain_crop:
-                out = raw
-            else:
-                res = _fourier_crop_batch(raw, plan.n_fourier, WORKERS)
-                lo = plan.n_fourier // 2 - plan.box_out // 2
-                out = np.ascontiguousarray(res[:, lo:lo + BOX, lo:lo + BOX, lo:lo + BOX])
+            out = r.copy() if a is None else _resample_chunk(r, a)
             t2 = time.perf_counter()
-            mu = out.mean(axis=(1, 2, 3), keepdims=True)
-            sd = out.std(axis=(1, 2, 3), keepdims=True)
-            out = ((out - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32, copy=False)
+            _normalise_inplace(out)
             t3 = time.perf_counter()
-            w[a:a + BATCH] = out
+            w[s:s + len(c)] = out
             t4 = time.perf_counter()
-            keys = list(t)
-            for k, d in zip(keys[:4], (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            for k, d in zip(keys[:4], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 t[k] += d
         t5 = time.perf_counter()
-    t["StackWriter.close (header stats, flush)"] = time.perf_counter() - t5
+    t[keys[4]] = time.perf_counter() - t5
     return t
 
 
@@ -354,40 +332,46 @@ def main() -> None:
             log(f"{mode}: {plan}")
             coords = centres(plan, args.n, args.seed + 1)
             cn = coords[:args.n_naive]
-            proto = SeparablePrototype(plan)
             stack = str(work / "stack.mrcs")
             methods = {
                 "tomoclust → stack": (partial(ours_to_stack, data, coords, plan, stack), args.n),
                 "tomoclust in memory": (partial(ours_in_memory, data, coords, plan), args.n),
                 "naive → stack": (partial(naive_to_stack, data, cn, plan, stack), len(cn)),
                 "naive in memory": (partial(naive_in_memory, data, cn, plan), len(cn)),
-                "prototype → stack": (partial(proto_to_stack, proto, data, coords, plan, stack),
-                                      args.n),
-                "prototype in memory": (partial(proto_in_memory, proto, data, coords), args.n),
+                "previous FFT path in memory": (partial(fft_path_in_memory, data, coords, plan),
+                                                args.n),
             }
-            times = time_methods(methods, args.repeats)
+            load = [os.getloadavg()[0]]
+            times, cpu = time_methods(methods, args.repeats, Path(stack))
+            load.append(os.getloadavg()[0])
             rates = {k: methods[k][1] / median(v) for k, v in times.items()}
             # agreement on the first particles
             k = min(200, len(cn))
             a = extract_boxes(data, coords[:k], plan)
             nb = np.stack([naive_box(data, c, plan) for c in coords[:k]])
-            pb = proto.batch(data, coords[:k])
+            pb = fft_path_batch(data, coords[:k], plan)
             corr = [float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, nb)]
             entry = {
                 "plan": {"box_in": plan.box_in, "n_fourier": plan.n_fourier,
                          "box_out": plan.box_out, "voxel_size_out": plan.voxel_size_out},
                 "seconds": times,
                 "per_s": rates,
+                "cpu_seconds": cpu,
+                "cpu_ms_per_subtomogram": {k: 1e3 * median(v) / methods[k][1]
+                                           for k, v in cpu.items()},
                 "speedup_vs_naive": {"→ stack": rates["tomoclust → stack"]
                                      / rates["naive → stack"],
                                      "in memory": rates["tomoclust in memory"]
                                      / rates["naive in memory"]},
                 "agreement": {"naive_mean_corr": float(np.mean(corr)),
                               "naive_max_abs_diff": float(np.abs(a - nb).max()),
-                              "prototype_max_abs_diff": float(np.abs(a - pb).max())},
+                              "fft_path_max_abs_diff": float(np.abs(a - pb).max())},
+                "load_1min_before_after": load,
             }
             log(f"{mode}: profiling")
+            Path(stack).unlink(missing_ok=True)
             entry["profile"] = profile_extract(data, coords, plan, stack)
+            Path(stack).unlink(missing_ok=True)
             entry["stages_s"] = stage_breakdown(data, coords, plan, stack)
             Path(stack).unlink(missing_ok=True)
             result["modes"][mode] = entry
@@ -436,7 +420,8 @@ def render(res: dict[str, Any]) -> str:
         f"{s['n_speed']} particles per run ({s['n_naive']} for the naive loop); "
         f"median of {s['repeats']} interleaved runs; batch {s['batch']}, workers {s['workers']}. "
         "\"→ stack\" includes the StackWriter on disk (creation, writes, close); \"in memory\" "
-        "returns the boxes only. \"prototype\" = proposal, not the library.\n",
+        "returns the boxes only. \"previous FFT path\" = the library's extraction before the "
+        "separable operator (reference).\n",
     ]
     rows = []
     for mode, e in res["modes"].items():
@@ -444,13 +429,16 @@ def render(res: dict[str, Any]) -> str:
         desc = (f"{mode}: {p['box_in']}³ → {p['n_fourier']}³ → {p['box_out']}³, "
                 f"{p['voxel_size_out']:.4g} Å")
         for name, r in e["per_s"].items():
-            naive = e["per_s"]["naive " + name.split(" ", 1)[1]]
-            rows.append([desc, name, r, r / naive])
-    lines.append(md_table(["plan", "method", "subtomograms / s", "× vs naive (same sink)"],
-                          rows))
+            naive = e["per_s"]["naive → stack" if name.endswith("→ stack")
+                               else "naive in memory"]
+            c = e["cpu_ms_per_subtomogram"][name]
+            rows.append([desc, name, r, r / naive, c, 2e3 / c])
+    lines.append(md_table(["plan", "method", "subtomograms / s", "× vs naive (same sink)",
+                           "CPU ms / subtomogram (all threads)",
+                           "2 ÷ CPU time: / s on 2 dedicated cores"], rows))
     lines.append("\nAgreement (first 200 particles): " + "; ".join(
         f"{m}: naive vs ours mean correlation {e['agreement']['naive_mean_corr']:.3f}, "
-        f"prototype vs ours max |Δ| {e['agreement']['prototype_max_abs_diff']:.1e}"
+        f"previous FFT path vs ours max |Δ| {e['agreement']['fft_path_max_abs_diff']:.1e}"
         for m, e in res["modes"].items()) + " (normalised boxes; the naive zoom puts the box "
         "centre half an input voxel away from the library's, so it is not identical).\n")
     for mode, e in res["modes"].items():
@@ -460,7 +448,8 @@ def render(res: dict[str, Any]) -> str:
                      f"{tot:.2f} s):\n")
         lines.append(md_table(["stage", "s", "share"],
                               [[k, v, f"{100 * v / tot:.0f} %"] for k, v in st.items()]))
-        lines.append(f"\ncProfile of extract_to_stack ({mode}), top functions by own time:\n")
+        lines.append(f"\ncProfile of extract_to_stack ({mode}, one thread), top functions by "
+                     "own time:\n")
         lines.append(md_table(["function", "calls", "own s", "share"],
                               [[r["function"], r["calls"], r["own_s"],
                                 f"{100 * r['share']:.0f} %"]

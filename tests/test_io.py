@@ -228,3 +228,48 @@ def test_particle_table_columns_and_values():
     empty = particle_table("t01", np.zeros((0, 3)), shape, 10.0)
     assert len(empty) == 0
     assert "rlnCenteredCoordinateXAngst" in empty.columns
+
+
+@pytest.mark.parametrize("pattern", ["in order", "shuffled chunks", "row rewritten",
+                                     "row left empty", "strided and fancy", "threads"])
+def test_stack_writer_header_stats_equal_mrcfile(tmp_path, rng, pattern):
+    """Header statistics accumulated while writing (or recomputed at close when a row is
+    written twice or never) equal mrcfile's own update_header_stats of the final data."""
+    n = 7
+    vols = (rng.standard_normal((n, 6, 6, 6)) * 2 + 0.5).astype(np.float32)
+    path = tmp_path / "stack.mrcs"
+    with StackWriter(path, n, 6, 10.0) as w:
+        if pattern == "shuffled chunks":
+            for a in (4, 0, 2, 6):
+                w[a:a + 2] = vols[a:a + 2]
+        elif pattern == "strided and fancy":  # through the memory map, float64 input
+            w[0:7:2] = vols[0:7:2].astype(np.float64)
+            w[[5, 1]] = vols[[5, 1]]
+            w[3] = 1.5  # broadcast
+            vols[3] = 1.5
+        elif pattern == "threads":
+            from concurrent.futures import ThreadPoolExecutor
+
+            def put(i):
+                w[i:i + 1] = vols[i:i + 1]
+
+            with ThreadPoolExecutor(3) as ex:
+                list(ex.map(put, range(n)))
+        else:
+            for i in range(n):
+                if pattern == "row left empty" and i == 3:
+                    continue
+                w[i] = vols[i]
+            if pattern == "row rewritten":
+                w[2] = vols[2] * 10  # the running statistics no longer describe the file
+    with mrcfile.open(path) as mrc:
+        got = [float(mrc.header[k]) for k in ("dmin", "dmax", "dmean", "rms")]
+    with mrcfile.open(path, mode="r+") as mrc:
+        mrc.update_header_stats()
+        want = [float(mrc.header[k]) for k in ("dmin", "dmax", "dmean", "rms")]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    data, _ = open_stack(path)
+    if pattern != "row rewritten":
+        if pattern == "row left empty":
+            vols[3] = 0.0
+        np.testing.assert_array_equal(np.asarray(data), vols)

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -177,10 +178,15 @@ def write_mrc(path: PathLike, data: np.ndarray, voxel_size: float) -> None:
 
 
 class StackWriter:
-    """Write a stack of ``n`` cubic volumes of side ``box`` into one memory-mapped MRC file.
+    """Write a stack of ``n`` cubic volumes of side ``box`` into one MRC file, in place.
 
-    Memory use does not depend on ``n``: volumes go straight into the memory map. The file
-    appears at its final path only when :meth:`close` succeeds (use as a context manager).
+    Memory use does not depend on ``n``: each write goes straight to the file (``pwrite``
+    for a row or a run of rows, which costs less than faulting in fresh pages of a memory
+    map; a memory map for other indexing). Writes of disjoint rows may come from several
+    threads. Header statistics are accumulated as rows arrive; :meth:`close` recomputes them
+    from the file only when a row was written twice or never, then writes the header. Like
+    every other output of tomoclust, the file is not fsync'ed. It appears at its final path
+    only when :meth:`close` succeeds (use as a context manager).
     """
 
     def __init__(self, path: PathLike, n: int, box: int, voxel_size: float):
@@ -188,32 +194,101 @@ class StackWriter:
         self._ctx = atomic_output(self._target)
         self._tmp = self._ctx.__enter__()
         self.n, self.box, self.voxel_size = int(n), int(box), float(voxel_size)
-        self._mrc = None
+        self._fd: int | None = None
+        self._map: np.memmap | None = None
         if self.n == 0:  # an empty stack: header only, still recording box and voxel size
             with mrcfile.new(self._tmp, overwrite=True) as mrc:
                 mrc.set_data(np.zeros((0, self.box, self.box, self.box), dtype=np.float32))
                 mrc.header.ispg = 401
                 mrc.voxel_size = self.voxel_size
             return
-        shape = (self.n, self.box, self.box, self.box)
-        self._mrc = mrcfile.new_mmap(self._tmp, shape=shape, mrc_mode=2, overwrite=True)
-        self._mrc.header.ispg = 401
-        self._mrc.voxel_size = self.voxel_size
+        self._shape = (self.n, self.box, self.box, self.box)
+        self._rows = np.arange(self.n)
+        self._written = np.zeros(self.n, dtype=bool)
+        self._stats: tuple[float, float, float, float, int] | None = (np.inf, -np.inf, 0.0,
+                                                                      0.0, 0)
+        self._lock = threading.Lock()
+        # mrcfile lays out the header and sizes the (sparse) file; the data go in by pwrite
+        with mrcfile.new_mmap(self._tmp, shape=self._shape, mrc_mode=2, overwrite=True) as mrc:
+            mrc.header.ispg = 401
+            mrc.voxel_size = self.voxel_size
+            self._offset = int(mrc.data.offset)  # bytes before the first voxel
+            self._dtype = mrc.data.dtype
+            self._header = mrc.header.copy()
+        self._fd = os.open(self._tmp, os.O_RDWR)
+
+    def _memmap(self) -> np.memmap:
+        if self._map is None:
+            self._map = np.memmap(self._tmp, dtype=self._dtype, mode="r+", offset=self._offset,
+                                  shape=self._shape)
+        return self._map
 
     def __setitem__(self, index: int | slice, volumes: np.ndarray) -> None:
-        if self._mrc is None:
+        if self._fd is None:
             raise IndexError("the stack is empty")
-        self._mrc.data[index] = volumes
+        rows = self._rows[index]
+        nrows = int(np.size(rows))
+        run = isinstance(index, (int, np.integer)) or (
+            isinstance(index, slice) and index.step in (None, 1))
+        if run and nrows and self._dtype == np.dtype(np.float32):
+            shape = np.shape(rows) + (self.box,) * 3
+            v = np.ascontiguousarray(np.broadcast_to(np.asarray(volumes, dtype=np.float32),
+                                                     shape))
+            self._pwrite(v, int(np.min(rows)))
+        else:
+            m = self._memmap()
+            m[index] = volumes
+            v = np.asarray(m[index], dtype=np.float32)
+        # header statistics of what was just written, while it is in the CPU cache; a row
+        # written twice makes close() recompute them over the whole stack instead
+        block = v.reshape(-1, self.box**3) if v.size else v.reshape(0, 1)
+        if block.size:  # float32 pairwise sums per volume, added up in float64
+            part = (float(block.min()), float(block.max()),
+                    float(block.sum(axis=1).sum(dtype=np.float64)),
+                    float(np.vecdot(block, block).sum(dtype=np.float64)), block.size)
+        with self._lock:
+            if np.any(self._written[rows]):
+                self._stats = None
+            self._written[rows] = True
+            if self._stats is not None and block.size:
+                lo, hi, total, total_sq, count = self._stats
+                self._stats = (min(lo, part[0]), max(hi, part[1]), total + part[2],
+                               total_sq + part[3], count + part[4])
+
+    def _pwrite(self, v: np.ndarray, row: int) -> None:
+        buf = memoryview(v).cast("B")
+        pos = self._offset + row * self.box**3 * 4
+        while len(buf):
+            k = os.pwrite(self._fd, buf, pos)
+            buf, pos = buf[k:], pos + k
+
+    def _release(self) -> None:
+        if self._map is not None:
+            self._map.flush()
+            self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def close(self) -> None:
-        if self._mrc is not None:
-            _header_stats_chunked(self._mrc)
-            self._mrc.close()
+        if self._fd is not None:
+            if self._map is not None:
+                self._map.flush()
+            if self._stats is None or not self._written.all():
+                data = np.memmap(self._tmp, dtype=self._dtype, mode="r", offset=self._offset,
+                                 shape=self._shape)
+                self._stats = _chunked_stats(data)
+                del data
+            _set_header_stats(self._header, *self._stats)
+            head = self._header.tobytes()
+            if os.pwrite(self._fd, head, 0) != len(head):
+                raise OSError(f"{self._tmp}: short write of the MRC header")
+            self._release()
         self._ctx.__exit__(None, None, None)
 
     def abort(self, exc: BaseException) -> None:
-        if self._mrc is not None:
-            self._mrc.close()
+        with contextlib.suppress(BaseException):
+            self._release()
         with contextlib.suppress(BaseException):
             self._ctx.__exit__(type(exc), exc, exc.__traceback__)
 
@@ -227,13 +302,10 @@ class StackWriter:
             self.abort(exc)
 
 
-def _header_stats_chunked(mrc: mrcfile.mrcfile.MrcFile, chunk: int = 256) -> None:
-    """Set dmin/dmax/dmean/rms like mrcfile's ``update_header_stats``, chunk by chunk.
-
-    mrcfile computes the standard deviation over the whole mapped array at once, which
-    allocates a temporary as large as the stack; here memory stays bounded by ``chunk``.
-    """
-    data = mrc.data
+def _chunked_stats(data: np.ndarray, chunk: int = 256
+                   ) -> tuple[float, float, float, float, int]:
+    """Minimum, maximum, sum, sum of squares and count of a stack, ``chunk`` volumes at a time
+    (float64 accumulators; memory bounded by ``chunk``)."""
     n = data.shape[0]
     lo, hi, total, total_sq, count = np.inf, -np.inf, 0.0, 0.0, 0
     for a in range(0, n, chunk):
@@ -242,9 +314,24 @@ def _header_stats_chunked(mrc: mrcfile.mrcfile.MrcFile, chunk: int = 256) -> Non
         total += float(block.sum())
         total_sq += float(np.square(block).sum())
         count += block.size
+    return lo, hi, total, total_sq, count
+
+
+def _header_stats_chunked(mrc: mrcfile.mrcfile.MrcFile, chunk: int = 256) -> None:
+    """Set dmin/dmax/dmean/rms like mrcfile's ``update_header_stats``, chunk by chunk.
+
+    mrcfile computes the standard deviation over the whole mapped array at once, which
+    allocates a temporary as large as the stack; here memory stays bounded by ``chunk``.
+    """
+    _set_header_stats(mrc.header, *_chunked_stats(mrc.data, chunk))
+
+
+def _set_header_stats(header: np.recarray, lo: float, hi: float, total: float,
+                      total_sq: float, count: int) -> None:
+    """dmin/dmax/dmean/rms from the minimum, maximum, sum and sum of squares of the data."""
     mean = total / count
-    mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
-    mrc.header.rms = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    header.dmin, header.dmax, header.dmean = lo, hi, mean
+    header.rms = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
 def open_stack(path: PathLike) -> tuple[np.ndarray, float]:

@@ -6,21 +6,29 @@ maxima of ``S`` (3×3×3 neighbourhood) whose robust z-score ``(S − median) / 
 (statistics over all voxels) reaches the threshold; greedy non-maximum suppression keeps the
 strongest peak within ``min_distance``; peaks closer than ``edge`` to a face are dropped.
 
+With ``bin`` = b > 1 the score map is computed on a b-times coarser grid: the volume is
+low-passed by a cubic B-spline of width b (anti-aliasing) while keeping every b-th voxel,
+the DoG (with σ reduced by that filter's own blur) is applied there by FFT, and peaks are
+refined to sub-voxel positions by a parabola through their neighbours. The DoG passes almost
+nothing near the coarse grid's Nyquist frequency, so little is lost while the work shrinks
+about b³-fold.
+
 Large tomograms are processed in slabs along ``z`` with enough overlap that every slab's core
 sees exactly what the whole volume would; memory then scales with the slab, not the tomogram.
-Both backends use the same truncated Gaussian kernel and edge mode ("nearest"), so they give
-the same picks up to floating-point ties.
+Both backends use the same filters, truncated Gaussian kernels and edge mode ("nearest"), so
+they give the same picks up to floating-point ties.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.fft
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from . import TomoclustError
@@ -41,7 +49,7 @@ class DogParams:
     min_distance: float = 10.0  # voxels
     edge: int = 0  # voxels from each face
     max_count: int | None = None
-    chunk_z: int = 128  # slab depth (voxels of core per slab)
+    chunk_z: int = 128  # slab depth: voxels of core per slab on the working grid (× bin fine)
     bin: int = 1  # evaluate the score map on a grid this many times coarser (1 = exact)
 
 
@@ -91,21 +99,161 @@ def _kernel_transfer(n: int, sigma: float, rfft: bool = False) -> np.ndarray:
     return (np.fft.rfft(h) if rfft else np.fft.fft(h)).real.astype(np.float32)
 
 
-def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Score map and local-maximum mask for one slab (numpy / scipy).
+def _bin_weights(b: int) -> np.ndarray:
+    """Integer taps of the anti-aliasing filter used before keeping every ``b``-th voxel: the
+    box of width ``b`` convolved with itself three times (1 3 3 1 for ``b`` = 2, a cubic
+    B-spline); they sum to ``b³``. The transfer function ``(sin πbk / (b sin πk))³`` vanishes
+    to third order at the frequencies that would alias onto the coarse grid's zero."""
+    w = np.ones(1, dtype=np.int64)
+    for _ in range(3):
+        w = np.convolve(w, np.ones(b, dtype=np.int64))
+    return w
 
-    The two Gaussian blurs are one multiplication in Fourier space by the difference of the
-    truncated kernels' transforms; padding the slab by the kernel radius with its edge values
-    makes this identical to separable correlation in "nearest" mode (the torch backend), to
-    floating-point rounding, at a fraction of the cost.
+
+#: variance (voxels²) of :func:`_bin_weights` per ``b² − 1``: 3 boxes of ``(b² − 1)/12`` each
+_BIN_VARIANCE = 3.0 / 12.0
+
+
+def _put(op, dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst = src`` (op = np.copyto) or ``dst += src`` (op = np.add), broadcasting src."""
+    if op is np.copyto:
+        np.copyto(dst, src, casting="unsafe")
+    else:
+        np.add(dst, src, out=dst, casting="unsafe")
+
+
+def _reduce_axis(arr: np.ndarray, ax: int, b: int, n: int, rows: range, first: int = 0
+                 ) -> np.ndarray:
+    """Output voxels ``rows`` (coarse indices) of :func:`_bin_smooth` along one axis.
+
+    ``arr`` holds fine voxels ``first ..`` of an axis of ``n`` voxels. Every tap reads a
+    strided view; output voxels whose tap falls outside ``[0, n)`` read the face voxel
+    instead. Taps of equal weight are added before one multiplication; the normalisation
+    is left to the caller.
     """
-    v = np.asarray(vol, dtype=np.float32)
+    w = _bin_weights(b)
+    pre = (slice(None),) * ax
+    shape = arr.shape[:ax] + (len(rows),) + arr.shape[ax + 1:]
+    acc = None
+    for weight in sorted(set(w.tolist())):
+        part = np.empty(shape, dtype=np.float32)
+        for k, t in enumerate(np.flatnonzero(w == weight)):
+            op = np.copyto if k == 0 else np.add  # the first tap sets every row
+            off = int(t) - (b - 1)
+            # output rows j (0-based within ``rows``) read fine voxel b·(start + j) + off
+            j0 = max(-(off // b) - rows.start, 0)  # first row whose voxel is >= 0
+            j1 = min((n - 1 - off) // b + 1 - rows.start, len(rows))  # past the last <= n − 1
+            j1 = max(j1, j0)
+            if j1 > j0:
+                f0 = b * (rows.start + j0) + off - first
+                f1 = b * (rows.start + j1 - 1) + off - first + 1
+                _put(op, part[pre + (slice(j0, j1),)], arr[pre + (slice(f0, f1, b),)])
+            if j0 > 0:
+                _put(op, part[pre + (slice(0, j0),)], arr[pre + (slice(-first, 1 - first),)])
+            if j1 < len(rows):
+                _put(op, part[pre + (slice(j1, None),)],
+                     arr[pre + (slice(n - 1 - first, n - first),)])
+        if weight != 1:
+            part *= np.float32(weight)
+        if acc is None:
+            acc = part
+        else:
+            acc += part
+    return acc
+
+
+def _bin_smooth(vol: np.ndarray, b: int, block: int = 4, workers: int = 1) -> np.ndarray:
+    """Low-pass by :func:`_bin_weights` and keep every ``b``-th voxel, axis by axis.
+
+    Voxel ``i`` of the result is centred on fine voxel ``b·i + (b − 1)/2``; edges are
+    "nearest". The input (an array or a memory map) is read once, ``block`` output planes
+    at a time, so that the temporaries of the three axis passes stay in the CPU cache;
+    nothing larger than the output is allocated. Blocks are shared among ``workers``
+    threads (numpy releases the GIL in the additions).
+    """
+    nz, ny, nx = vol.shape
+    mz, my, mx = (-(-n // b) for n in vol.shape)
+    out = np.empty((mz, my, mx), dtype=np.float32)
+
+    def one(i0: int) -> None:
+        rows = range(i0, min(i0 + block, mz))
+        lo = max(rows.start * b - (b - 1), 0)
+        hi = min((rows.stop - 1) * b + 2 * b - 1, nz)
+        slab = np.asarray(vol[lo:hi])
+        t = _reduce_axis(slab, 0, b, nz, rows, first=lo)
+        t = _reduce_axis(t, 1, b, ny, range(my))
+        out[rows.start:rows.stop] = _reduce_axis(t, 2, b, nx, range(mx))
+
+    starts = range(0, mz, block)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(workers, len(starts))) as ex:
+            for f in [ex.submit(one, i0) for i0 in starts]:
+                f.result()
+    else:
+        for i0 in starts:
+            one(i0)
+    out *= np.float32(1.0 / float(b) ** 9)
+    return out
+
+
+def _bin_smooth_torch(v, b: int):
+    """:func:`_bin_smooth` for a ``(z, y, x)`` torch tensor (edge padding, strided views)."""
+    import torch.nn.functional as F
+
+    w = _bin_weights(b)
+    for ax in range(3):
+        n = v.shape[ax]
+        m = -(-n // b)
+        pad = [0] * 6  # F.pad order: x, y, z (low, high)
+        pad[2 * (2 - ax)] = b - 1
+        pad[2 * (2 - ax) + 1] = b * m + b - 1 - n
+        vp = F.pad(v[None, None], pad, mode="replicate")[0, 0]
+        acc = None
+        for t, wt in enumerate(w):
+            sl = [slice(None)] * 3
+            sl[ax] = slice(t, t + b * (m - 1) + 1, b)
+            part = vp[tuple(sl)] * float(wt)
+            acc = part if acc is None else acc.add_(part)
+        v = acc
+    return v / float(b) ** 9
+
+
+def _grid_sigmas(p: DogParams) -> tuple[float, float, int]:
+    """σ₁, σ₂ (voxels of the working grid) and the DoG kernel radius on that grid.
+
+    On a ``b``-times coarser grid the anti-aliasing filter has already blurred the volume
+    (variance :data:`_BIN_VARIANCE` · (b² − 1) fine voxels²), which is taken off the Gaussians.
+    """
     b = max(int(p.bin), 1)
-    r = int(4.0 * p.sigma * p.ratio + 0.5)
-    r += (-r) % b  # the coarse grid must start on voxel 0
+    pre = _BIN_VARIANCE * (b * b - 1)
+    s1 = float(np.sqrt(max(p.sigma**2 - pre, 0.25))) / b
+    s2 = float(np.sqrt(max((p.sigma * p.ratio) ** 2 - pre, 0.25))) / b
+    return s1, s2, int(4.0 * s2 + 0.5)
+
+
+def _max3(s: np.ndarray) -> np.ndarray:
+    """3×3×3 maximum filter with "nearest" edges, by shifted maxima along each axis."""
+    m = s
+    for ax in range(3):
+        if s.shape[ax] < 2:
+            continue
+        out = m.copy()
+        hi = (slice(None),) * ax + (slice(1, None),)
+        lo = (slice(None),) * ax + (slice(None, -1),)
+        np.maximum(out[hi], m[lo], out=out[hi])
+        np.maximum(out[lo], m[hi], out=out[lo])
+        m = out
+    return m
+
+
+def _dog_fft(v: np.ndarray, s1: float, s2: float, sign: float, workers: int) -> np.ndarray:
+    """``sign · (G(s1) − G(s2)) * v`` with truncated kernels and "nearest" edges, by FFT.
+
+    Padding by the kernel radius with edge values makes the circular product identical to
+    separable correlation in "nearest" mode (to float32 rounding).
+    """
+    r = int(4.0 * s2 + 0.5)
     shp = [scipy.fft.next_fast_len(n + 2 * r, real=True) for n in v.shape]
-    shp = [n + (-n) % (2 * b) for n in shp]
     vp = np.pad(v, [(r, n - s - r) for n, s in zip(shp, v.shape, strict=True)], mode="edge")
     spec = scipy.fft.rfftn(vp, workers=workers, overwrite_x=True)
     del vp
@@ -115,28 +263,36 @@ def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
                 * _kernel_transfer(shp[1], sigma)[None, :, None]
                 * _kernel_transfer(shp[2], sigma, rfft=True)[None, None, :])
 
-    sign = -1.0 if p.contrast == "dark" else 1.0
-    spec *= sign * (transfer(p.sigma) - transfer(p.sigma * p.ratio))
-    if b > 1:
-        # the DoG is band-limited far below the coarse grid's Nyquist: crop the spectrum
-        nz, ny, nx = (n // b for n in shp)
-        zi = np.r_[0:nz // 2, shp[0] - nz // 2:shp[0]]
-        yi = np.r_[0:ny // 2, shp[1] - ny // 2:shp[1]]
-        spec = spec[:, :, :nx // 2 + 1][zi][:, yi]
-        full = scipy.fft.irfftn(spec, s=(nz, ny, nx), workers=workers) / b**3
-        o = r // b
-        cz, cy, cx = (-(-n // b) for n in v.shape)
-        s = np.ascontiguousarray(full[o:o + cz, o:o + cy, o:o + cx], dtype=np.float32)
-    else:
-        full = scipy.fft.irfftn(spec, s=shp, workers=workers, overwrite_x=True)
-        s = np.ascontiguousarray(full[r:r + v.shape[0], r:r + v.shape[1], r:r + v.shape[2]],
-                                 dtype=np.float32)
-    peaks = s == ndimage.maximum_filter(s, size=3, mode="nearest")
-    return s, peaks
+    spec *= np.float32(sign) * (transfer(s1) - transfer(s2))
+    full = scipy.fft.irfftn(spec, s=shp, workers=workers, overwrite_x=True)
+    return np.ascontiguousarray(full[r:r + v.shape[0], r:r + v.shape[1], r:r + v.shape[2]],
+                                dtype=np.float32)
 
 
-def _dog_torch(vol: np.ndarray, p: DogParams, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Score map and local-maximum mask for one slab (torch, any device)."""
+def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Score map, local-maximum mask and max |voxel| (of the working grid) for one slab.
+
+    With ``bin`` = 1 the two Gaussian blurs are one multiplication in Fourier space by the
+    difference of the truncated kernels' transforms (exactly the separable correlation of
+    the torch backend). With ``bin`` = b > 1 the slab is first averaged over b×b×b blocks
+    (cheap, memory-bound) and the DoG computed the same way on that b-times coarser grid:
+    at σ₁ of a few voxels the DoG passes nothing near the coarse grid's Nyquist frequency,
+    so the score map loses almost nothing while the FFTs shrink b³-fold.
+    """
+    b = max(int(p.bin), 1)
+    threads = (os.cpu_count() or 1) if workers < 0 else max(workers, 1)
+    v = np.asarray(vol, dtype=np.float32) if b == 1 else _bin_smooth(vol, b, workers=threads)
+    s1, s2, _ = _grid_sigmas(p)
+    mag = max(abs(float(v.max())), abs(float(v.min())))
+    s = _dog_fft(v, s1, s2, -1.0 if p.contrast == "dark" else 1.0, workers)
+    return s, s == _max3(s), mag
+
+
+def _dog_torch(vol: np.ndarray, p: DogParams, device: str
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`_dog_numpy` on torch (any device): the same steps (anti-aliased binning, FFT
+    with the truncated kernels' transfer functions, 3×3×3 maximum)."""
     try:
         import torch
         import torch.nn.functional as F
@@ -145,29 +301,33 @@ def _dog_torch(vol: np.ndarray, p: DogParams, device: str) -> tuple[np.ndarray, 
                              "installed in this step's environment") from None
 
     v = torch.as_tensor(np.ascontiguousarray(vol, dtype=np.float32), device=device)[None, None]
-
-    def blur(sigma: float):
-        k = torch.as_tensor(gaussian_kernel(sigma), dtype=torch.float32, device=v.device)
-        r = (k.numel() - 1) // 2
-        out = v
-        for ax in range(3):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + ax] = k.numel()
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (2 - ax)] = r
-            pad[2 * (2 - ax) + 1] = r
-            out = F.conv3d(F.pad(out, pad, mode="replicate"), k.view(shape))
-        return out
-
-    s = blur(p.sigma) - blur(p.sigma * p.ratio)
-    if p.contrast == "dark":
-        s = -s
     b = max(int(p.bin), 1)
-    if b > 1:  # the same coarse grid as the numpy backend (the DoG is band-limited)
-        s = s[:, :, ::b, ::b, ::b].contiguous()
-    mx = F.max_pool3d(F.pad(s, [1] * 6, mode="replicate"), kernel_size=3, stride=1)
+    if b > 1:
+        v = _bin_smooth_torch(v[0, 0], b)[None, None]
+    mag = float(v.abs().max())
+    s1, s2, r = _grid_sigmas(p)
+    shp = [scipy.fft.next_fast_len(n + 2 * r, real=True) for n in v.shape[2:]]
+    pad = []
+    for n, s in zip(reversed(shp), reversed(v.shape[2:]), strict=True):
+        pad += [r, n - s - r]
+    vp = F.pad(v, pad, mode="replicate")[0, 0]
+    spec = torch.fft.rfftn(vp)
+    del vp
+
+    def transfer(sigma: float):
+        t = [torch.as_tensor(_kernel_transfer(n, sigma, rfft=(i == 2)), device=spec.device)
+             for i, n in enumerate(shp)]
+        return t[0][:, None, None] * t[1][None, :, None] * t[2][None, None, :]
+
+    sign = -1.0 if p.contrast == "dark" else 1.0
+    spec *= sign * (transfer(s1) - transfer(s2))
+    n0, n1, n2 = v.shape[2:]
+    s = torch.fft.irfftn(spec, s=shp)[r:r + n0, r:r + n1, r:r + n2].contiguous()
+    del spec
+    mx = F.max_pool3d(F.pad(s[None, None], [1] * 6, mode="replicate"), kernel_size=3,
+                      stride=1)[0, 0]
     peaks = s == mx
-    return s[0, 0].cpu().numpy(), peaks[0, 0].cpu().numpy()
+    return s.cpu().numpy(), peaks.cpu().numpy(), mag
 
 
 def _parabolic_offsets(s: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -218,8 +378,8 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
         ``None`` for the numpy backend, or a torch device string (``"cpu"``, ``"cuda"``,
         ``"cuda:1"``) for the torch backend.
     sample_per_slab
-        Voxels per slab sampled (uniformly, seeded) for the global median/MAD; slabs
-        smaller than this contribute every voxel.
+        Voxels per slab (of the working grid) sampled uniformly with replacement (seeded)
+        for the global median/MAD; slabs smaller than this contribute every voxel.
 
     Returns
     -------
@@ -230,29 +390,31 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
     nz = volume.shape[0]
     p = params
     b = max(int(p.bin), 1)
-    reach = int(np.ceil(4 * p.sigma * p.ratio)) + 2 * b  # blur support + local-max neighbourhood
-    reach += (-reach) % b
-    step = max(int(p.chunk_z), b)
-    step += (-step) % b  # slabs start on the coarse grid
+    # blur support + local-max neighbourhood + parabola neighbour, in voxels of the grid
+    reach = b * (_grid_sigmas(p)[2] + 2)
+    # memory per slab follows the working grid (the fine slab is read a few planes at a
+    # time): chunk_z working voxels are chunk_z · b fine ones, and slabs start on that grid
+    step = max(int(p.chunk_z), 1) * b
     rng = np.random.default_rng(seed)
     cand_c, cand_s, samples, scale = [], [], [], 0.0
     for z0 in range(0, nz, step):
         z1 = min(z0 + step, nz)
         a, e = max(z0 - reach, 0), min(z1 + reach, nz)
-        slab = np.asarray(volume[a:e], dtype=np.float32)
-        scale = max(scale, float(np.abs(slab).max()))
-        s, peaks = _dog_numpy(slab, p) if device is None else _dog_torch(slab, p, device)
+        slab = volume[a:e]
+        s, peaks, mag = _dog_numpy(slab, p) if device is None else _dog_torch(slab, p, device)
+        scale = max(scale, mag)
         lo, hi = (z0 - a) // b, -(-(z1 - a) // b)
         core = s[lo:hi]
         flat = core.ravel()
-        if flat.size > sample_per_slab:
-            flat = flat[rng.choice(flat.size, sample_per_slab, replace=False)]
+        if flat.size > sample_per_slab:  # uniform, with replacement (cheap; seeded)
+            flat = flat[rng.integers(0, flat.size, sample_per_slab)]
         samples.append(flat.astype(np.float64))
         idx = np.argwhere(peaks[lo:hi])
         pos = idx.astype(np.float64)
         if b > 1:  # sub-voxel peak position on the coarse grid (parabola through neighbours)
             pos += _parabolic_offsets(s, idx + np.array([lo, 0, 0]))
-        cand_c.append(pos * b + np.array([z0, 0, 0]))
+        # coarse voxel i is the mean of fine voxels b·i .. b·i + b − 1
+        cand_c.append(pos * b + (b - 1) / 2 + np.array([z0, 0, 0]))
         cand_s.append(core[tuple(idx.T)])
     allsamp = np.concatenate(samples)
     med = float(np.median(allsamp))
