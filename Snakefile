@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/ingest.smk"
@@ -16,6 +19,7 @@ include: "rules/extract.smk"
 include: "rules/features.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -88,6 +88,45 @@ def subset_voxel_size(wildcards):
     return subtomogram_set(wildcards)["voxel_size"]
 
 
+# ------------------------------------------------------------- report (rules/report.smk)
+def picks_plot_inputs(wildcards):
+    """The ingested tomogram and its picks, plus its true particles when simulated."""
+    inputs = {
+        "tomogram": f"results/tomograms/{wildcards.tomo}/tomogram.mrc",
+        "picks": f"results/picks/{wildcards.tomo}.star",
+    }
+    if HAS_TRUTH:
+        inputs["truth"] = f"results/simulation/{wildcards.tomo}/truth.star"
+    return inputs
+
+
+def embedding_inputs(wildcards):
+    """A method's features and clusters, plus the ground truth when simulated."""
+    inputs = {
+        "features": f"results/features/{wildcards.method}/features.npy",
+        "clusters": f"results/cluster/{wildcards.method}/clusters.star",
+    }
+    if HAS_TRUTH:
+        inputs["truth"] = "results/simulation/truth.star"
+    return inputs
+
+
+def report_targets():
+    """Every figure and table of the HTML report that this configuration can make."""
+    targets = expand("results/report/picks/{tomo}.png", tomo=TOMOGRAMS)
+    targets += expand("results/report/{method}/embedding.png", method=METHODS)
+    if METHODS:
+        targets.append("results/cluster/summary.html")
+    if HAS_TRUTH:
+        targets += [
+            "results/report/simulation/templates.png",
+            "results/evaluation/picking/metrics.html",
+        ]
+        if METHODS:
+            targets.append("results/evaluation/classification.html")
+    return targets
+
+
 # ---------------------------------------------------------------------------------- targets
 def all_targets():
     targets = [
@@ -106,4 +145,5 @@ def all_targets():
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),
     )
+    targets += report_targets()
     return targets
