@@ -80,8 +80,9 @@ def test_features_clusters_and_evaluation(methods_run):
         assert m["n_classes"].iloc[0] == 2  # two templates
         assert m["n"].iloc[0] + m["n_unmatched_picks"].iloc[0] == n
         assert 0 <= m["accuracy"].iloc[0] <= 1
-        for name in ["confusion.tsv", "confusion.png", "embedding.png"]:
+        for name in ["confusion.tsv", "confusion.png"]:
             assert (res / "evaluation" / method / name).stat().st_size > 0
+        assert (res / "report" / method / "embedding.png").stat().st_size > 0
 
     table = pd.read_csv(res / "evaluation" / "classification.tsv", sep="\t")
     assert table["method"].tolist() == METHODS
@@ -116,6 +117,7 @@ def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
 def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, change):
     jobs = _dry_run_jobs(repo, methods_run, "clustering.yaml", **change)
     assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
+                    "plot_embedding": 3, "summarise_clusters": 1, "classification_table": 1,
                     "all": 1}, jobs
     assert not {"features_invariant", "features_disca", "features_autoencoder"} & set(jobs)
     assert not UPSTREAM & set(jobs)
@@ -125,13 +127,15 @@ def test_disca_change_reruns_only_disca(methods_run, repo):
     jobs = _dry_run_jobs(repo, methods_run, "disca.yaml", disca__iterations=3)
     # one cluster / evaluate_classification job: DISCA's, not the other methods'
     assert jobs == {"features_disca": 1, "cluster": 1, "evaluate_classification": 1,
-                    "summarise_classification": 1, "all": 1}, jobs
+                    "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
+                    "classification_table": 1, "all": 1}, jobs
 
 
 def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
     jobs = _dry_run_jobs(repo, methods_run, "ae.yaml", autoencoder__epochs=3)
     assert jobs == {"features_autoencoder": 1, "cluster": 1, "evaluate_classification": 1,
-                    "summarise_classification": 1, "all": 1}, jobs
+                    "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
+                    "classification_table": 1, "all": 1}, jobs
 
 
 def test_forced_disca_job_resumes_from_its_checkpoint(methods_run, repo):
