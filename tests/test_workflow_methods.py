@@ -167,3 +167,54 @@ def test_lint_is_clean_with_every_method(repo, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, _output(proc)
     assert "Congratulations" in _output(proc) or "good condition" in _output(proc), _output(proc)
+
+
+# ------------------------------------------------------------------------- the HTML report
+def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
+    """`snakemake --report` on the simulation: a category per stage, a figure per method in
+    each, the tables, and captions rendered for the wildcards of each figure."""
+    from test_report import png_size, read_report, result_bytes, table_cells
+
+    out = tmp_path / "report.html"
+    proc = _snakemake(repo, methods_run, "--configfile", str(methods_run / "tiny_methods.yaml"),
+                      "--report", str(out))
+    assert proc.returncode == 0, _output(proc)[-5000:]
+    rep = read_report(out)
+    cats, results = rep["categories"], rep["results"]
+    assert {"Simulation", "Picking", "Features", "Clustering", "Evaluation"} <= set(cats), cats
+    assert cats["Simulation"] == {"templates": ["results/report/simulation/templates.png"]}
+    assert cats["Picking"] == {
+        "picks on tomogram slabs": ["results/report/picks/sim01.png",
+                                    "results/report/picks/sim02.png"],
+        "against the ground truth": ["results/evaluation/picking/metrics.html",
+                                     "results/evaluation/picking/picking.png"]}
+    for method in METHODS:
+        assert cats["Features"][method] == [f"results/report/{method}/embedding.png"]
+        assert cats["Clustering"][method] == [f"results/cluster/{method}/bic.png"]
+        assert cats["Evaluation"][method] == [f"results/evaluation/{method}/confusion.png"]
+        for path in cats["Features"][method] + cats["Evaluation"][method]:
+            assert f"<strong>{method}</strong>" in results[path]["caption"], path
+            assert results[path]["labels"]["method"] == method
+        emb = results[f"results/report/{method}/embedding.png"]
+        assert "true class" in emb["caption"]
+        assert png_size(result_bytes(emb))[0] > 700  # two panels: cluster and true class
+    assert cats["Clustering"]["all methods"] == ["results/cluster/summary.html"]
+    assert cats["Evaluation"]["all methods"] == ["results/evaluation/classification.html"]
+    for path, res in results.items():
+        assert res["caption"].strip(), f"{path} has no caption"
+        assert result_bytes(res) == (methods_run / path).read_bytes(), path
+    assert "true particles" in results["results/report/picks/sim01.png"]["caption"]
+
+    rows = table_cells(result_bytes(results["results/evaluation/classification.html"]).decode())
+    table = pd.read_csv(methods_run / "results" / "evaluation" / "classification.tsv", sep="\t")
+    header = rows[0]
+    assert header == list(table.columns)
+    assert [r[0] for r in rows[1:]] == METHODS
+    acc = [float(r[header.index("accuracy")]) for r in rows[1:]]
+    np.testing.assert_allclose(acc, table["accuracy"], atol=5e-4)
+    summary = table_cells(result_bytes(results["results/cluster/summary.html"]).decode())
+    for row, method in zip(summary[1:], METHODS, strict=True):
+        k = json.loads((methods_run / "results" / "cluster" / method / "summary.json")
+                       .read_text())["k"]
+        assert row[0] == method and row[2] == str(k)
+    assert "2 simulated tomograms" in rep["workflow_desc"]
