@@ -60,6 +60,9 @@ def plot_bic(bic: pd.DataFrame, k_chosen: int, path: str | Path, title: str = ""
         cold = bic[~bic.get("warm_start", pd.Series(False, index=bic.index)).astype(bool)]
         ax.plot(cold["k"], cold["bic"], "o-", color="#4C72B0", label="BIC")
         ax.axvline(k_chosen, color="#C44E52", ls="--", label=f"chosen K = {k_chosen}")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("number of classes K")
         ax.set_ylabel("BIC (lower is better)")
         ax.legend(fontsize=8)
