@@ -8,7 +8,8 @@ from tomoclust.report import cluster_summary, write_html_table
 def main(smk) -> None:
     df = cluster_summary(list(smk.input))
     write_tsv(smk.output.tsv, df)
-    write_html_table(smk.output.html, df, "Clustering per method", smk.params.note)
+    write_html_table(smk.output.html, df, "Clustering per method", smk.params.note,
+                     digits={"smallest class %": 1})
     log.info("\n%s", df.to_string(index=False))
 
 

@@ -164,6 +164,8 @@ def test_html_table_escapes_and_formats():
     assert rows[1] == ["<b>x</b>", "3", "0.877", "2"]
     assert rows[2] == ["y & z", "40", "–", "3"]
     assert len(rows) == 3
+    rows = table_cells(html_table(df, "T", digits={"accuracy": 1}))
+    assert rows[1][2] == "0.9" and rows[1][3] == "2"
 
 
 def test_write_html_table_is_atomic_and_complete(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,18 @@ def _cell(value, digits: int) -> tuple[str, bool]:
     return html.escape(str(value)), False
 
 
-def html_table(df: pd.DataFrame, title: str, note: str = "", digits: int = 3) -> str:
+def html_table(df: pd.DataFrame, title: str, note: str = "",
+               digits: int | Mapping[str, int] = 3) -> str:
     """A standalone HTML page with ``df`` as a table (numbers right-aligned, ``digits``
-    decimals, NaN shown as a dash, all text escaped)."""
+    decimals, or per column from a mapping with 3 for the others; NaN shown as a dash; all
+    text escaped)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    per_col = [digits.get(c, 3) if isinstance(digits, Mapping) else digits for c in df.columns]
     rows = []
     for rec in df.itertuples(index=False):
         cells = []
-        for v in rec:
-            text, numeric = _cell(v, digits)
+        for v, d in zip(rec, per_col, strict=True):
+            text, numeric = _cell(v, d)
             cells.append(f"<td>{text}</td>" if numeric else f'<td class="text">{text}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
@@ -67,7 +71,7 @@ def html_table(df: pd.DataFrame, title: str, note: str = "", digits: int = 3) ->
 
 
 def write_html_table(path: str | Path, df: pd.DataFrame, title: str, note: str = "",
-                     digits: int = 3) -> None:
+                     digits: int | Mapping[str, int] = 3) -> None:
     write_text(path, html_table(df, title, note, digits))
 
 
