@@ -43,7 +43,8 @@ rule plot_embedding:
     log:
         "logs/report/{method}/embedding.log",
     params:
-        tolerance=config["evaluation"]["picking_tolerance"],
+        # only used (and only a rerun trigger) when there is a ground truth to match
+        tolerance=config["evaluation"]["picking_tolerance"] if HAS_TRUTH else None,
         seed=config["clustering"]["seed"],
     threads: 2
     resources:
@@ -143,3 +144,27 @@ rule classification_table:
         "../envs/cpu.yaml"
     script:
         "../scripts/report_table.py"
+
+
+rule summarise_picks:
+    input:
+        expand("results/picks/{tomo}.star", tomo=TOMOGRAMS),
+    output:
+        tsv="results/picks/summary.tsv",
+        html=report(
+            "results/picks/summary.html",
+            caption="../report/picks_table.rst",
+            category="Picking",
+            subcategory="picks per tomogram",
+            labels={"figure": "picks table"},
+        ),
+    log:
+        "logs/report/picks_summary.log",
+    params:
+        note="The number of picks of each tomogram and the spread of their detection "
+        "z-scores (difference-of-Gaussians response above the tomogram's median, in units of "
+        "its robust spread).",
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/summarise_picks.py"

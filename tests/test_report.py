@@ -31,7 +31,7 @@ from tomoclust.plots import (
     plot_picks,
     slab_bounds,
 )
-from tomoclust.report import cluster_summary, html_table, write_html_table
+from tomoclust.report import cluster_summary, html_table, picks_summary, write_html_table
 
 
 # ------------------------------------------------------------------ reading a built report
@@ -199,6 +199,18 @@ def test_cluster_summary_rows_and_bad_files(tmp_path):
         cluster_summary([tmp_path / "broken.json"])
 
 
+def test_picks_summary_counts_and_z_scores():
+    a = pd.DataFrame({"tclDogZScore": [4.0, 6.0, 5.0]})
+    b = pd.DataFrame({"tclDogZScore": [3.5]})
+    empty = pd.DataFrame({"rlnCoordinateX": []})
+    df = picks_summary({"A": a, "B": b, "C": empty})
+    assert df["tomogram"].tolist() == ["A", "B", "C", "all 3"]
+    assert df["picks"].tolist() == [3, 1, 0, 4]
+    assert df["median z-score"].iloc[0] == 5.0 and np.isnan(df["median z-score"].iloc[2])
+    assert df["lowest z-score"].iloc[3] == 3.5 and df["highest z-score"].iloc[3] == 6.0
+    assert picks_summary({"A": a})["tomogram"].tolist() == ["A"]  # no total for one
+
+
 # ------------------------------------------------------------- the report of real data
 def _blob_tomogram(rng, shape, centres, radii) -> np.ndarray:
     """Dark balls (protein is dark in a tomogram) of two sizes in Gaussian noise."""
@@ -248,7 +260,8 @@ def test_real_data_report_has_every_stage_without_evaluation(real_data_run):
     assert {"Picking", "Features", "Clustering"} <= set(cats), cats
     assert not {"Simulation", "Evaluation"} & set(cats), cats
     assert cats["Picking"] == {"picks on tomogram slabs": ["results/report/picks/TS_01.png",
-                                                          "results/report/picks/TS_02.png"]}
+                                                          "results/report/picks/TS_02.png"],
+                               "picks per tomogram": ["results/picks/summary.html"]}
     assert cats["Features"] == {"invariant": ["results/report/invariant/embedding.png"]}
     assert cats["Clustering"] == {"invariant": ["results/cluster/invariant/bic.png"],
                                   "all methods": ["results/cluster/summary.html"]}
@@ -268,6 +281,8 @@ def test_real_data_report_has_every_stage_without_evaluation(real_data_run):
     assert summary[0][:3] == ["method", "algorithm", "K"] and summary[1][0] == "invariant"
     k = json.loads((real_data_run / "results/cluster/invariant/summary.json").read_text())["k"]
     assert summary[1][2] == str(k)
+    picks = table_cells(result_bytes(results["results/picks/summary.html"]).decode())
+    assert [r[:2] for r in picks[1:]] == [["TS_01", "9"], ["TS_02", "9"], ["all 2", "18"]]
     assert "tomograms.tsv" in rep["workflow_desc"] and "no ground truth" in rep["workflow_desc"]
 
 
@@ -288,7 +303,8 @@ def test_real_data_picks_are_drawn_where_they_are(real_data_run):
 @pytest.mark.slow
 def test_report_figures_rerun_alone(real_data_run, repo):
     """Forcing a report figure reruns that figure only, never the stage it shows."""
-    figures = {"plot_embedding": 1, "plot_picks": 2, "summarise_clusters": 1}
+    figures = {"plot_embedding": 1, "plot_picks": 2, "summarise_clusters": 1,
+               "summarise_picks": 1}
     proc = _snakemake(repo, real_data_run, "-n", "--configfile", str(real_data_run / "real.yaml"),
                       "--forcerun", *figures)
     assert proc.returncode == 0, _output(proc)

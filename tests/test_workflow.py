@@ -123,7 +123,8 @@ def test_threshold_change_reruns_only_picking_and_after(tiny_run, repo):
     assert proc.returncode == 0, _output(proc)
     jobs = _job_stats(_output(proc))
     assert jobs == {"pick": 2, "extract": 2, "gather_particles": 1, "evaluate_picking": 1,
-                    "plot_picks": 2, "picking_table": 1, "all": 1}, _output(proc)
+                    "plot_picks": 2, "summarise_picks": 1, "picking_table": 1,
+                    "all": 1}, _output(proc)
 
 
 def test_box_change_reruns_extraction_and_not_simulation(tiny_run, repo):

@@ -187,7 +187,8 @@ def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
         "picks on tomogram slabs": ["results/report/picks/sim01.png",
                                     "results/report/picks/sim02.png"],
         "against the ground truth": ["results/evaluation/picking/metrics.html",
-                                     "results/evaluation/picking/picking.png"]}
+                                     "results/evaluation/picking/picking.png"],
+        "picks per tomogram": ["results/picks/summary.html"]}
     for method in METHODS:
         assert cats["Features"][method] == [f"results/report/{method}/embedding.png"]
         assert cats["Clustering"][method] == [f"results/cluster/{method}/bic.png"]

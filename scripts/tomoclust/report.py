@@ -105,3 +105,27 @@ def cluster_summary(paths: list[str | Path]) -> pd.DataFrame:
             "mean probability": s.get("mean_probability", np.nan),
         })
     return pd.DataFrame(rows)
+
+
+def picks_summary(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per tomogram, then one for all of them: the number of picks and the spread of
+    their DoG z-scores (``tclDogZScore``).
+
+    ``tables``: the pick rule's STAR table of each tomogram, by tomogram name.
+    """
+    def row(name: str, n: int, z: np.ndarray) -> dict:
+        stats = np.percentile(z, [0, 50, 100]) if len(z) else [np.nan] * 3
+        return {"tomogram": name, "picks": n, "lowest z-score": stats[0],
+                "median z-score": stats[1], "highest z-score": stats[2]}
+
+    rows, all_z = [], []
+    for name, df in tables.items():
+        z = (df["tclDogZScore"].to_numpy(dtype=float) if "tclDogZScore" in df
+             else np.zeros(0))
+        all_z.append(z)
+        rows.append(row(name, len(df), z))
+    if len(rows) > 1:
+        rows.append(row(f"all {len(rows)}", sum(r["picks"] for r in rows),
+                        np.concatenate(all_z)))
+    return pd.DataFrame(rows, columns=["tomogram", "picks", "lowest z-score", "median z-score",
+                                       "highest z-score"])
