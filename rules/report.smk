@@ -24,7 +24,7 @@ rule plot_picks:
         mem_mb=4000,
         runtime=15,
     conda:
-        "../envs/cpu.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/plot_picks.py"
 
@@ -51,7 +51,7 @@ rule plot_embedding:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/cpu.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/plot_embedding.py"
 
@@ -74,7 +74,7 @@ rule summarise_clusters:
         note="One row per feature method: the number of classes K, the particles in each "
         "class, and how reproducible and confident the assignment is.",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/summarise_clusters.py"
 
@@ -93,7 +93,7 @@ rule plot_templates:
     log:
         "logs/report/templates.log",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/plot_templates.py"
 
@@ -117,7 +117,7 @@ rule picking_table:
         "fraction of true particles picked. F1: their harmonic mean. Rows: all tomograms, "
         "each tomogram, each true class (recall only).",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/report_table.py"
 
@@ -141,7 +141,7 @@ rule classification_table:
         "Accuracy after the best one-to-one matching of clusters to classes; ARI, NMI and "
         "V-measure do not need a matching (1 = perfect, about 0 = chance).",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/report_table.py"
 
@@ -165,6 +165,6 @@ rule summarise_picks:
         "z-scores (difference-of-Gaussians response above the tomogram's median, in units of "
         "its robust spread).",
     conda:
-        "../envs/cpu.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/summarise_picks.py"
