@@ -113,7 +113,7 @@ def embedding_inputs(wildcards):
 
 def report_targets():
     """Every figure and table of the HTML report that this configuration can make."""
-    targets = expand("results/report/picks/{tomo}.png", tomo=TOMOGRAMS)
+    targets = expand("results/report/picks/{tomo}.jpg", tomo=TOMOGRAMS)
     targets.append("results/picks/summary.html")
     targets += expand("results/report/{method}/embedding.png", method=METHODS)
     if METHODS:

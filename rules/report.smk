@@ -9,7 +9,7 @@ rule plot_picks:
         unpack(picks_plot_inputs),
     output:
         report(
-            "results/report/picks/{tomo}.png",
+            "results/report/picks/{tomo}.jpg",
             caption="../report/picks.rst",
             category="Picking",
             subcategory="picks on tomogram slabs",

@@ -127,6 +127,9 @@ def test_plot_picks_draws_each_pick_on_the_slab_holding_it(tmp_path, rng):
     shown = plot_picks(vol, 10.0, picks, 2.0, tmp_path / "thin.png", n_slabs=3)
     assert shown["picks"] == sum(
         int(in_slab(picks[:, 2], z0, z1).sum()) for z0, z1 in slab_bounds(30, 4, 3))
+    # JPEG when asked for (the workflow's choice: noisy slabs compress badly as PNG)
+    plot_picks(vol, 10.0, picks, 3.0, tmp_path / "picks.jpg")
+    assert (tmp_path / "picks.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
     # no picks at all still makes a figure
     assert plot_picks(vol, 10.0, np.zeros((0, 3)), 2.0, tmp_path / "none.png")["picks"] == 0
     assert png_size((tmp_path / "none.png").read_bytes())[0] > 0
@@ -262,8 +265,8 @@ def test_real_data_report_has_every_stage_without_evaluation(real_data_run):
     # no ground truth: no Simulation and no Evaluation category, and no truth figures
     assert {"Picking", "Features", "Clustering"} <= set(cats), cats
     assert not {"Simulation", "Evaluation"} & set(cats), cats
-    assert cats["Picking"] == {"picks on tomogram slabs": ["results/report/picks/TS_01.png",
-                                                          "results/report/picks/TS_02.png"],
+    assert cats["Picking"] == {"picks on tomogram slabs": ["results/report/picks/TS_01.jpg",
+                                                          "results/report/picks/TS_02.jpg"],
                                "picks per tomogram": ["results/picks/summary.html"]}
     assert cats["Features"] == {"invariant": ["results/report/invariant/embedding.png"]}
     assert cats["Clustering"] == {"invariant": ["results/cluster/invariant/bic.png"],
@@ -274,7 +277,9 @@ def test_real_data_report_has_every_stage_without_evaluation(real_data_run):
         assert data == (real_data_run / path).read_bytes(), path
         if path.endswith(".png"):
             assert min(png_size(data)) > 100, path
-    picks = results["results/report/picks/TS_01.png"]
+        if path.endswith(".jpg"):
+            assert data[:3] == b"\xff\xd8\xff" and res["mime_type"] == "image/jpeg", path
+    picks = results["results/report/picks/TS_01.jpg"]
     assert picks["labels"] == {"tomogram": "TS_01", "figure": "picks on slabs"}
     assert "TS_01" in picks["caption"] and "true particles" not in picks["caption"]
     emb = results["results/report/invariant/embedding.png"]

@@ -184,8 +184,8 @@ def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
     assert {"Simulation", "Picking", "Features", "Clustering", "Evaluation"} <= set(cats), cats
     assert cats["Simulation"] == {"templates": ["results/report/simulation/templates.png"]}
     assert cats["Picking"] == {
-        "picks on tomogram slabs": ["results/report/picks/sim01.png",
-                                    "results/report/picks/sim02.png"],
+        "picks on tomogram slabs": ["results/report/picks/sim01.jpg",
+                                    "results/report/picks/sim02.jpg"],
         "against the ground truth": ["results/evaluation/picking/metrics.html",
                                      "results/evaluation/picking/picking.png"],
         "picks per tomogram": ["results/picks/summary.html"]}
@@ -204,7 +204,7 @@ def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
     for path, res in results.items():
         assert res["caption"].strip(), f"{path} has no caption"
         assert result_bytes(res) == (methods_run / path).read_bytes(), path
-    assert "true particles" in results["results/report/picks/sim01.png"]["caption"]
+    assert "true particles" in results["results/report/picks/sim01.jpg"]["caption"]
 
     rows = table_cells(result_bytes(results["results/evaluation/classification.html"]).decode())
     table = pd.read_csv(methods_run / "results" / "evaluation" / "classification.tsv", sep="\t")

@@ -20,6 +20,13 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> None:
+    """PNG, or JPEG (quality 85) when ``path`` ends in .jpg/.jpeg: images of noisy tomograms
+    are several times smaller as JPEG, which keeps a report of many tomograms small."""
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="jpeg", dpi=110, bbox_inches="tight",
+                        pil_kwargs={"quality": 85})
+        return
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
@@ -142,6 +149,10 @@ def plot_embedding(features: np.ndarray, clusters: np.ndarray, truth: np.ndarray
 
 
 # ------------------------------------------------------------------ picks on tomogram slabs
+_TRUTH_COLOURS = ["#00BFFF", "#FF2D2D", "#39D353", "#C77DFF", "#FF6EC7", "#1E5BFF", "#00E5C0",
+                  "#8B4513"]
+
+
 def slab_bounds(nz: int, thickness: int, n: int) -> list[tuple[int, int]]:
     """``n`` slabs ``[z0, z1)`` of ``thickness`` voxels centred at evenly spaced depths.
 
@@ -184,6 +195,7 @@ def plot_picks(tomogram: np.ndarray, voxel_size: float, picks_xyz: np.ndarray,
     thick unless ``thickness`` (voxels) is given. Returns the counts drawn.
     """
     plt = _pyplot()
+    from matplotlib.collections import PatchCollection
     from matplotlib.lines import Line2D
     from matplotlib.patches import Circle
 
@@ -196,7 +208,9 @@ def plot_picks(tomogram: np.ndarray, voxel_size: float, picks_xyz: np.ndarray,
     if thickness is None:
         thickness = max(1, round(2 * radius_vox))
     slabs = slab_bounds(nz, thickness, n_slabs)
-    colours = plt.get_cmap("tab10")
+    def colour(c: int) -> str:  # true classes: no yellow or orange, the colour of the picks
+        return _TRUTH_COLOURS[(int(c) - 1) % len(_TRUTH_COLOURS)]
+
     panel_h = 4.2 * min(2.0, max(0.5, ny / nx))
     fig, axes = plt.subplots(1, len(slabs), figsize=(4.4 * len(slabs), panel_h + 0.9),
                              squeeze=False)
@@ -207,15 +221,15 @@ def plot_picks(tomogram: np.ndarray, voxel_size: float, picks_xyz: np.ndarray,
         lo, hi = _stretch(image)
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
         sel = in_slab(picks[:, 2], z0, z1)
-        for x, y in picks[sel, :2]:
-            ax.add_patch(Circle((x, y), radius_vox, fill=False, ec="#FFC20A", lw=1.3))
+        ax.add_collection(PatchCollection([Circle((x, y), radius_vox) for x, y in picks[sel, :2]],
+                                          facecolor="none", edgecolor="#FFC20A", linewidth=1.3))
         shown["picks"] += int(sel.sum())
         n_truth = 0
         if truth is not None:
             tsel = in_slab(truth[:, 2], z0, z1)
             for c in classes:
                 m = tsel & (truth_class == c)
-                ax.plot(truth[m, 0], truth[m, 1], "+", ms=9, mew=1.6, color=colours(c % 10))
+                ax.plot(truth[m, 0], truth[m, 1], "+", ms=9, mew=1.6, color=colour(c))
             n_truth = int(tsel.sum())
             shown["truth"] += n_truth
         ax.set_xlim(-0.5, nx - 0.5)
@@ -226,7 +240,7 @@ def plot_picks(tomogram: np.ndarray, voxel_size: float, picks_xyz: np.ndarray,
         ax.set_title(label + (f", {n_truth} true" if truth is not None else ""), fontsize=9)
     handles = [Line2D([], [], ls="", marker="o", mfc="none", mec="#FFC20A", ms=9,
                       label="pick (circle: particle radius)")]
-    handles += [Line2D([], [], ls="", marker="+", ms=9, mew=1.6, color=colours(c % 10),
+    handles += [Line2D([], [], ls="", marker="+", ms=9, mew=1.6, color=colour(c),
                        label="true particle" + (f", class {c}" if len(classes) > 1 else ""))
                 for c in classes]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
