@@ -120,7 +120,8 @@ def test_plot_picks_draws_each_pick_on_the_slab_holding_it(tmp_path, rng):
     shown = plot_picks(vol, 10.0, picks, 3.0, out, title="t", truth_xyz=truth,
                        truth_class=[1, 2], n_slabs=3, thickness=10)
     # slabs 0-9, 10-19, 20-29 hold z 5, 14, 25; z 29.9 is beyond the last voxel's centre +0.5
-    assert shown == {"picks": 3, "truth": 2}
+    # but within a radius (3) of the last slab: drawn dashed there
+    assert shown == {"picks": 3, "truth": 2, "picks_near": 1}
     w, h = png_size(out.read_bytes())
     assert w > 2.5 * h  # three panels side by side
     # default thickness: one particle diameter, so only picks within a radius of a centre

@@ -214,22 +214,32 @@ def plot_picks(tomogram: np.ndarray, voxel_size: float, picks_xyz: np.ndarray,
     panel_h = 4.2 * min(2.0, max(0.5, ny / nx))
     fig, axes = plt.subplots(1, len(slabs), figsize=(4.4 * len(slabs), panel_h + 0.9),
                              squeeze=False)
-    shown = {"picks": 0, "truth": 0}
+    shown = {"picks": 0, "truth": 0, "picks_near": 0}
     classes = [] if truth is None else sorted(set(truth_class.tolist()))
     for ax, (z0, z1) in zip(axes[0], slabs, strict=True):
         image = np.asarray(tomogram[z0:z1], dtype=np.float32).mean(axis=0)
         lo, hi = _stretch(image)
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+        # centre in the slab: full markers; centre outside but within a particle radius of
+        # it (the particle still cuts the slab): dashed circles and small crosses
         sel = in_slab(picks[:, 2], z0, z1)
-        ax.add_collection(PatchCollection([Circle((x, y), radius_vox) for x, y in picks[sel, :2]],
-                                          facecolor="none", edgecolor="#FFC20A", linewidth=1.3))
+        near = in_slab(picks[:, 2], z0 - radius_vox, z1 + radius_vox) & ~sel
+        for m, style, lw in [(sel, "solid", 1.3), (near, "dashed", 0.9)]:
+            ax.add_collection(PatchCollection(
+                [Circle((x, y), radius_vox) for x, y in picks[m, :2]], facecolor="none",
+                edgecolor="#FFC20A", linewidth=lw, linestyle=style))
         shown["picks"] += int(sel.sum())
+        shown["picks_near"] += int(near.sum())
         n_truth = 0
         if truth is not None:
             tsel = in_slab(truth[:, 2], z0, z1)
+            tnear = in_slab(truth[:, 2], z0 - radius_vox, z1 + radius_vox) & ~tsel
             for c in classes:
-                m = tsel & (truth_class == c)
-                ax.plot(truth[m, 0], truth[m, 1], "+", ms=9, mew=1.6, color=colour(c))
+                m = truth_class == c
+                ax.plot(truth[m & tsel, 0], truth[m & tsel, 1], "+", ms=9, mew=1.6,
+                        color=colour(c))
+                ax.plot(truth[m & tnear, 0], truth[m & tnear, 1], "+", ms=5, mew=1.0,
+                        color=colour(c))
             n_truth = int(tsel.sum())
             shown["truth"] += n_truth
         ax.set_xlim(-0.5, nx - 0.5)
@@ -239,7 +249,9 @@ def plot_picks(tomogram: np.ndarray, voxel_size: float, picks_xyz: np.ndarray,
         label = f"z {z0}–{z1 - 1}: {int(sel.sum())} picks"
         ax.set_title(label + (f", {n_truth} true" if truth is not None else ""), fontsize=9)
     handles = [Line2D([], [], ls="", marker="o", mfc="none", mec="#FFC20A", ms=9,
-                      label="pick (circle: particle radius)")]
+                      label="pick (circle: particle radius)"),
+               Line2D([], [], ls="--", lw=0.9, color="#FFC20A",
+                      label="dashed / small: centre within a radius outside the slab")]
     handles += [Line2D([], [], ls="", marker="+", ms=9, mew=1.6, color=colour(c),
                        label="true particle" + (f", class {c}" if len(classes) > 1 else ""))
                 for c in classes]
