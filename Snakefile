@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/ingest.smk"
@@ -17,6 +20,7 @@ include: "rules/features.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 include: "rules/external.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -5,7 +5,13 @@ rule cluster:
     output:
         star="results/cluster/{method}/clusters.star",
         bic="results/cluster/{method}/bic.tsv",
-        plot="results/cluster/{method}/bic.png",
+        plot=report(
+            "results/cluster/{method}/bic.png",
+            caption="../report/bic.rst",
+            category="Clustering",
+            subcategory="{method}",
+            labels={"method": "{method}", "figure": "BIC and chosen K"},
+        ),
         summary="results/cluster/{method}/summary.json",
     log:
         "logs/cluster/{method}.log",

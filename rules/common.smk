@@ -1,5 +1,6 @@
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -144,6 +145,11 @@ def picks_for(wildcards):
     return f"results/picks/{wildcards.tomo}.star"
 
 
+def all_picks():
+    """Every tomogram's coordinates (DoG picks or imported), in TOMOGRAMS order."""
+    return [picks_for(SimpleNamespace(tomo=t)) for t in TOMOGRAMS]
+
+
 def coordinate_sources(wildcards):
     return COORD_SOURCES[wildcards.tomo]
 
@@ -165,6 +171,48 @@ def classification_truth():
     return "results/simulation/truth.star"
 
 
+# ------------------------------------------------------------- report (rules/report.smk)
+def picks_plot_inputs(wildcards):
+    """The ingested tomogram and its picks, plus its true particles when simulated."""
+    inputs = {
+        "tomogram": f"results/tomograms/{wildcards.tomo}/tomogram.mrc",
+        "picks": picks_for(wildcards),
+    }
+    if HAS_TRUTH:
+        inputs["truth"] = f"results/simulation/{wildcards.tomo}/truth.star"
+    return inputs
+
+
+def embedding_inputs(wildcards):
+    """A method's features and clusters, plus the ground truth when simulated."""
+    inputs = {
+        "features": f"results/features/{wildcards.method}/features.npy",
+        "clusters": f"results/cluster/{wildcards.method}/clusters.star",
+    }
+    if HAS_TRUTH or EXTERNAL_TRUTH:
+        inputs["truth"] = classification_truth()
+    return inputs
+
+
+def report_targets():
+    """Every figure and table of the HTML report that this configuration can make."""
+    targets = []
+    if not SUBTOMO_MODE:  # subtomograms in: no tomograms, no picks to draw
+        targets += expand("results/report/picks/{tomo}.jpg", tomo=TOMOGRAMS)
+        targets.append("results/picks/summary.html")
+    targets += expand("results/report/{method}/embedding.png", method=METHODS)
+    if METHODS:
+        targets.append("results/cluster/summary.html")
+    if HAS_TRUTH:
+        targets += [
+            "results/report/simulation/templates.png",
+            "results/evaluation/picking/metrics.html",
+        ]
+    if METHODS and (HAS_TRUTH or EXTERNAL_TRUTH):
+        targets.append("results/evaluation/classification.html")
+    return targets
+
+
 # ---------------------------------------------------------------------------------- targets
 def all_targets():
     targets = [
@@ -183,4 +231,5 @@ def all_targets():
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),
     )
+    targets += report_targets()
     return targets

@@ -6,7 +6,13 @@ rule evaluate_picking:
     output:
         metrics="results/evaluation/picking/metrics.tsv",
         matched="results/evaluation/picking/matched.star",
-        plot="results/evaluation/picking/picking.png",
+        plot=report(
+            "results/evaluation/picking/picking.png",
+            caption="../report/picking.rst",
+            category="Picking",
+            subcategory="against the ground truth",
+            labels={"figure": "precision, recall, F1"},
+        ),
     log:
         "logs/evaluation/picking.log",
     params:
@@ -21,18 +27,21 @@ rule evaluate_picking:
 rule evaluate_classification:
     input:
         clusters="results/cluster/{method}/clusters.star",
-        features="results/features/{method}/features.npy",
         truth=classification_truth(),
     output:
         metrics="results/evaluation/{method}/metrics.tsv",
         confusion="results/evaluation/{method}/confusion.tsv",
-        confusion_plot="results/evaluation/{method}/confusion.png",
-        embedding="results/evaluation/{method}/embedding.png",
+        confusion_plot=report(
+            "results/evaluation/{method}/confusion.png",
+            caption="../report/confusion.rst",
+            category="Evaluation",
+            subcategory="{method}",
+            labels={"method": "{method}", "figure": "confusion matrix"},
+        ),
     log:
         "logs/evaluation/{method}.log",
     params:
         tolerance=config["evaluation"]["picking_tolerance"],
-        seed=config["clustering"]["seed"],
     conda:
         "../envs/cpu.yaml"
     script:

@@ -1,19 +1,18 @@
-"""Rule evaluate_classification: a method's classes against the ground truth."""
+"""Rule evaluate_classification: a method's classes against the ground truth (the t-SNE
+with the true classes is rule plot_embedding's)."""
 
-import numpy as np
 import pandas as pd
 from tomoclust.evaluate import truth_classes
 from tomoclust.external import truth_by_index
 from tomoclust.io import read_star, write_tsv
 from tomoclust.logs import log, run_rule
 from tomoclust.metrics import clustering_metrics, confusion
-from tomoclust.plots import plot_confusion, plot_embedding
+from tomoclust.plots import plot_confusion
 
 
 def main(smk) -> None:
     clusters = read_star(smk.input.clusters, what="cluster table")
     truth = read_star(smk.input.truth, what="ground truth")
-    feats = np.load(smk.input.features)
     if "tclStackIndex" in truth.columns:  # results/truth: the input STAR's classes, by row
         true_cls = truth_by_index(clusters, truth)
         ok = true_cls > 0
@@ -31,8 +30,6 @@ def main(smk) -> None:
     cm = confusion(true_cls, pred)
     write_tsv(smk.output.confusion, cm.reset_index())
     plot_confusion(cm, smk.output.confusion_plot, title=smk.wildcards.method)
-    plot_embedding(feats, pred, true_cls, smk.output.embedding, title=smk.wildcards.method,
-                   seed=smk.params.seed)
     log.info("%s", m)
 
 

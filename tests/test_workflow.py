@@ -123,6 +123,7 @@ def test_threshold_change_reruns_only_picking_and_after(tiny_run, repo):
     assert proc.returncode == 0, _output(proc)
     jobs = _job_stats(_output(proc))
     assert jobs == {"pick": 2, "extract": 2, "gather_particles": 1, "evaluate_picking": 1,
+                    "plot_picks": 2, "summarise_picks": 1, "picking_table": 1,
                     "all": 1}, _output(proc)
 
 

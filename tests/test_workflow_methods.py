@@ -80,8 +80,9 @@ def test_features_clusters_and_evaluation(methods_run):
         assert m["n_classes"].iloc[0] == 2  # two templates
         assert m["n"].iloc[0] + m["n_unmatched_picks"].iloc[0] == n
         assert 0 <= m["accuracy"].iloc[0] <= 1
-        for name in ["confusion.tsv", "confusion.png", "embedding.png"]:
+        for name in ["confusion.tsv", "confusion.png"]:
             assert (res / "evaluation" / method / name).stat().st_size > 0
+        assert (res / "report" / method / "embedding.png").stat().st_size > 0
 
     table = pd.read_csv(res / "evaluation" / "classification.tsv", sep="\t")
     assert table["method"].tolist() == METHODS
@@ -116,6 +117,7 @@ def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
 def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, change):
     jobs = _dry_run_jobs(repo, methods_run, "clustering.yaml", **change)
     assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
+                    "plot_embedding": 3, "summarise_clusters": 1, "classification_table": 1,
                     "all": 1}, jobs
     assert not {"features_invariant", "features_disca", "features_autoencoder"} & set(jobs)
     assert not UPSTREAM & set(jobs)
@@ -125,13 +127,15 @@ def test_disca_change_reruns_only_disca(methods_run, repo):
     jobs = _dry_run_jobs(repo, methods_run, "disca.yaml", disca__iterations=3)
     # one cluster / evaluate_classification job: DISCA's, not the other methods'
     assert jobs == {"features_disca": 1, "cluster": 1, "evaluate_classification": 1,
-                    "summarise_classification": 1, "all": 1}, jobs
+                    "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
+                    "classification_table": 1, "all": 1}, jobs
 
 
 def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
     jobs = _dry_run_jobs(repo, methods_run, "ae.yaml", autoencoder__epochs=3)
     assert jobs == {"features_autoencoder": 1, "cluster": 1, "evaluate_classification": 1,
-                    "summarise_classification": 1, "all": 1}, jobs
+                    "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
+                    "classification_table": 1, "all": 1}, jobs
 
 
 def test_forced_disca_job_resumes_from_its_checkpoint(methods_run, repo):
@@ -163,3 +167,55 @@ def test_lint_is_clean_with_every_method(repo, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, _output(proc)
     assert "Congratulations" in _output(proc) or "good condition" in _output(proc), _output(proc)
+
+
+# ------------------------------------------------------------------------- the HTML report
+def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
+    """`snakemake --report` on the simulation: a category per stage, a figure per method in
+    each, the tables, and captions rendered for the wildcards of each figure."""
+    from test_report import png_size, read_report, result_bytes, table_cells
+
+    out = tmp_path / "report.html"
+    proc = _snakemake(repo, methods_run, "--configfile", str(methods_run / "tiny_methods.yaml"),
+                      "--report", str(out))
+    assert proc.returncode == 0, _output(proc)[-5000:]
+    rep = read_report(out)
+    cats, results = rep["categories"], rep["results"]
+    assert {"Simulation", "Picking", "Features", "Clustering", "Evaluation"} <= set(cats), cats
+    assert cats["Simulation"] == {"templates": ["results/report/simulation/templates.png"]}
+    assert cats["Picking"] == {
+        "picks on tomogram slabs": ["results/report/picks/sim01.jpg",
+                                    "results/report/picks/sim02.jpg"],
+        "against the ground truth": ["results/evaluation/picking/metrics.html",
+                                     "results/evaluation/picking/picking.png"],
+        "picks per tomogram": ["results/picks/summary.html"]}
+    for method in METHODS:
+        assert cats["Features"][method] == [f"results/report/{method}/embedding.png"]
+        assert cats["Clustering"][method] == [f"results/cluster/{method}/bic.png"]
+        assert cats["Evaluation"][method] == [f"results/evaluation/{method}/confusion.png"]
+        for path in cats["Features"][method] + cats["Evaluation"][method]:
+            assert f"<strong>{method}</strong>" in results[path]["caption"], path
+            assert results[path]["labels"]["method"] == method
+        emb = results[f"results/report/{method}/embedding.png"]
+        assert "true class" in emb["caption"]
+        assert png_size(result_bytes(emb))[0] > 700  # two panels: cluster and true class
+    assert cats["Clustering"]["all methods"] == ["results/cluster/summary.html"]
+    assert cats["Evaluation"]["all methods"] == ["results/evaluation/classification.html"]
+    for path, res in results.items():
+        assert res["caption"].strip(), f"{path} has no caption"
+        assert result_bytes(res) == (methods_run / path).read_bytes(), path
+    assert "true particles" in results["results/report/picks/sim01.jpg"]["caption"]
+
+    rows = table_cells(result_bytes(results["results/evaluation/classification.html"]).decode())
+    table = pd.read_csv(methods_run / "results" / "evaluation" / "classification.tsv", sep="\t")
+    header = rows[0]
+    assert header == list(table.columns)
+    assert [r[0] for r in rows[1:]] == METHODS
+    acc = [float(r[header.index("accuracy")]) for r in rows[1:]]
+    np.testing.assert_allclose(acc, table["accuracy"], atol=5e-4)
+    summary = table_cells(result_bytes(results["results/cluster/summary.html"]).decode())
+    for row, method in zip(summary[1:], METHODS, strict=True):
+        k = json.loads((methods_run / "results" / "cluster" / method / "summary.json")
+                       .read_text())["k"]
+        assert row[0] == method and row[2] == str(k)
+    assert "2 simulated tomograms" in rep["workflow_desc"]

@@ -20,6 +20,13 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> None:
+    """PNG, or JPEG (quality 85) when ``path`` ends in .jpg/.jpeg: images of noisy tomograms
+    are several times smaller as JPEG, which keeps a report of many tomograms small."""
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="jpeg", dpi=110, bbox_inches="tight",
+                        pil_kwargs={"quality": 85})
+        return
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
@@ -37,11 +44,15 @@ def plot_picking(metrics: pd.DataFrame, path: str | Path) -> None:
                     color=colour)
     axes[0].set_xticks(x, tomo["name"], rotation=45, ha="right")
     axes[0].set_ylim(0, 1.05)
+    axes[0].set_xlabel("tomogram")
+    axes[0].set_ylabel("score (1 = perfect)")
     axes[0].set_title("Picking against ground truth")
     axes[0].legend(loc="lower right", fontsize=8)
     axes[1].bar(np.arange(len(cls)), cls["recall"].to_numpy(dtype=float), color="#DD8452")
     axes[1].set_xticks(np.arange(len(cls)), cls["name"], rotation=45, ha="right")
     axes[1].set_ylim(0, 1.05)
+    axes[1].set_xlabel("true class")
+    axes[1].set_ylabel("recall")
     axes[1].set_title("Recall per class")
     fig.tight_layout()
     _save(fig, path)
@@ -56,6 +67,9 @@ def plot_bic(bic: pd.DataFrame, k_chosen: int, path: str | Path, title: str = ""
         cold = bic[~bic.get("warm_start", pd.Series(False, index=bic.index)).astype(bool)]
         ax.plot(cold["k"], cold["bic"], "o-", color="#4C72B0", label="BIC")
         ax.axvline(k_chosen, color="#C44E52", ls="--", label=f"chosen K = {k_chosen}")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("number of classes K")
         ax.set_ylabel("BIC (lower is better)")
         ax.legend(fontsize=8)
@@ -126,7 +140,157 @@ def plot_embedding(features: np.ndarray, clusters: np.ndarray, truth: np.ndarray
         ax.set_title(f"{title}: t-SNE by {name}" if title else f"t-SNE by {name}")
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
         ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ picks on tomogram slabs
+_TRUTH_COLOURS = ["#00BFFF", "#FF2D2D", "#39D353", "#C77DFF", "#FF6EC7", "#1E5BFF", "#00E5C0",
+                  "#8B4513"]
+
+
+def slab_bounds(nz: int, thickness: int, n: int) -> list[tuple[int, int]]:
+    """``n`` slabs ``[z0, z1)`` of ``thickness`` voxels centred at evenly spaced depths.
+
+    Slabs are clipped to ``[0, nz)`` (by shifting, not shrinking); identical slabs (a thin
+    volume) are returned once, so no pick is drawn twice.
+    """
+    if nz < 1 or n < 1:
+        raise ValueError(f"need nz >= 1 and n >= 1, got {nz}, {n}")
+    thickness = int(min(max(int(thickness), 1), nz))
+    out: list[tuple[int, int]] = []
+    for c in (np.arange(n) + 0.5) * nz / n:
+        z0 = int(np.clip(int(np.floor(c - thickness / 2 + 0.5)), 0, nz - thickness))
+        if (z0, z0 + thickness) not in out:
+            out.append((z0, z0 + thickness))
+    return out
+
+
+def in_slab(z: np.ndarray, z0: int, z1: int) -> np.ndarray:
+    """Mask of points whose centre ``z`` (voxels; voxel ``i`` spans ``i ± 0.5``) lies in the
+    slab of voxels ``z0 .. z1 - 1``."""
+    z = np.asarray(z, dtype=np.float64)
+    return (z >= z0 - 0.5) & (z < z1 - 0.5)
+
+
+def _stretch(image: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(image, [1, 99])
+    return (float(lo), float(hi)) if hi > lo else (float(lo) - 1, float(lo) + 1)
+
+
+def plot_picks(tomogram: np.ndarray, voxel_size: float, picks_xyz: np.ndarray,
+               radius_vox: float, path: str | Path, title: str = "",
+               truth_xyz: np.ndarray | None = None, truth_class: np.ndarray | None = None,
+               n_slabs: int = 3, thickness: int | None = None) -> dict[str, int]:
+    """Mean projections of ``n_slabs`` slabs of a tomogram with the picks drawn on them.
+
+    ``tomogram`` is indexed ``z, y, x`` (a memory map is fine: only the slabs are read);
+    ``picks_xyz`` and ``truth_xyz`` are ``(n, 3)`` voxel coordinates ``x, y, z`` of that
+    tomogram. A pick is a circle of the particle radius, a true particle a cross coloured by
+    class; each is drawn on the slab holding its centre. Slabs are one particle diameter
+    thick unless ``thickness`` (voxels) is given. Returns the counts drawn.
+    """
+    plt = _pyplot()
+    from matplotlib.collections import PatchCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle
+
+    nz, ny, nx = tomogram.shape
+    picks = np.asarray(picks_xyz, dtype=np.float64).reshape(-1, 3)
+    truth = None if truth_xyz is None else np.asarray(truth_xyz, dtype=np.float64).reshape(-1, 3)
+    if truth is not None:
+        truth_class = (np.zeros(len(truth), int) if truth_class is None
+                       else np.asarray(truth_class).astype(int))
+    if thickness is None:
+        thickness = max(1, round(2 * radius_vox))
+    slabs = slab_bounds(nz, thickness, n_slabs)
+    def colour(c: int) -> str:  # true classes: no yellow or orange, the colour of the picks
+        return _TRUTH_COLOURS[(int(c) - 1) % len(_TRUTH_COLOURS)]
+
+    panel_h = 4.2 * min(2.0, max(0.5, ny / nx))
+    fig, axes = plt.subplots(1, len(slabs), figsize=(4.4 * len(slabs), panel_h + 0.9),
+                             squeeze=False)
+    shown = {"picks": 0, "truth": 0, "picks_near": 0}
+    classes = [] if truth is None else sorted(set(truth_class.tolist()))
+    for ax, (z0, z1) in zip(axes[0], slabs, strict=True):
+        image = np.asarray(tomogram[z0:z1], dtype=np.float32).mean(axis=0)
+        lo, hi = _stretch(image)
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+        # centre in the slab: full markers; centre outside but within a particle radius of
+        # it (the particle still cuts the slab): dashed circles and small crosses
+        sel = in_slab(picks[:, 2], z0, z1)
+        near = in_slab(picks[:, 2], z0 - radius_vox, z1 + radius_vox) & ~sel
+        for m, style, lw in [(sel, "solid", 1.3), (near, "dashed", 0.9)]:
+            ax.add_collection(PatchCollection(
+                [Circle((x, y), radius_vox) for x, y in picks[m, :2]], facecolor="none",
+                edgecolor="#FFC20A", linewidth=lw, linestyle=style))
+        shown["picks"] += int(sel.sum())
+        shown["picks_near"] += int(near.sum())
+        n_truth = 0
+        if truth is not None:
+            tsel = in_slab(truth[:, 2], z0, z1)
+            tnear = in_slab(truth[:, 2], z0 - radius_vox, z1 + radius_vox) & ~tsel
+            for c in classes:
+                m = truth_class == c
+                ax.plot(truth[m & tsel, 0], truth[m & tsel, 1], "+", ms=9, mew=1.6,
+                        color=colour(c))
+                ax.plot(truth[m & tnear, 0], truth[m & tnear, 1], "+", ms=5, mew=1.0,
+                        color=colour(c))
+            n_truth = int(tsel.sum())
+            shown["truth"] += n_truth
+        ax.set_xlim(-0.5, nx - 0.5)
+        ax.set_ylim(-0.5, ny - 0.5)
+        ax.set_xlabel("x (voxels)")
+        ax.set_ylabel("y (voxels)")
+        label = f"z {z0}–{z1 - 1}: {int(sel.sum())} picks"
+        ax.set_title(label + (f", {n_truth} true" if truth is not None else ""), fontsize=9)
+    handles = [Line2D([], [], ls="", marker="o", mfc="none", mec="#FFC20A", ms=9,
+                      label="pick (circle: particle radius)"),
+               Line2D([], [], ls="--", lw=0.9, color="#FFC20A",
+                      label="dashed / small: centre within a radius outside the slab")]
+    handles += [Line2D([], [], ls="", marker="+", ms=9, mew=1.6, color=colour(c),
+                       label="true particle" + (f", class {c}" if len(classes) > 1 else ""))
+                for c in classes]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+               frameon=False)
+    head = f"{title}: " if title else ""
+    fig.suptitle(f"{head}{shown['picks']} of {len(picks)} picks on {len(slabs)} slabs "
+                 f"({thickness} voxels of {voxel_size:g} Å, mean projection)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _save(fig, path)
+    plt.close(fig)
+    return shown
+
+
+# ------------------------------------------------------------------- central slices of maps
+def plot_central_slices(maps: list[tuple[str, np.ndarray, float]], path: str | Path,
+                        title: str = "") -> None:
+    """One row per map: the three orthogonal central slices (xy, xz, yz) of a ``z, y, x``
+    volume, each on its own grey scale (1st–99th percentile). ``maps``: (name, volume,
+    voxel size in Å)."""
+    plt = _pyplot()
+    if not maps:
+        raise ValueError("no maps to plot")
+    fig, axes = plt.subplots(len(maps), 3, figsize=(8.4, 2.9 * len(maps) + 0.5), squeeze=False)
+    for row, (name, vol, vs) in zip(axes, maps, strict=True):
+        vol = np.asarray(vol, dtype=np.float32)
+        nz, ny, nx = vol.shape
+        views = [("xy (central z)", vol[nz // 2], "x", "y", (nx, ny)),
+                 ("xz (central y)", vol[:, ny // 2, :], "x", "z", (nx, nz)),
+                 ("yz (central x)", vol[:, :, nx // 2], "y", "z", (ny, nz))]
+        for ax, (plane, img, xl, yl, (w, h)) in zip(row, views, strict=True):
+            lo, hi = _stretch(img)
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower",
+                      extent=(0, w * vs / 10, 0, h * vs / 10))
+            ax.set_xlabel(f"{xl} (nm)")
+            ax.set_ylabel(f"{yl} (nm)")
+            ax.set_title(f"{name}: {plane}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -1,0 +1,19 @@
+"""Rule plot_templates: central slices of the template maps the simulation was made from."""
+
+from pathlib import Path
+
+from tomoclust.io import read_mrc
+from tomoclust.logs import log, run_rule
+from tomoclust.plots import plot_central_slices
+
+
+def main(smk) -> None:
+    maps = []
+    for path in smk.input:
+        vol, vs = read_mrc(path, what="template map")
+        maps.append((Path(path).stem, vol, vs))
+        log.info("%s: %s voxels at %.3g Å", path, vol.shape, vs)
+    plot_central_slices(maps, smk.output[0], title="Simulation templates (density maps)")
+
+
+run_rule(snakemake, main)
