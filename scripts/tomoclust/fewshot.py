@@ -519,3 +519,54 @@ def load_support_star(path: str | Path, particles: pd.DataFrame, tolerance_angst
     if "rlnImageName" in particles.columns:
         table.insert(0, "rlnImageName", particles["rlnImageName"].to_numpy()[rows])
     return SupportSet(rows, cls_arr, cnames, table)
+
+
+# ------------------------------------------------------------------- simulated labelled sets
+def simulate_labelled_set(templates, n_per_class: int, box: int, voxel_size: float,
+                          snrs, ctf=None, tilt_min: float = -60.0, tilt_max: float = 60.0,
+                          convention: str = "aitom", seed: int = 0):
+    """Labelled subtomograms of ``templates`` (subtomogram mode: uniform proper rotations,
+    3D CTF, missing wedge, noise), ``n_per_class`` per class at *each* SNR of ``snrs``.
+
+    Returns ``(stack, truth)``: the truth table has ``rlnClassNumber`` (the templates'
+    numbers), ``tclTemplateName`` and ``tclSnrNominal``; rows of all SNRs are concatenated.
+    """
+    from .simulate import simulate_subtomograms
+
+    stacks, tables = [], []
+    for i, snr in enumerate(snrs):
+        res = simulate_subtomograms(templates, n_per_class, box, voxel_size, float(snr),
+                                    convention, tilt_min=tilt_min, tilt_max=tilt_max, ctf=ctf,
+                                    seed=seed + 7919 * i)
+        stacks.append(res.stack)
+        tables.append(res.truth)
+    return np.concatenate(stacks), pd.concat(tables, ignore_index=True)
+
+
+def support_from_truth(particles: pd.DataFrame, truth: pd.DataFrame, n_per_class: int,
+                       tolerance_angst: float, seed: int = 0) -> pd.DataFrame:
+    """A support STAR as a user would write it, from the ground truth of a simulation.
+
+    For demos and tests only: ``n_per_class`` picked particles of every true class (those
+    matching a true particle within the tolerance), chosen at random, with ``rlnImageName``,
+    ``rlnClassNumber`` (the truth's) and ``rlnClassName`` (the template name).
+    """
+    from .evaluate import truth_classes
+
+    cls = truth_classes(particles, truth, tolerance_angst)
+    names = dict(zip(truth["rlnClassNumber"].astype(int), truth["tclTemplateName"].astype(str),
+                     strict=True))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in sorted(names):
+        idx = np.flatnonzero(cls == c)
+        if len(idx) == 0:
+            raise TomoclustError(f"support from truth: no picked particle matches class {c} "
+                                 f"({names[c]})")
+        rows += [(int(j), c) for j in np.sort(rng.choice(idx, min(n_per_class, len(idx)),
+                                                         replace=False))]
+    return pd.DataFrame({
+        "rlnImageName": [particles["rlnImageName"].iloc[j] for j, _ in rows],
+        "rlnClassNumber": [c for _, c in rows],
+        "rlnClassName": [names[c] for _, c in rows],
+    })
