@@ -48,7 +48,7 @@ def templates(names: list[str]) -> list[Template]:
 
 def run_one(variant: str, snr: float, train, test, args, device: str) -> dict:
     params = FewShotParams(variant=variant, preset="light", width=args.width, way=None,
-                           shot=args.shot, query=args.query, epochs=args.epochs,
+                           shot=args.shot, query=args.train_query, epochs=args.epochs,
                            episodes_per_epoch=args.episodes_per_epoch, lr=1e-3,
                            lr_step=args.lr_step, seed=args.seed)
     ytrain = train.truth["rlnClassNumber"].to_numpy()
@@ -88,7 +88,7 @@ def markdown(payload: dict) -> str:
         f"{a['test_per_class']} each); 32³ at 12 Å, tilt ±60°, CTF, aitom SNR convention. "
         f"Encoder: {a['width']} channels × 4 blocks ({a['width'] * 8}-d embedding; the paper "
         f"uses 64 channels, 512-d); {a['epochs'] * a['episodes_per_epoch']} training episodes "
-        f"(3-way {a['shot']}-shot, {a['query']} queries; Adam 1e-3 halved every "
+        f"(3-way {a['shot']}-shot, {a['train_query']} queries; Adam 1e-3 halved every "
         f"{a['lr_step']} epochs of {a['episodes_per_epoch']} episodes). Test: 2-way, "
         f"{a['query']} queries per class, {a['episodes']} episodes; mean ± std over episodes. "
         "One trained model per variant and SNR serves the 1-shot and the 5-shot test.\n",
@@ -133,7 +133,8 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=60)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--shot", type=int, default=5)
-    ap.add_argument("--query", type=int, default=15)
+    ap.add_argument("--query", type=int, default=15, help="test queries per class")
+    ap.add_argument("--train-query", type=int, default=15, help="training queries per class")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--episodes-per-epoch", type=int, default=20)
     ap.add_argument("--lr-step", type=int, default=3)
