@@ -68,6 +68,7 @@ class FewShotParams:
     lr_gamma: float = 0.5
     temperature: float = 1.0
     ce_weight: float = 0.5  # β: share of the adapted distance in ProtoNet-CE's logits
+    augment: bool = True  # random 180° turns about x, y or z (they keep the missing wedge)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -233,6 +234,24 @@ def sample_episode(labels: np.ndarray, way: int, shot: int, query: int,
 
 
 # -------------------------------------------------------------------------------- training
+def wedge_preserving_turns(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Turn each ``(b, 1, z, y, x)`` volume by a random element of {identity, 180° about x,
+    about y, about z}: proper rotations that map a missing wedge about y onto itself.
+
+    A 180° turn about one axis flips the other two; exact on the grid (no interpolation)
+    about the centre ``(d - 1) / 2``, i.e. it also moves the ``d // 2`` centre by one voxel
+    for even boxes, well within the picking error.
+    """
+    kinds = rng.integers(0, 4, size=x.shape[0])
+    out = x.clone()
+    for kind, dims in ((1, (-3, -2)), (2, (-3, -1)), (3, (-2, -1))):  # about x, y, z
+        sel = np.flatnonzero(kinds == kind)
+        if len(sel):
+            idx = torch.as_tensor(sel, device=x.device)
+            out[idx] = torch.flip(x[idx], dims)
+    return out
+
+
 @dataclass
 class TrainResult:
     model: ProtoNet
@@ -270,6 +289,8 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotParams,
             e = sample_episode(labels, way, params.shot, params.query, rng)
             xs = to_tensor(stack, e.support, device)[:, None]
             xq = to_tensor(stack, e.query, device)[:, None]
+            if params.augment:
+                xs, xq = wedge_preserving_turns(xs, rng), wedge_preserving_turns(xq, rng)
             ys = torch.as_tensor(e.support_y, device=device)
             yq = torch.as_tensor(e.query_y, device=device)
             opt.zero_grad()
