@@ -136,10 +136,10 @@ def _check_fewshot():
     sources = [bool(FEWSHOT["support"]), bool(FEWSHOT["support_templates"]),
                FEWSHOT["support_from_truth"] > 0]
     if sum(sources) == 0:
-        raise WorkflowError("config: " + FEWSHOT_SUPPORT_HELP)
+        raise WorkflowError(f"config: {FEWSHOT_SUPPORT_HELP}")
     if sum(sources) > 1:
         raise WorkflowError("config: more than one few-shot support set is configured.\n"
-                            + FEWSHOT_SUPPORT_HELP)
+                            f"{FEWSHOT_SUPPORT_HELP}")
     if FEWSHOT["support"] and not Path(FEWSHOT["support"]).is_file():
         raise WorkflowError(f"config: fewshot.support {FEWSHOT['support']!r} is not a file")
     if FEWSHOT["support_from_truth"] > 0 and not HAS_TRUTH:
