@@ -504,12 +504,15 @@ def test_bad_support_star_fails_with_a_clear_message(fewshot_run, repo):
                                   "rlnClassNumber": [1, 2]}))
     cfg = _write_config(repo, fewshot_run / "bad.yaml", fewshot__support_from_truth=0,
                         fewshot__support=str(bad))
-    proc = _smk(repo, fewshot_run, "--configfile", str(cfg), "--until", "features_fewshot")
+    proc = _smk(repo, fewshot_run, "--configfile", str(cfg), "--until", "features_fewshot",
+                "--keep-going")
     assert proc.returncode != 0
-    log = (fewshot_run / "logs" / "features" / "protonet3d.log").read_text()
-    assert f"few-shot support {bad}, row 2: rlnImageName '999@particles.mrcs' refers to no " \
-           "particle" in log, log
-    assert "Traceback" not in log
+    for v in VARIANTS:
+        log = (fewshot_run / "logs" / "features" / f"{v}.log").read_text()
+        assert f"few-shot support {bad}, row 2: rlnImageName '999@particles.mrcs' refers to " \
+               "no particle" in log, log
+        assert "Traceback" not in log
+        assert not (fewshot_run / "results" / "features" / v / "labels.star").exists()
 
 
 @pytest.mark.parametrize("changes,message", [
