@@ -187,7 +187,7 @@ def fewshot_support_settings():
 
 FEWSHOT_MODEL_KEYS = ["preset", "width", "blocks", "way", "shot", "query", "epochs",
                       "episodes_per_epoch", "lr", "lr_step", "lr_gamma", "temperature",
-                      "ce_weight", "seed"]
+                      "ce_weight", "augment", "seed"]
 
 
 def fewshot_model_settings():
