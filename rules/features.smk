@@ -172,6 +172,7 @@ rule train_fewshot:
     input:
         star="results/fewshot/training/particles.star",
         stack="results/fewshot/training/particles.mrcs",
+        info="results/fewshot/training/info.json",
     output:
         model="results/features/{variant}/model.pt",
         history="results/features/{variant}/history.tsv",

@@ -1,5 +1,6 @@
 """Rule train_fewshot: episodic training of ProtoNet3D / ProtoNet-CE on the simulated set."""
 
+import json
 import time
 
 import torch
@@ -21,8 +22,9 @@ def main(smk) -> None:
              params.variant, len(stack), len(set(labels)), device, describe(params))
     ckpt = Checkpoint(smk.params.checkpoint, fingerprint(describe(params), smk.input.stack))
     t0 = time.time()
+    tilt = json.loads(open(smk.input.info).read())["tilt"]
     res = train_protonet(stack, labels, params, device, checkpoint=ckpt,
-                         history_path=smk.output.history)
+                         history_path=smk.output.history, tilt_range=tuple(tilt))
     save_state_dict(smk.output.model, res.model.state_dict())
     names = truth.drop_duplicates("rlnClassNumber").set_index("rlnClassNumber")["rlnClassName"]
     write_info(smk.output.info, run_info(

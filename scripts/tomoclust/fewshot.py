@@ -68,7 +68,7 @@ class FewShotParams:
     lr_gamma: float = 0.5
     temperature: float = 1.0
     ce_weight: float = 0.5  # β: share of the adapted distance in ProtoNet-CE's logits
-    augment: bool = True  # random 180° turns about x, y or z (they keep the missing wedge)
+    augment: bool = True  # random 180° turns that keep the missing wedge
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -234,17 +234,22 @@ def sample_episode(labels: np.ndarray, way: int, shot: int, query: int,
 
 
 # -------------------------------------------------------------------------------- training
-def wedge_preserving_turns(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Turn each ``(b, 1, z, y, x)`` volume by a random element of {identity, 180° about x,
-    about y, about z}: proper rotations that map a missing wedge about y onto itself.
+def wedge_preserving_turns(x: torch.Tensor, rng: np.random.Generator,
+                           symmetric_wedge: bool = True) -> torch.Tensor:
+    """Turn each ``(b, 1, z, y, x)`` volume by a random 180° rotation that keeps a missing
+    wedge about y: identity or a turn about y; with a symmetric tilt range
+    (``tilt_min = -tilt_max``) also turns about x or z.
 
-    A 180° turn about one axis flips the other two; exact on the grid (no interpolation)
-    about the centre ``(d - 1) / 2``, i.e. it also moves the ``d // 2`` centre by one voxel
-    for even boxes, well within the picking error.
+    A 180° turn about y flips (kz, kx) together and maps every Fourier line onto itself
+    modulo Friedel symmetry, so any wedge about y is kept; a turn about x or z mirrors the
+    tilt range (θ → −θ), which keeps only a symmetric one. Proper rotations only (no
+    mirror images); exact on the grid (no interpolation) about the centre ``(d - 1) / 2``,
+    which for even boxes is half a voxel off ``d // 2`` per axis, well within picking error.
     """
-    kinds = rng.integers(0, 4, size=x.shape[0])
+    kinds = rng.integers(0, 4 if symmetric_wedge else 2, size=x.shape[0])
     out = x.clone()
-    for kind, dims in ((1, (-3, -2)), (2, (-3, -1)), (3, (-2, -1))):  # about x, y, z
+    # kind 1: about y (flip z, x); 2: about x (flip z, y); 3: about z (flip y, x)
+    for kind, dims in ((1, (-3, -1)), (2, (-3, -2)), (3, (-2, -1))):
         sel = np.flatnonzero(kinds == kind)
         if len(sel):
             idx = torch.as_tensor(sel, device=x.device)
@@ -260,8 +265,14 @@ class TrainResult:
 
 def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotParams, device,
                    checkpoint: Checkpoint | None = None, history_path=None,
-                   on_epoch: Callable[[int], None] | None = None) -> TrainResult:
-    """Episodic training on a labelled ``(n, d, d, d)`` stack (labels: any integers)."""
+                   on_epoch: Callable[[int], None] | None = None,
+                   tilt_range: tuple[float, float] = (-60.0, 60.0)) -> TrainResult:
+    """Episodic training on a labelled ``(n, d, d, d)`` stack (labels: any integers).
+
+    ``tilt_range`` is the training data's: it decides which 180° turns augment it
+    (:func:`wedge_preserving_turns`).
+    """
+    symmetric = abs(float(tilt_range[0]) + float(tilt_range[1])) < 1e-6
     labels = np.asarray(labels)
     n_train_classes = len(np.unique(labels))
     way = int(params.way) if params.way else min(n_train_classes, 5)
@@ -290,7 +301,8 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotParams,
             xs = to_tensor(stack, e.support, device)[:, None]
             xq = to_tensor(stack, e.query, device)[:, None]
             if params.augment:
-                xs, xq = wedge_preserving_turns(xs, rng), wedge_preserving_turns(xq, rng)
+                xs = wedge_preserving_turns(xs, rng, symmetric)
+                xq = wedge_preserving_turns(xq, rng, symmetric)
             ys = torch.as_tensor(e.support_y, device=device)
             yq = torch.as_tensor(e.query_y, device=device)
             opt.zero_grad()
