@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from tomoclust import TomoclustError
 from tomoclust.features import load_particles, run_info, save_features, write_info
-from tomoclust.fewshot import ProtoNet, classify, load_support_star, params_from_config
+from tomoclust.fewshot import ProtoNet, classify, params_from_config
+from tomoclust.fewshot_support import load_support_star
 from tomoclust.io import open_stack, read_star, write_star
 from tomoclust.logs import log, resolve_device, run_rule
 

@@ -1,7 +1,7 @@
 """Rule fewshot_support_from_truth: a demo/test support STAR of a few truth-labelled picked
 particles per class, written exactly as a user's support STAR would be."""
 
-from tomoclust.fewshot import support_from_truth
+from tomoclust.fewshot_support import support_from_truth
 from tomoclust.io import read_star, write_star
 from tomoclust.logs import log, run_rule
 

@@ -2,7 +2,7 @@
 templates at the particles' box and voxel size (episodic training data, or a simulated
 support set)."""
 
-from tomoclust.fewshot import simulate_labelled_set
+from tomoclust.fewshot_sets import simulate_labelled_set
 from tomoclust.io import StackWriter, optics_table, read_mrc, write_json, write_star
 from tomoclust.logs import log, run_rule
 from tomoclust.simulate import CtfParams, Template

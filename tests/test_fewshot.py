@@ -22,14 +22,14 @@ from tomoclust.fewshot import (
     SetAttention,
     classify,
     evaluate_episodes,
-    load_support_star,
     prototypes,
     sample_episode,
     squared_distances,
-    support_from_truth,
     train_protonet,
     wedge_preserving_turns,
 )
+from tomoclust.fewshot_sets import simulate_labelled_set
+from tomoclust.fewshot_support import load_support_star, support_from_truth
 from tomoclust.io import read_star, write_star
 from tomoclust.rotation import random_rotations, rotate_volume
 from tomoclust.train import Checkpoint
@@ -375,6 +375,25 @@ def test_support_from_truth_is_a_valid_user_star(tmp_path):
     s = load_support_star(path, parts)
     assert s.names == {1: "p", 2: "r"}
     np.testing.assert_array_equal(truth["rlnClassNumber"].to_numpy()[s.rows], s.labels)
+
+
+def test_simulated_labelled_set_covers_every_class_at_every_snr():
+    from tomoclust.simulate import Template
+
+    z, y, x = np.indices((12, 12, 12)) - 6
+    ball = np.exp(-(x**2 + y**2 + z**2) / 8.0)
+    rod = np.exp(-(x**2 / 20.0 + y**2 / 2.0 + z**2 / 2.0))
+    temps = [Template("ball", 1, ball), Template("rod", 2, rod)]
+    stack, truth = simulate_labelled_set(temps, 4, 12, 10.0, [1.0, 0.1], seed=3)
+    assert stack.shape == (16, 12, 12, 12) and stack.dtype == np.float32
+    counts = truth.groupby(["tclSnrNominal", "tclTemplateName"]).size().to_dict()
+    assert counts == {(1.0, "ball"): 4, (1.0, "rod"): 4, (0.1, "ball"): 4, (0.1, "rod"): 4}
+    assert dict(zip(truth["tclTemplateName"], truth["rlnClassNumber"], strict=True)) == {
+        "ball": 1, "rod": 2}
+    np.testing.assert_allclose(stack.std(axis=(1, 2, 3)), 1.0, atol=1e-4)  # normalised boxes
+    # lower SNR, noisier boxes: the class mean explains less of each box
+    lo, hi = stack[truth["tclSnrNominal"] == 0.1], stack[truth["tclSnrNominal"] == 1.0]
+    assert np.abs(lo.mean(0)).mean() < np.abs(hi.mean(0)).mean()
 
 
 # ------------------------------------------------------------------------------- workflow
