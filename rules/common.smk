@@ -232,4 +232,111 @@ def all_targets():
         subset=list(config["subtomogram_sets"]),
     )
     targets += report_targets()
+    targets += fewshot_targets()  # few-shot: the predicted labels' own evaluation
+    return targets
+
+
+# --------------------------------------------------------------- few-shot (ProtoNet3D / -CE)
+FEWSHOT = config["fewshot"]
+FEWSHOT_VARIANTS = [m for m in METHODS if m in ("protonet3d", "protonet_ce")]
+# episodic training classes: fewshot.train_templates, or the `templates` when it is empty
+FEWSHOT_TRAIN_SOURCES = dict(FEWSHOT["train_templates"] or config["templates"])
+FEWSHOT_TRAIN_TEMPLATES = list(FEWSHOT_TRAIN_SOURCES)
+
+FEWSHOT_SUPPORT_HELP = (
+    "few-shot (methods protonet3d / protonet_ce) needs a support set; set exactly one of\n"
+    "  fewshot.support: path of a STAR file with one row per example particle and the\n"
+    "      columns rlnClassNumber (1..C, every class at least once; optional rlnClassName)\n"
+    "      and either rlnImageName (i@particles.mrcs, the i-th row of\n"
+    "      results/particles/particles.star) or rlnTomoName + rlnCoordinateX/Y/Z (voxels of\n"
+    "      the ingested tomogram, matched within fewshot.support_tolerance Å);\n"
+    "  fewshot.support_templates: [names of `templates` or fewshot.train_templates] to\n"
+    "      simulate fewshot.support_per_class particles of each at fewshot.support_snr;\n"
+    "  fewshot.support_from_truth: N (simulation only: N truth-labelled picked particles per\n"
+    "      class, for demos and tests)")
+
+
+def _check_fewshot():
+    if not FEWSHOT_VARIANTS:
+        return
+    sources = [bool(FEWSHOT["support"]), bool(FEWSHOT["support_templates"]),
+               FEWSHOT["support_from_truth"] > 0]
+    if sum(sources) == 0:
+        raise WorkflowError(f"config: {FEWSHOT_SUPPORT_HELP}")
+    if sum(sources) > 1:
+        raise WorkflowError("config: more than one few-shot support set is configured.\n"
+                            f"{FEWSHOT_SUPPORT_HELP}")
+    if FEWSHOT["support"] and not Path(FEWSHOT["support"]).is_file():
+        raise WorkflowError(f"config: fewshot.support {FEWSHOT['support']!r} is not a file")
+    if FEWSHOT["support_from_truth"] > 0 and not HAS_TRUTH:
+        raise WorkflowError("config: fewshot.support_from_truth needs the simulation (ground "
+                            "truth); for real data give fewshot.support (a STAR) or "
+                            "fewshot.support_templates")
+    unknown = [t for t in FEWSHOT["support_templates"]
+               if t not in FEWSHOT_TRAIN_SOURCES and t not in config["templates"]]
+    if unknown:
+        raise WorkflowError(f"config: fewshot.support_templates {unknown} are neither in "
+                            "`templates` nor in fewshot.train_templates")
+    if len(FEWSHOT_TRAIN_TEMPLATES) < 2:
+        raise WorkflowError("config: few-shot episodic training needs at least 2 templates in "
+                            "fewshot.train_templates (or `templates`)")
+
+
+_check_fewshot()
+
+
+wildcard_constraints:
+    variant="protonet3d|protonet_ce",
+
+
+def fewshot_template_source(wildcards):
+    name = wildcards.template
+    return FEWSHOT_TRAIN_SOURCES.get(name) or config["templates"][name]
+
+
+def _fewshot_simulation(n_per_class, snr, seed):
+    ex = config["extraction"]
+    return {"n_per_class": n_per_class, "snr": list(snr), "box": ex["box"],
+            "voxel_size": ex["voxel_size"], "ctf": SIM["ctf"], "tilt": wedge_range(),
+            "seed": seed}
+
+
+def fewshot_training_settings():
+    return _fewshot_simulation(FEWSHOT["train_per_class"], FEWSHOT["train_snr"],
+                               FEWSHOT["seed"])
+
+
+def fewshot_support_settings():
+    return _fewshot_simulation(FEWSHOT["support_per_class"], [FEWSHOT["support_snr"]],
+                               FEWSHOT["seed"] + 1)
+
+
+FEWSHOT_MODEL_KEYS = ["preset", "width", "blocks", "way", "shot", "query", "epochs",
+                      "episodes_per_epoch", "lr", "lr_step", "lr_gamma", "temperature",
+                      "ce_weight", "augment", "seed"]
+
+
+def fewshot_model_settings():
+    return {k: FEWSHOT[k] for k in FEWSHOT_MODEL_KEYS}
+
+
+def fewshot_support_config():
+    return {k: FEWSHOT[k] for k in ("support", "support_tolerance", "class_names",
+                                    "support_templates", "support_from_truth")}
+
+
+def fewshot_support_input(wildcards):
+    if FEWSHOT["support"]:
+        return {"support_star": FEWSHOT["support"]}
+    if FEWSHOT["support_from_truth"] > 0:
+        return {"support_star": "results/fewshot/support_from_truth.star"}
+    return {"support_sim_star": "results/fewshot/support/particles.star",
+            "support_sim_stack": "results/fewshot/support/particles.mrcs"}
+
+
+def fewshot_targets():
+    targets = []
+    if HAS_TRUTH:
+        targets += expand("results/evaluation/{variant}/fewshot_metrics.tsv",
+                          variant=FEWSHOT_VARIANTS)
     return targets

@@ -84,3 +84,161 @@ rule features_invariant:
         "../envs/torch-gpu.yaml"
     script:
         "../scripts/features_invariant.py"
+
+
+# --- few-shot prototypical networks (ProtoNet3D / ProtoNet-CE; methods protonet3d, protonet_ce)
+# Training set and model are cached outputs of their own rules: changing the support set or
+# the particles reclassifies without retraining. Workflow Python: rules/common.smk (few-shot).
+
+
+rule fewshot_template_density:
+    input:
+        fewshot_template_source,
+    output:
+        "results/fewshot/templates/{template}.mrc",
+    log:
+        "logs/fewshot/templates/{template}.log",
+    params:
+        voxel_size=config["extraction"]["voxel_size"],
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/template_density.py"
+
+
+rule fewshot_training_set:
+    input:
+        templates=expand("results/fewshot/templates/{template}.mrc",
+                         template=FEWSHOT_TRAIN_TEMPLATES),
+    output:
+        star="results/fewshot/training/particles.star",
+        stack="results/fewshot/training/particles.mrcs",
+        info="results/fewshot/training/info.json",
+    log:
+        "logs/fewshot/training_set.log",
+    params:
+        settings=fewshot_training_settings(),
+        names=FEWSHOT_TRAIN_TEMPLATES,
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/simulate_fewshot_set.py"
+
+
+rule fewshot_support_set:
+    input:
+        templates=expand("results/fewshot/templates/{template}.mrc",
+                         template=config["fewshot"]["support_templates"]),
+    output:
+        star="results/fewshot/support/particles.star",
+        stack="results/fewshot/support/particles.mrcs",
+        info="results/fewshot/support/info.json",
+    log:
+        "logs/fewshot/support_set.log",
+    params:
+        settings=fewshot_support_settings(),
+        names=config["fewshot"]["support_templates"],
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/simulate_fewshot_set.py"
+
+
+rule fewshot_support_from_truth:
+    input:
+        particles="results/particles/particles.star",
+        truth="results/simulation/truth.star",
+    output:
+        "results/fewshot/support_from_truth.star",
+    log:
+        "logs/fewshot/support_from_truth.log",
+    params:
+        n_per_class=config["fewshot"]["support_from_truth"],
+        tolerance=config["evaluation"]["picking_tolerance"],
+        seed=config["fewshot"]["seed"],
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/fewshot_support_from_truth.py"
+
+
+rule train_fewshot:
+    input:
+        star="results/fewshot/training/particles.star",
+        stack="results/fewshot/training/particles.mrcs",
+        info="results/fewshot/training/info.json",
+    output:
+        model="results/features/{variant}/model.pt",
+        history="results/features/{variant}/history.tsv",
+        info="results/features/{variant}/training.json",
+    log:
+        "logs/features/{variant}_training.log",
+    benchmark:
+        "benchmarks/runs/features/{variant}_training.tsv"
+    params:
+        model=fewshot_model_settings(),
+        device=config["device"],
+        checkpoint="results/checkpoints/{variant}.pt",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=480,
+    conda:
+        "../envs/torch-gpu.yaml"
+    script:
+        "../scripts/train_fewshot.py"
+
+
+rule features_fewshot:
+    input:
+        unpack(fewshot_support_input),
+        star="results/particles/particles.star",
+        stack="results/particles/particles.mrcs",
+        model="results/features/{variant}/model.pt",
+        training_info="results/features/{variant}/training.json",
+    output:
+        features="results/features/{variant}/features.npy",
+        labels="results/features/{variant}/labels.star",
+        support="results/features/{variant}/support.star",
+        info="results/features/{variant}/info.json",
+    log:
+        "logs/features/{variant}.log",
+    benchmark:
+        "benchmarks/runs/features/{variant}.tsv"
+    params:
+        support=fewshot_support_config(),
+        device=config["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/torch-gpu.yaml"
+    script:
+        "../scripts/features_fewshot.py"
+
+
+rule evaluate_fewshot:
+    input:
+        labels="results/features/{variant}/labels.star",
+        truth="results/simulation/truth.star",
+    output:
+        metrics="results/evaluation/{variant}/fewshot_metrics.tsv",
+        confusion="results/evaluation/{variant}/fewshot_confusion.tsv",
+        confusion_plot="results/evaluation/{variant}/fewshot_confusion.png",
+    log:
+        "logs/evaluation/{variant}_fewshot.log",
+    params:
+        tolerance=config["evaluation"]["picking_tolerance"],
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/evaluate_fewshot.py"
