@@ -498,7 +498,10 @@ def test_workflow_reruns(fewshot_run, repo):
     jobs = _jobs(repo, fewshot_run, "support.yaml", fewshot__support_from_truth=3)
     assert jobs == {"fewshot_support_from_truth": 1, "features_fewshot": 2, "cluster": 2,
                     "evaluate_classification": 2, "evaluate_fewshot": 2,
-                    "summarise_classification": 1, "all": 1}, jobs
+                    "summarise_classification": 1, "all": 1,
+                    # the report's figures and tables of the changed methods
+                    "plot_embedding": 2, "summarise_clusters": 1,
+                    "classification_table": 1}, jobs
     # another training schedule: retrain both, same training set
     jobs = _jobs(repo, fewshot_run, "epochs.yaml", fewshot__epochs=3)
     assert jobs.get("train_fewshot") == 2 and "fewshot_training_set" not in jobs, jobs
