@@ -16,6 +16,7 @@ include: "rules/extract.smk"
 include: "rules/features.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
+include: "rules/average.smk"
 
 
 rule all:

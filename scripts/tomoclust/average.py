@@ -678,3 +678,53 @@ def fsc_against_truth(average: np.ndarray, truth: np.ndarray, settings: Averagin
     placed = place_volume(tru, q, u)
     curve = fsc((avg * mask).numpy(), (placed * mask).numpy())
     return curve, placed.numpy(), cc
+
+
+# --------------------------------------------------------------- workflow-level helpers
+def classes_to_average(class_sizes: list[int], k: int, min_particles: int
+                       ) -> tuple[list[int], dict[int, int]]:
+    """Split classes ``1..k`` into those large enough to average and the rest.
+
+    ``class_sizes[i]`` is the size of class ``i + 1`` (missing trailing entries are empty
+    classes). Returns ``(kept class numbers, {skipped class number: size})``.
+    """
+    need = max(int(min_particles), 2 * MIN_PER_HALF)
+    sizes = list(class_sizes) + [0] * max(0, k - len(class_sizes))
+    kept = [c for c in range(1, k + 1) if sizes[c - 1] >= need]
+    skipped = {c: int(sizes[c - 1]) for c in range(1, k + 1) if sizes[c - 1] < need}
+    return kept, skipped
+
+
+def resample_map(volume: np.ndarray, voxel_in: float, voxel_out: float, box: int) -> np.ndarray:
+    """Resample a cube centred at ``d // 2`` to ``voxel_out`` on a ``box`` cube centred at
+    ``box // 2`` (cubic splines; the map should be band-limited below the new Nyquist)."""
+    from scipy import ndimage
+
+    vol = np.asarray(volume, dtype=np.float64)
+    c_in, c_out = vol.shape[0] // 2, box // 2
+    ar = (np.arange(box) - c_out) * (voxel_out / voxel_in) + c_in
+    zz, yy, xx = np.meshgrid(ar, ar, ar, indexing="ij")
+    out = ndimage.map_coordinates(vol, [zz, yy, xx], order=3, mode="constant", cval=0.0)
+    return out.astype(np.float32)
+
+
+def ctf_phase_flip(volume: np.ndarray, voxel_size: float, **ctf_params: float) -> np.ndarray:
+    """Multiply a map's spectrum by the sign of the (radial, 3D) CTF: the map as an
+    uncorrected average of CTF-modulated data shows it (dark protein, flipped shells)."""
+    from .ctf import ctf_grid
+
+    vol = np.asarray(volume, dtype=np.float64)
+    sign = np.sign(ctf_grid(vol.shape, voxel_size, rfft=True, **ctf_params))
+    return np.fft.irfftn(np.fft.rfftn(vol) * sign, s=vol.shape,
+                         axes=(0, 1, 2)).astype(np.float32)
+
+
+def dominant_class(true_classes: np.ndarray) -> tuple[int, int]:
+    """Most frequent non-zero true class of a class's particles and its count (0, 0 if none)."""
+    t = np.asarray(true_classes, dtype=np.int64)
+    t = t[t > 0]
+    if t.size == 0:
+        return 0, 0
+    counts = np.bincount(t)
+    c = int(np.argmax(counts))
+    return c, int(counts[c])
