@@ -115,8 +115,9 @@ def so3_grid(step_deg: float) -> np.ndarray:
     Super-Fibonacci spiral on the unit quaternions (Alexa, CVPR 2022) with
     ``n = ceil(8π² / δ³)`` points (δ in radians): the Haar volume of SO(3) divided by that of a
     cube of side δ, so neighbouring rotations are about δ apart (30° → 551 rotations, 15° →
-    4,411, close to RELION's HEALPix 576 and 4,608). Measured coverage (largest angle from a
-    random rotation to the grid): about 0.75 δ (tests/test_average.py checks < δ).
+    4,401, close to RELION's HEALPix 576 and 4,608). Measured coverage (angle from a random
+    rotation to the nearest grid rotation, 20,000 draws, δ = 15-30°): median 0.50 δ, 99th
+    percentile 0.76-0.80 δ, largest 0.86-0.92 δ; the local refinement starts at δ/2 steps.
     """
     delta = math.radians(float(step_deg))
     if not 0 < delta <= math.pi:
@@ -341,9 +342,13 @@ def _parabolic(m: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
 
 
 def _search(parts_full: torch.Tensor, wedge_full: torch.Tensor, ref: _PaddedSpectrum,
-            rots: torch.Tensor, band: _Band, max_shift: float, batch: int
+            rots: torch.Tensor, band: _Band, max_shift: float, batch: int,
+            per_rotation: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best rotation and shift of every particle among candidate rotations.
+
+    With ``per_rotation`` (an ``(n, m)`` tensor) the best score over shifts of every particle
+    and rotation is written into it as well.
 
     Parameters
     ----------
@@ -396,6 +401,8 @@ def _search(parts_full: torch.Tensor, wedge_full: torch.Tensor, ref: _PaddedSpec
                                   dim=(-3, -2, -1))
             cc = cc * (s**3) / rnorm[..., None, None, None]
             flat = cc.reshape(n1 - n0, -1, s**3)[..., allowed]
+            if per_rotation is not None:
+                per_rotation[n0:n1, m0:m1] = flat.max(-1).values
             val, arg = flat.reshape(n1 - n0, -1).max(1)
             better = val > best_score[n0:n1]
             if better.any():
@@ -405,6 +412,8 @@ def _search(parts_full: torch.Tensor, wedge_full: torch.Tensor, ref: _PaddedSpec
                 off = _parabolic(sub, it)  # zyx grid units
                 iz, iy, ix = it // (s * s), (it // s) % s, it % s
                 t_zyx = torch.stack([j[iz], j[iy], j[ix]], 1) + off * (b / s)
+                norm = t_zyx.norm(dim=1, keepdim=True)  # sub-grid step stays within max_shift
+                t_zyx = t_zyx * torch.clamp(max_shift / norm.clamp_min(1e-12), max=1.0)
                 sel = torch.nonzero(better).squeeze(1)
                 best_score[n0 + sel] = val[sel]
                 best_rot[n0 + sel] = m0 + ir[sel]
@@ -420,14 +429,16 @@ def _rotated_band(box: int, angular_step_deg: float, radius: float, k_current: f
 def align(parts: torch.Tensor, wedge: torch.Tensor, reference: torch.Tensor,
           angular_step: float, local_step: float, max_shift: float, radius: float,
           k_current: float, batch: int = 2**23, start: torch.Tensor | None = None,
-          spectra: torch.Tensor | None = None
+          spectra: torch.Tensor | None = None, candidates: int = 3
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Align particles to a reference: global grid search (unless ``start`` rotations are given)
     then local refinement; returns ``(rotations (n,3,3), shifts (n,3) xyz voxels, scores)``.
 
     ``parts`` are real ``(n, b, b, b)`` (or ``spectra``, their flattened centred spectra);
     ``wedge`` is the ``(b, b, b)`` fftn-layout weight of the particles' frame; ``reference``
-    is the (masked) ``(b, b, b)`` reference. Local refinement levels use axis-angle steps
+    is the (masked) ``(b, b, b)`` reference. The ``candidates`` best rotations of the global
+    grid are all refined locally (a single best grid point is sometimes a false peak at the
+    coarse band of the global search); local refinement levels use axis-angle steps
     ``angular_step / 2, / 4, ...`` down to ``local_step``.
     """
     b = reference.shape[-1]
@@ -437,28 +448,33 @@ def align(parts: torch.Tensor, wedge: torch.Tensor, reference: torch.Tensor,
     wflat = wedge.reshape(-1).to(torch.float32)
     ref = _PaddedSpectrum(reference)
     if start is None:
+        # global: keep each particle's `candidates` best grid rotations for local refinement
         grid = torch.as_tensor(so3_grid(angular_step), dtype=torch.float32, device=dev)
         band = _Band(b, _rotated_band(b, angular_step, radius, k_current), dev)
-        score, ir, shift = _search(spec, wflat, ref, grid, band, max_shift, batch)
-        rots = grid[ir]
+        table = torch.empty((n, len(grid)), device=dev)
+        _search(spec, wflat, ref, grid, band, max_shift, batch, per_rotation=table)
+        top = table.topk(min(candidates, len(grid)), dim=1).indices
+        rots = grid[top]  # (n, c, 3, 3)
     else:
-        rots = start.to(dev, torch.float32)
+        rots = start.to(dev, torch.float32)[:, None]
     step = angular_step / 2.0
     while True:
         loc = torch.as_tensor(local_grid(step), dtype=torch.float32, device=dev)
-        cand = torch.einsum("nij,mjk->nmik", rots, loc)  # R · ΔR
+        cand = torch.einsum("ncij,mjk->ncmik", rots, loc).reshape(n, -1, 3, 3)  # R · ΔR
         band = _Band(b, _rotated_band(b, step, radius, k_current), dev)
         score, il, shift = _search(spec, wflat, ref, cand, band, max_shift, batch)
-        rots = cand[torch.arange(n, device=dev), il]
+        rots = cand[torch.arange(n, device=dev), il][:, None]
         if step / 2.0 < local_step - 1e-9:
             break
         step /= 2.0
-    return rots, shift, score
+    return rots[:, 0], shift, score
 
 
-def _sample_grid(box: int, rots: torch.Tensor, shifts: torch.Tensor | None) -> torch.Tensor:
+def _sample_grid(box: int, rots: torch.Tensor, shifts: torch.Tensor | None,
+                 oversample: int = 1) -> torch.Tensor:
     """``grid_sample`` coordinates of ``R p + t`` for every output voxel ``p`` (xyz about
-    ``box // 2``): ``(n, b, b, b, 3)`` normalised for ``align_corners=True``."""
+    ``box // 2``) in an input ``oversample`` times finer: ``(n, b, b, b, 3)`` normalised for
+    ``align_corners=True``."""
     dev = rots.device
     c = box // 2
     ar = torch.arange(box, dtype=torch.float32, device=dev) - c
@@ -467,16 +483,34 @@ def _sample_grid(box: int, rots: torch.Tensor, shifts: torch.Tensor | None) -> t
     q = torch.einsum("nij,kj->nki", rots, p)
     if shifts is not None:
         q = q + shifts[:, None, :]
-    q = (q + c) / (box - 1) * 2 - 1
+    size = box * oversample
+    q = (q * oversample + size // 2) / (size - 1) * 2 - 1
     return q.reshape(len(rots), box, box, box, 3)
 
 
-def transform_volumes(vols: torch.Tensor, rots: torch.Tensor, shifts: torch.Tensor | None
-                      ) -> torch.Tensor:
+def _upsample(vols: torch.Tensor, factor: int) -> torch.Tensor:
+    """Fourier zero-padding of ``(n, b, b, b)`` volumes by ``factor``, centre to centre."""
+    if factor == 1:
+        return vols
+    b = vols.shape[-1]
+    p = b * factor
+    spec = torch.fft.fftshift(_centre_fft(vols), dim=(-3, -2, -1))  # origin at b // 2
+    pad = torch.zeros((len(vols), p, p, p), dtype=spec.dtype, device=vols.device)
+    o = p // 2 - b // 2
+    pad[:, o:o + b, o:o + b, o:o + b] = spec
+    return _centre_ifft(torch.fft.ifftshift(pad, dim=(-3, -2, -1))) * factor**3
+
+
+def transform_volumes(vols: torch.Tensor, rots: torch.Tensor, shifts: torch.Tensor | None,
+                      oversample: int = 1) -> torch.Tensor:
     """``V_i(p) = X_i(R_i p + t_i)``: bring particles ``X`` into the reference frame
-    (trilinear). Equivalently, ``X_i`` rotated by ``R_iᵀ`` after shifting by ``−t_i``."""
-    g = _sample_grid(vols.shape[-1], rots, shifts).to(vols.dtype)
-    return torch.nn.functional.grid_sample(vols[:, None], g, mode="bilinear",
+    (trilinear, on a grid ``oversample`` times finer by Fourier padding: 2 keeps 0.8 of the
+    amplitude at Nyquist where plain trilinear interpolation keeps 0.4). Equivalently,
+    ``X_i`` rotated by ``R_iᵀ`` after shifting by ``−t_i``."""
+    b = vols.shape[-1]
+    g = _sample_grid(b, rots, shifts, oversample).to(vols.dtype)
+    src = _upsample(vols, oversample)
+    return torch.nn.functional.grid_sample(src[:, None], g, mode="bilinear",
                                            padding_mode="zeros", align_corners=True)[:, 0]
 
 
@@ -487,7 +521,7 @@ def place_volume(vol: torch.Tensor, rot: torch.Tensor, shift: torch.Tensor) -> t
 
 
 def reconstruct(parts: torch.Tensor, wedge_shifted: torch.Tensor, rots: torch.Tensor,
-                shifts: torch.Tensor, wiener: float, batch: int = 64
+                shifts: torch.Tensor, wiener: float, batch: int = 32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Wedge-compensated sums: ``(Σ w_i X̂_i, Σ w_i²)`` over particles in the reference frame.
 
@@ -499,7 +533,7 @@ def reconstruct(parts: torch.Tensor, wedge_shifted: torch.Tensor, rots: torch.Te
     den = torch.zeros((b, b, b), dtype=torch.float32, device=parts.device)
     for a in range(0, len(parts), batch):
         r, t = rots[a:a + batch], shifts[a:a + batch]
-        v = transform_volumes(parts[a:a + batch], r, t)
+        v = transform_volumes(parts[a:a + batch], r, t, oversample=2)
         w = transform_volumes(wedge_shifted[None].expand(len(r), b, b, b), r, None)
         w = torch.fft.ifftshift(w, dim=(-3, -2, -1)).clamp(0, 1)
         num += (w * _centre_fft(v)).sum(0)
