@@ -28,12 +28,16 @@ def main(smk) -> None:
         rows.append({
             "class": k, "n_particles": info["n_particles"], "status": "averaged",
             "resolution_0143_angst": info["resolution_0143_angst"],
-            "template": info.get("template", ""),
-            "template_particles": info.get("template_particles", ""),
-            "fsc_truth_05_angst": info.get("fsc_truth_05_angst", ""),
-            "fsc_truth_0143_angst": info.get("fsc_truth_0143_angst", ""),
+            "template": info.get("template"),
+            "template_particles": info.get("template_particles"),
+            "fsc_truth_05_angst": info.get("fsc_truth_05_angst"),
+            "fsc_truth_0143_angst": info.get("fsc_truth_0143_angst"),
         })
     table = pd.DataFrame(rows)
+    if "template_particles" in table:
+        table["template_particles"] = pd.array(
+            [None if v in ("", None) or v != v else int(v) for v in table["template_particles"]],
+            dtype="Int64")
     write_tsv(smk.output[0], table)
     log.info("%s: %d classes averaged, %d too small", smk.wildcards.method, len(kept),
              len(skipped))
