@@ -104,8 +104,11 @@ def main() -> None:
     ap.add_argument("--max-shift-sim", type=float, default=2.0)
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (1 on a crowded machine: OpenMP barriers spin when "
+                         "the cores are oversubscribed)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     machine = machine_info()
     box, vs = 32, 12.0
     dens = template_density(REPO / TEMPLATES[args.template], vs, box=box)
