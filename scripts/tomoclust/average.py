@@ -26,7 +26,8 @@ Search
     FFT of the product spectra on a grid cropped to the band (shifts up to ``max_shift``,
     parabolic sub-grid peak). The band is limited by the angular step: a rotation error of
     ``δ/2`` moves a point at the mask radius ``r`` by ``r δ/2`` voxels, so only frequencies up
-    to ``1 / (r δ)`` are compared. *Local*: around each particle's best rotation, a 3×3×3 grid
+    to ``1 / (r δ)`` are compared. *Local*: around each particle's 3 best grid rotations (the
+    single best is sometimes a false peak at the coarse band), a 3×3×3 grid
     of axis-angle perturbations of spacing ``δ/2``, then ``δ/4`` ... down to ``local_step``,
     each with its own translational search at the correspondingly higher band. Rotated
     references are never built in real space: the masked reference's spectrum, oversampled
@@ -34,10 +35,11 @@ Search
     band frequencies of all particles x rotations in one call.
 
 Averaging (wedge-compensated)
-    Every particle is brought into the reference frame (``V_i(p) = X_i(R_i p + t_i)``, trilinear
-    interpolation), its spectrum weighted by its rotated wedge ``w_i(k) = W(R_i k)``, and
-    ``V̂ = Σ w_i X̂_i / (Σ w_i² + λ)`` with the Wiener-like regulariser ``λ = wiener · n``
-    (frequencies measured by few particles are damped, never amplified).
+    Every particle is brought into the reference frame (``V_i(p) = X_i(R_i p + t_i)``,
+    trilinear interpolation on a 2x Fourier-oversampled grid), its spectrum weighted by its
+    rotated wedge ``w_i(k) = W(R_i k)``, and ``V̂ = Σ w_i X̂_i / (Σ w_i² + λ)`` with the
+    Wiener-like regulariser ``λ = wiener · n`` (frequencies measured by few particles are
+    damped, never amplified).
 
 Gold standard
     The particles are split at random (seeded) into two halves, refined independently, each
