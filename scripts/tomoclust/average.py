@@ -29,7 +29,8 @@ Search
     to ``1 / (r δ)`` are compared. *Local*: around each particle's 3 best grid rotations (the
     single best is sometimes a false peak at the coarse band), a 3×3×3 grid
     of axis-angle perturbations of spacing ``δ/2``, then ``δ/4`` ... down to ``local_step``,
-    each with its own translational search at the correspondingly higher band. Rotated
+    each with its own translational search at the correspondingly higher band. Both run in
+    every iteration (a particle misaligned against an early, noisy reference can recover). Rotated
     references are never built in real space: the masked reference's spectrum, oversampled
     twice by zero padding, is interpolated (trilinear, ``torch.grid_sample``) at the rotated
     band frequencies of all particles x rotations in one call.
@@ -88,6 +89,7 @@ class AveragingSettings:
     min_particles: int = 4
     seed: int = 0
     batch: int = 2**23  # complex values per FFT batch (particles x rotations x grid)
+    global_every_iteration: bool = True  # False: global search in the first iteration only
 
     def radius(self, box: int) -> float:
         return float(self.mask_radius) if self.mask_radius else 0.4 * box
@@ -657,10 +659,12 @@ def average_class(particles: np.ndarray | torch.Tensor, settings: AveragingSetti
     for it in range(settings.iterations):
         for h, idx in enumerate(halves):
             it_idx = torch.as_tensor(idx, device=dev)
-            # global search in the first iteration, then local refinement from the last result
+            # a global search lets particles misaligned against an early, noisy reference
+            # recover; without it later iterations refine locally from the last result
+            glob = it == 0 or settings.global_every_iteration
             r, t, sc = align(x[it_idx], wedge_t, refs[h], settings.angular_step,
                              settings.local_step, settings.max_shift, radius, k_cur,
-                             settings.batch, start=None if it == 0 else rots[it_idx],
+                             settings.batch, start=None if glob else rots[it_idx],
                              spectra=spectra[it_idx])
             rots[it_idx], shifts[it_idx], scores[it_idx] = r, t, sc
             sums[h] = reconstruct(x[it_idx], wedge_shifted, r, t, settings.wiener)
