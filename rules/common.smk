@@ -115,6 +115,7 @@ def averaged_class_files(wildcards):
 def average_class_inputs(wildcards):
     inputs = {
         "clusters": f"results/cluster/{wildcards.method}/clusters.star",
+        "particles": "results/particles/particles.star",
         "stack": "results/particles/particles.mrcs",
     }
     if HAS_TRUTH:

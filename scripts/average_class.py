@@ -59,8 +59,8 @@ def main(smk) -> None:
     device = resolve_device(smk.params.device)
     torch.set_num_threads(max(int(smk.threads), 1))
     clusters = read_star(smk.input.clusters, what="cluster table")
-    try:
-        optics = read_star(smk.input.clusters, block="optics", what="cluster table")
+    try:  # the clustering writes the particles block only; the optics come from the gather
+        optics = read_star(smk.input.particles, block="optics", what="particle table")
     except TomoclustError:
         optics = None
     sel = clusters["rlnClassNumber"].to_numpy() == k
