@@ -107,7 +107,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (1 on a crowded machine: OpenMP barriers spin when "
                          "the cores are oversubscribed)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 20 particles (10 for speed), one iteration")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.n_speed, args.iterations = 20, 10, 1
     torch.set_num_threads(args.threads)
     machine = machine_info()
     box, vs = 32, 12.0
