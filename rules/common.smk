@@ -97,7 +97,7 @@ def averaged_classes(method):
     checkpoint has run); the others are listed as skipped in the method's summary.tsv."""
     import json
 
-    from tomoclust.average import classes_to_average
+    from tomoclust.maps import classes_to_average
 
     summary = checkpoints.cluster.get(method=method).output.summary
     info = json.loads(Path(summary).read_text())

@@ -3,9 +3,9 @@
 import json
 
 import pandas as pd
-from tomoclust.average import classes_to_average
 from tomoclust.io import write_tsv
 from tomoclust.logs import log, run_rule
+from tomoclust.maps import classes_to_average
 
 
 def main(smk) -> None:

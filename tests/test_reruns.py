@@ -33,7 +33,7 @@ CENTRES = [(14, 16, 16), (26, 16, 48), (14, 48, 16), (26, 48, 48), (20, 32, 32),
 FINAL = "results/cluster/invariant/clusters.star"
 
 # "rule ingest:" / "localrule pick:" opens a job block of a (dry) run's log
-_RULE = re.compile(r"^\s*(?:local)?rule (\S+):\s*$")
+_RULE = re.compile(r"^\s*(?:local)?(?:rule|checkpoint) (\S+):\s*$")
 _JOBID = re.compile(r"^\s*jobid: (\d+)\s*$")
 _WILDCARDS = re.compile(r"^\s*wildcards: (.*)$")
 _FINISHED = re.compile(r"Finished job(?:id:)? (\d+)")
