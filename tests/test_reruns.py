@@ -101,6 +101,13 @@ def _finished(text: str) -> set[tuple[str, str]]:
     return {jobs[j] for j in _FINISHED.findall(text)}
 
 
+def _real(jobs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Jobs without the output-less target rule `all`: when the `cluster` checkpoint is the
+    last job, Snakemake re-evaluates the DAG after it and may end the run without running
+    `all` (nothing is left for it to wait for)."""
+    return {j for j in jobs if j[0] != "all"}
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any non-zombie process is left in process group ``pgid`` (Linux /proc)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -216,7 +223,7 @@ def test_resume_redoes_no_finished_job(killed_and_resumed):
 
     resumed = _output(s["resumed"])
     assert s["resumed"].returncode == 0, resumed[-5000:]
-    assert _finished(resumed) == planned, (_finished(resumed), planned)
+    assert _real(_finished(resumed)) == _real(planned), (_finished(resumed), planned)
     # the finished jobs' outputs are the very files written before the kill
     assert _mtimes(s["workdir"], list(s["finished_mtimes"])) == s["finished_mtimes"]
     res = s["workdir"] / "results"
@@ -271,7 +278,7 @@ def test_added_tomogram_is_processed_alone(killed_and_resumed, repo, tmp_path):
                                for p in _outputs(r, f"tomo={t}")])
     run = _snakemake(repo, workdir, "--configfile", str(cfg))
     assert run.returncode == 0, _output(run)[-5000:]
-    assert _finished(_output(run)) == expected, _output(run)[-5000:]
+    assert _real(_finished(_output(run))) == _real(expected), _output(run)[-5000:]
     assert _mtimes(workdir, list(before)) == before
     particles = read_star(workdir / "results" / "particles" / "particles.star")
     assert set(particles["rlnTomoName"]) == {"TS_01", "TS_02", "TS_03"}
