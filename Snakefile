@@ -21,6 +21,7 @@ include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 include: "rules/external.smk"
 include: "rules/report.smk"
+include: "rules/average.smk"
 
 
 rule all:

@@ -1,4 +1,6 @@
-rule cluster:
+# A checkpoint: the number of classes is known only after it has run, and the averaging
+# rules (rules/average.smk) expand over the classes it found.
+checkpoint cluster:
     input:
         features="results/features/{method}/features.npy",
         star="results/particles/particles.star",

@@ -213,6 +213,43 @@ def report_targets():
     return targets
 
 
+# ------------------------------------------------------------------------------- averaging
+AVERAGING = config["averaging"]
+
+
+def averaged_classes(method):
+    """Class numbers of a method with enough particles to average (read after the `cluster`
+    checkpoint has run); the others are listed as skipped in the method's summary.tsv."""
+    import json
+
+    from tomoclust.maps import classes_to_average
+
+    summary = checkpoints.cluster.get(method=method).output.summary
+    info = json.loads(Path(summary).read_text())
+    kept, _ = classes_to_average(info["class_sizes"], int(info["k"]),
+                                 AVERAGING["min_particles"])
+    return kept
+
+
+def averaged_class_files(wildcards):
+    return expand("results/average/{method}/class{k}/{name}", method=wildcards.method,
+                  k=averaged_classes(wildcards.method),
+                  name=["info.json", "average.mrc", "fsc.tsv", "slices.png", "fsc.png"])
+
+
+def average_class_inputs(wildcards):
+    inputs = {
+        "clusters": f"results/cluster/{wildcards.method}/clusters.star",
+        "particles": "results/particles/particles.star",
+        "stack": "results/particles/particles.mrcs",
+    }
+    if HAS_TRUTH:
+        inputs["truth"] = "results/simulation/truth.star"
+        inputs["truth_maps"] = expand("results/average/truth/{template}.mrc",
+                                      template=TEMPLATES)
+    return inputs
+
+
 # ---------------------------------------------------------------------------------- targets
 def all_targets():
     targets = [
@@ -227,6 +264,8 @@ def all_targets():
         ]
     if METHODS and (HAS_TRUTH or EXTERNAL_TRUTH):
         targets.append("results/evaluation/classification.tsv")
+    if AVERAGING["enabled"]:
+        targets += expand("results/average/{method}/summary.tsv", method=METHODS)
     targets += expand(
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),

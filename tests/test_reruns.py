@@ -33,7 +33,7 @@ CENTRES = [(14, 16, 16), (26, 16, 48), (14, 48, 16), (26, 48, 48), (20, 32, 32),
 FINAL = "results/cluster/invariant/clusters.star"
 
 # "rule ingest:" / "localrule pick:" opens a job block of a (dry) run's log
-_RULE = re.compile(r"^\s*(?:local)?rule (\S+):\s*$")
+_RULE = re.compile(r"^\s*(?:local)?(?:rule|checkpoint) (\S+):\s*$")
 _JOBID = re.compile(r"^\s*jobid: (\d+)\s*$")
 _WILDCARDS = re.compile(r"^\s*wildcards: (.*)$")
 _FINISHED = re.compile(r"Finished job(?:id:)? (\d+)")
@@ -99,6 +99,13 @@ def _finished(text: str) -> set[tuple[str, str]]:
     """(rule, wildcards) of the jobs a run's output reports as finished."""
     jobs = _jobs(text)
     return {jobs[j] for j in _FINISHED.findall(text)}
+
+
+def _real(jobs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Jobs without the output-less target rule `all`: when the `cluster` checkpoint is the
+    last job, Snakemake re-evaluates the DAG after it and may end the run without running
+    `all` (nothing is left for it to wait for)."""
+    return {j for j in jobs if j[0] != "all"}
 
 
 def _group_alive(pgid: int) -> bool:
@@ -216,7 +223,7 @@ def test_resume_redoes_no_finished_job(killed_and_resumed):
 
     resumed = _output(s["resumed"])
     assert s["resumed"].returncode == 0, resumed[-5000:]
-    assert _finished(resumed) == planned, (_finished(resumed), planned)
+    assert _real(_finished(resumed)) == _real(planned), (_finished(resumed), planned)
     # the finished jobs' outputs are the very files written before the kill
     assert _mtimes(s["workdir"], list(s["finished_mtimes"])) == s["finished_mtimes"]
     res = s["workdir"] / "results"
@@ -271,7 +278,7 @@ def test_added_tomogram_is_processed_alone(killed_and_resumed, repo, tmp_path):
                                for p in _outputs(r, f"tomo={t}")])
     run = _snakemake(repo, workdir, "--configfile", str(cfg))
     assert run.returncode == 0, _output(run)[-5000:]
-    assert _finished(_output(run)) == expected, _output(run)[-5000:]
+    assert _real(_finished(_output(run))) == _real(expected), _output(run)[-5000:]
     assert _mtimes(workdir, list(before)) == before
     particles = read_star(workdir / "results" / "particles" / "particles.star")
     assert set(particles["rlnTomoName"]) == {"TS_01", "TS_02", "TS_03"}

@@ -1,6 +1,7 @@
 """End to end with every feature method: invariant, DISCA and the autoencoder on the tiny
-simulation, the shared clustering, the classification evaluation; rerun triggers of the
-method and clustering settings; the DISCA checkpoint seen from the workflow; lint.
+simulation, the shared clustering, the classification evaluation, the class averages; rerun
+triggers of the method, clustering and averaging settings; the DISCA checkpoint seen from the
+workflow; lint.
 
 The run (tests/data/tiny_methods.yaml) takes about a minute on 2 busy cores; the dry runs
 after it reuse its working directory.
@@ -18,7 +19,7 @@ import pytest
 import torch
 from test_workflow import SNAKEMAKE, _job_stats, _output, _snakemake
 from test_workflow import _write_config as _write_tiny_config
-from tomoclust.io import read_star
+from tomoclust.io import read_mrc, read_star
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +105,62 @@ def test_features_clusters_and_evaluation(methods_run):
     assert not list(res.rglob("*.part"))
 
 
+def test_class_averages(methods_run):
+    """Every class with enough particles is averaged (MRC maps with the voxel size, FSC table,
+    RELION STAR with refined angles, origins and half sets, figures); the others are listed."""
+    res = methods_run / "results"
+    particles = read_star(res / "particles" / "particles.star")
+    n_averaged = 0
+    for method in METHODS:
+        clusters = read_star(res / "cluster" / method / "clusters.star")
+        sizes = clusters["rlnClassNumber"].value_counts().to_dict()
+        summary = pd.read_csv(res / "average" / method / "summary.tsv", sep="\t")
+        k = json.loads((res / "cluster" / method / "summary.json").read_text())["k"]
+        assert summary["class"].tolist() == list(range(1, k + 1))
+        for row in summary.itertuples():
+            cdir = res / "average" / method / f"class{row[1]}"
+            assert row.n_particles == sizes.get(row[1], 0)
+            if row.n_particles < 6:  # averaging.min_particles of tiny_methods.yaml
+                assert row.status == "too few particles"
+                assert not cdir.exists()  # no placeholder outputs
+                continue
+            n_averaged += 1
+            assert row.status == "averaged"
+            for name in ("average", "half1", "half2"):
+                vol, vs = read_mrc(cdir / f"{name}.mrc")
+                assert vol.shape == (16, 16, 16) and np.all(np.isfinite(vol))
+                assert vs == pytest.approx(12.0, abs=1e-3)
+            fsc = pd.read_csv(cdir / "fsc.tsv", sep="\t")
+            assert list(fsc.columns) == ["shell", "resolution_angst", "fsc_half_maps",
+                                         "fsc_truth"]
+            assert len(fsc) == 9 and fsc["fsc_half_maps"].iloc[0] == pytest.approx(1.0)
+            assert 24.0 <= row.resolution_0143_angst <= 16 * 12.0
+            assert row.template in ("3j9i", "4v1w")
+            assert 24.0 <= row.fsc_truth_05_angst <= 16 * 12.0
+            star = read_star(cdir / "particles.star")
+            assert len(star) == row.n_particles
+            assert set(star["rlnImageName"]) <= set(particles["rlnImageName"])
+            for col in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                        "rlnOriginYAngst", "rlnOriginZAngst"):
+                assert np.all(np.isfinite(star[col].to_numpy(dtype=float))), col
+            # max_shift 2 voxels, plus at most as much for half 2 brought into half 1's frame
+            assert np.abs(star[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]]
+                          .to_numpy()).max() <= 2 * 2.0 * 12.0 + 1e-6
+            assert sorted(set(star["rlnRandomSubset"])) == [1, 2]
+            assert read_star(cdir / "particles.star", block="optics")["rlnImageSize"][0] == 16
+            for png in ("slices.png", "fsc.png"):
+                assert (cdir / png).stat().st_size > 0
+            log = (methods_run / "logs" / "average" / method / f"class{row[1]}.log").read_text()
+            assert "half-map FSC 0.143" in log
+    assert n_averaged >= 1
+
+
+def test_averaging_change_reruns_only_averaging(methods_run, repo):
+    jobs = _dry_run_jobs(repo, methods_run, "averaging.yaml", averaging__iterations=2)
+    assert set(jobs) == {"average_class", "average_summary", "all"}, jobs
+    assert jobs["average_summary"] == 3
+
+
 def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
     proc = _snakemake(repo, methods_run, "-n", "--configfile",
                       str(methods_run / "tiny_methods.yaml"))
@@ -116,9 +173,10 @@ def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
                          ids=["k_max", "kmeans"])
 def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, change):
     jobs = _dry_run_jobs(repo, methods_run, "clustering.yaml", **change)
+    # (the class averages of the new classes appear once the `cluster` checkpoint has run)
     assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
                     "plot_embedding": 3, "summarise_clusters": 1, "classification_table": 1,
-                    "all": 1}, jobs
+                    "average_summary": 3, "all": 1}, jobs
     assert not {"features_invariant", "features_disca", "features_autoencoder"} & set(jobs)
     assert not UPSTREAM & set(jobs)
 
@@ -128,14 +186,14 @@ def test_disca_change_reruns_only_disca(methods_run, repo):
     # one cluster / evaluate_classification job: DISCA's, not the other methods'
     assert jobs == {"features_disca": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
-                    "classification_table": 1, "all": 1}, jobs
+                    "classification_table": 1, "average_summary": 1, "all": 1}, jobs
 
 
 def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
     jobs = _dry_run_jobs(repo, methods_run, "ae.yaml", autoencoder__epochs=3)
     assert jobs == {"features_autoencoder": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
-                    "classification_table": 1, "all": 1}, jobs
+                    "classification_table": 1, "average_summary": 1, "all": 1}, jobs
 
 
 def test_forced_disca_job_resumes_from_its_checkpoint(methods_run, repo):

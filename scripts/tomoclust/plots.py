@@ -291,6 +291,52 @@ def plot_central_slices(maps: list[tuple[str, np.ndarray, float]], path: str | P
             ax.set_title(f"{name}: {plane}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
+
+
+# ------------------------------------------------------------------- class averages
+def plot_slices(volume: np.ndarray, path: str | Path, title: str = "",
+                reference: np.ndarray | None = None, reference_label: str = "truth") -> None:
+    """Three orthogonal central slices (z, y, x) of a map, optionally above those of a
+    reference map (e.g. the aligned true map)."""
+    plt = _pyplot()
+    rows = [("average", np.asarray(volume))]
+    if reference is not None:
+        rows.append((reference_label, np.asarray(reference)))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(8, 2.9 * len(rows)), squeeze=False)
+    for r, (label, vol) in enumerate(rows):
+        c = np.array(vol.shape) // 2
+        slices = [("xy (z centre)", vol[c[0]]), ("xz (y centre)", vol[:, c[1], :]),
+                  ("yz (x centre)", vol[:, :, c[2]])]
+        lo, hi = np.percentile(vol, [1, 99])
+        for a, (name, sl) in enumerate(slices):
+            ax = axes[r, a]
+            ax.imshow(sl, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+            ax.set_title(f"{label}: {name}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_fsc(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
+    """FSC curves of a ``fsc.tsv`` table against resolution, with 0.143 and 0.5 lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.5))
+    x = 1.0 / table["resolution_angst"].to_numpy(dtype=float)
+    ax.plot(x, table["fsc_half_maps"], "o-", ms=3, color="#4C72B0", label="half maps")
+    if "fsc_truth" in table:
+        ax.plot(x, table["fsc_truth"], "s-", ms=3, color="#DD8452", label="average vs truth")
+    ax.axhline(0.143, color="grey", ls="--", lw=0.8)
+    ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+    ax.set_ylim(-0.2, 1.05)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -1,0 +1,85 @@
+# Subtomogram averaging per method and class (tomoclust.average). Classes are only known after
+# clustering (the `cluster` checkpoint); `averaged_classes` in rules/common.smk reads them and
+# leaves out classes too small for gold-standard half sets (listed in summary.tsv instead).
+
+
+rule truth_map:
+    input:
+        "results/templates/{template}.mrc",
+    output:
+        "results/average/truth/{template}.mrc",
+    log:
+        "logs/average/truth/{template}.log",
+    params:
+        voxel_size=config["extraction"]["voxel_size"],
+        box=config["extraction"]["box"],
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/truth_map.py"
+
+
+rule average_class:
+    input:
+        unpack(average_class_inputs),
+    output:
+        average="results/average/{method}/class{k}/average.mrc",
+        half1="results/average/{method}/class{k}/half1.mrc",
+        half2="results/average/{method}/class{k}/half2.mrc",
+        fsc="results/average/{method}/class{k}/fsc.tsv",
+        star="results/average/{method}/class{k}/particles.star",
+        info="results/average/{method}/class{k}/info.json",
+        slices=report(
+            "results/average/{method}/class{k}/slices.png",
+            category="Averaging",
+            subcategory="{method}",
+            caption="../report/average_slices.rst",
+            labels={"method": "{method}", "class": "{k}", "figure": "central slices"},
+        ),
+        fsc_plot=report(
+            "results/average/{method}/class{k}/fsc.png",
+            category="Averaging",
+            subcategory="{method}",
+            caption="../report/average_fsc.rst",
+            labels={"method": "{method}", "class": "{k}", "figure": "FSC"},
+        ),
+    log:
+        "logs/average/{method}/class{k}.log",
+    benchmark:
+        "benchmarks/runs/average/{method}/class{k}.tsv"
+    wildcard_constraints:
+        k=r"\d+",
+    params:
+        averaging=config["averaging"],
+        wedge=wedge_range(),
+        device=config["device"],
+        has_truth=HAS_TRUTH,
+        templates=TEMPLATES,
+        tolerance=config["evaluation"]["picking_tolerance"],
+        ctf=SIM["ctf"] if HAS_TRUTH else None,
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/torch-gpu.yaml"
+    script:
+        "../scripts/average_class.py"
+
+
+rule average_summary:
+    input:
+        clusters="results/cluster/{method}/clusters.star",
+        summary="results/cluster/{method}/summary.json",
+        infos=averaged_class_files,
+    output:
+        "results/average/{method}/summary.tsv",
+    log:
+        "logs/average/{method}/summary.log",
+    params:
+        min_particles=config["averaging"]["min_particles"],
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../scripts/average_summary.py"
