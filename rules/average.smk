@@ -83,3 +83,28 @@ rule average_summary:
         "../envs/cpu.yaml"
     script:
         "../scripts/average_summary.py"
+
+
+rule averaging_table:
+    input:
+        "results/average/{method}/summary.tsv",
+    output:
+        report(
+            "results/average/{method}/summary.html",
+            caption="../report/average_table.rst",
+            category="Averaging",
+            subcategory="{method}",
+            labels={"method": "{method}", "figure": "summary table"},
+        ),
+    log:
+        "logs/report/averaging_table_{method}.log",
+    params:
+        title=lambda wildcards: f"Class averages of {wildcards.method}",
+        note="One row per class: its particles, whether it was averaged (classes below "
+        "averaging.min_particles are not), the gold-standard resolution at FSC 0.143 and, "
+        "with ground truth, the dominant true template and the resolutions where the FSC "
+        "against its map crosses 0.5 and 0.143.",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report_table.py"

@@ -265,7 +265,8 @@ def all_targets():
     if METHODS and (HAS_TRUTH or EXTERNAL_TRUTH):
         targets.append("results/evaluation/classification.tsv")
     if AVERAGING["enabled"]:
-        targets += expand("results/average/{method}/summary.tsv", method=METHODS)
+        targets += expand("results/average/{method}/summary.{ext}", method=METHODS,
+                          ext=["tsv", "html"])
     targets += expand(
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),

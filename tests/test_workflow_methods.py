@@ -239,7 +239,14 @@ def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
     assert proc.returncode == 0, _output(proc)[-5000:]
     rep = read_report(out)
     cats, results = rep["categories"], rep["results"]
-    assert {"Simulation", "Picking", "Features", "Clustering", "Evaluation"} <= set(cats), cats
+    assert {"Simulation", "Picking", "Features", "Clustering", "Evaluation",
+            "Averaging"} <= set(cats), cats
+    for method in METHODS:  # every averaged class: central slices and FSC, plus the table
+        avg = methods_run / "results" / "average" / method
+        classes = sorted(p.parent.name for p in avg.glob("class*/average.mrc"))
+        expected = {f"results/average/{method}/summary.html"} | {
+            f"results/average/{method}/{c}/{f}" for c in classes for f in ("slices.png", "fsc.png")}
+        assert set(cats["Averaging"][method]) == expected, cats["Averaging"]
     assert cats["Simulation"] == {"templates": ["results/report/simulation/templates.png"]}
     assert cats["Picking"] == {
         "picks on tomogram slabs": ["results/report/picks/sim01.jpg",

@@ -291,6 +291,9 @@ def plot_central_slices(maps: list[tuple[str, np.ndarray, float]], path: str | P
             ax.set_title(f"{name}: {plane}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------- class averages
