@@ -16,13 +16,12 @@ key and retrains only when one of those changes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,27 +34,19 @@ from . import TomoclustError
 from .density import fit_box
 from .simulate import CtfParams, Template, simulate_subtomograms
 from .train import Checkpoint, batches, infer, rng_state, set_rng_state, to_tensor, write_history
+from .transfer_config import (  # noqa: F401  (re-exported: the keys live in a torch-free module)
+    NO_PARTICLE,
+    TrainingSetParams,
+    TransferNetConfig,
+    TransferParams,
+    file_digest,
+    model_key,
+    training_set_key,
+)
 
 log = logging.getLogger(__name__)
 
-NO_PARTICLE = "no_particle"
-
-
 # ------------------------------------------------------------------------------ the network
-@dataclass
-class TransferNetConfig:
-    n_classes: int
-    width: int = 16  # channels of the first stage; doubled at every stage
-    stages: int = 3  # conv stages, each followed by 2x max pooling
-    feature_dim: int = 32  # the penultimate layer: the feature
-    hidden: int = 128  # the fully connected layer before the feature
-    input_binning: int = 1  # average-pool the input by this factor first
-    dropout: float = 0.3
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 class TransferNet(nn.Module):
     """3D CNN classifier: ``stages`` × [Conv3d 3³ → BN → ReLU → Conv3d 3³ → BN → ReLU →
     MaxPool 2], global average + max pooling, FC ``hidden`` → FC ``feature_dim`` (the feature)
@@ -111,29 +102,6 @@ class TransferNet(nn.Module):
 
 
 # ------------------------------------------------------------------------- the training set
-@dataclass
-class TrainingSetParams:
-    """How the labelled training subtomograms are simulated (see module docstring)."""
-
-    box: int = 32
-    voxel_size: float = 12.0
-    n_per_class: int = 200
-    snr_min: float = 0.05
-    snr_max: float = 1.0
-    snr_groups: int = 10  # each group of n_per_class / snr_groups per class has one SNR
-    convention: str = "aitom"
-    tilt_min: float = -60.0
-    tilt_max: float = 60.0
-    ctf: dict = field(default_factory=dict)  # CtfParams keywords
-    no_particle: bool = True
-    neighbour_fraction: float = 0.5  # of the no-particle groups: a cut-off neighbour, not empty
-    max_shift_vox: float = 1.0
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass
 class TrainingSet:
     stack: np.ndarray  # (n, b, b, b) float32
@@ -233,33 +201,6 @@ def simulate_training_set(templates: Sequence[Template], params: TrainingSetPara
 
 
 # ---------------------------------------------------------------------------------- training
-@dataclass
-class TransferParams:
-    """Network and training settings."""
-
-    width: int = 16
-    stages: int = 3
-    feature_dim: int = 32
-    hidden: int = 128
-    input_binning: int = 1
-    dropout: float = 0.3
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1
-    augment: bool = True  # random 180° turns about x, y or z (they keep the missing wedge)
-    seed: int = 0
-
-    def net_config(self, n_classes: int) -> TransferNetConfig:
-        return TransferNetConfig(n_classes=n_classes, width=self.width, stages=self.stages,
-                                 feature_dim=self.feature_dim, hidden=self.hidden,
-                                 input_binning=self.input_binning, dropout=self.dropout)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass
 class TransferResult:
     model: TransferNet
@@ -432,32 +373,3 @@ def transfer_features(model: TransferNet, stack: np.ndarray, batch_size: int = 1
     if out.size == 0:
         return (np.zeros((0, k), np.float32), np.zeros((0, model.cfg.n_classes), np.float32))
     return out[:, :k], out[:, k:]
-
-
-# ------------------------------------------------------------------------------- cache keys
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (a template's identity: its content, not its name or mtime)."""
-    p = Path(path)
-    if not p.exists():
-        raise TomoclustError(f"transfer template {p}: file not found")
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _short_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def training_set_key(templates: Mapping[str, str | Path], set_params: TrainingSetParams) -> str:
-    """Key of a training set: the template library (names, order and file contents) and every
-    simulation setting (voxel size, box, CTF, wedge, SNR range, counts, seed)."""
-    lib = [[name, file_digest(path)] for name, path in templates.items()]
-    return _short_hash({"templates": lib, "simulation": set_params.as_dict()})
-
-
-def model_key(set_key: str, params: TransferParams) -> str:
-    """Key of a trained model: its training set's key and the network/training settings."""
-    return _short_hash({"training_set": set_key, "training": params.as_dict()})
