@@ -8,10 +8,11 @@ several noise levels. Its penultimate layer (``feature_dim`` = 32 by default) is
 a particle: applied to real particles, it is clustered by the shared clustering rule. Rotation
 invariance comes from the training data, not from alignment.
 
-The training set and the model are cached: :func:`training_set_key` and :func:`model_key` hash
-everything that determines them (template files, voxel size, box, imaging model, simulation
-and training settings) and nothing else, so the workflow keeps them in a directory named by the
-key and retrains only when one of those changes.
+The training set and the model are cached: :func:`training_set_key` and :func:`model_key`
+(in the torch-free :mod:`tomoclust.transfer_config`) hash everything that determines them
+(template files, voxel size, box, imaging model, simulation and training settings) and nothing
+else, so the workflow keeps them in directories named by the keys and retrains only when one
+of those changes.
 """
 
 from __future__ import annotations
@@ -224,15 +225,27 @@ def split_validation(labels: np.ndarray, fraction: float, seed: int
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _wedge_preserving_turn(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Turn each box by 180° about x, y or z, or not at all (proper rotations that map a
-    missing wedge about y onto itself): a 180° turn flips the two other axes."""
+def wedge_preserving_turn(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Turn each ``(n, 1, d, d, d)`` box by 180° about x, y or z (or not at all), about the
+    voxel ``d // 2``.
+
+    A 180° turn flips the two other axes. Together with Friedel symmetry these turns map a
+    missing wedge about y with a symmetric tilt range onto itself, so the augmented boxes keep
+    the imaging model of the data.
+    """
     choice = torch.randint(0, 4, (x.shape[0],), generator=gen).tolist()
     out = x.clone()
-    dims = {1: (3, 4), 2: (2, 4), 3: (2, 3)}  # about z: flip y, x; about y: z, x; about x: z, y
+    axes = {1: (3, 4), 2: (2, 4), 3: (2, 3)}  # about z: flip y, x; about y: z, x; about x: z, y
     for i, c in enumerate(choice):
         if c:
-            out[i] = torch.flip(x[i], dims=tuple(d - 1 for d in dims[c]))
+            dims = tuple(a - 1 for a in axes[c])  # axes of the (1, d, d, d) box
+            v = torch.flip(x[i], dims=dims)
+            # index j -> d - 1 - j; one more roll on even sides makes it j -> d - j (mod d),
+            # the turn about d // 2
+            even = tuple(a for a in dims if x.shape[a + 1] % 2 == 0)
+            if even:
+                v = torch.roll(v, shifts=(1,) * len(even), dims=even)
+            out[i] = v
     return out
 
 
@@ -299,7 +312,7 @@ def train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[
             idx = train_idx[bi]
             x = to_tensor(stack, idx, device)[:, None]
             if params.augment:
-                x = _wedge_preserving_turn(x, gen)
+                x = wedge_preserving_turn(x, gen)
             y = torch.as_tensor(labels[idx], device=device)
             opt.zero_grad()
             logits = model(x)
@@ -352,7 +365,7 @@ def load_model(path: str | Path, device="cpu") -> tuple[TransferNet, list[str], 
         cfg = TransferNetConfig(**json.loads(payload["config"]))
         model = TransferNet(cfg)
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # unreadable, truncated or another kind of file
         raise TomoclustError(f"{p}: not a tomoclust transfer model ({exc})") from None
     model.to(device).eval()
     return model, json.loads(payload["class_names"]), json.loads(payload["extra"])
