@@ -163,7 +163,6 @@ def test_planted_classes_are_learned_and_features_separate_them(easy_set):
     ts = easy_set
     res = train_transfer(ts.stack, ts.labels, ts.class_names, _params(epochs=6), "cpu")
     hist = res.history
-    print(hist.to_string())
     assert hist["epoch"].tolist() == list(range(6))
     assert hist["loss"].iloc[-1] < 0.6 * hist["loss"].iloc[0]
     assert hist["val_accuracy"].iloc[-1] >= 0.85, hist.to_string()
@@ -320,7 +319,8 @@ def test_workflow_trains_caches_and_applies_the_encoder(transfer_run):
     pred = pd.read_csv(res / "features" / "transfer" / "predictions.tsv", sep="\t")
     assert pred["rlnImageName"].tolist() == particles["rlnImageName"].tolist()
     assert set(pred["class"]) <= {NO_PARTICLE, "3j9i", "4v1w"}
-    np.testing.assert_allclose(pred[["p_no_particle", "p_3j9i", "p_4v1w"]].sum(1), 1, rtol=1e-5)
+    np.testing.assert_allclose(pred[["p_no_particle", "p_3j9i", "p_4v1w"]].sum(axis=1), 1,
+                               rtol=1e-5)
     info = json.loads((res / "features" / "transfer" / "info.json").read_text())
     assert info["device"] == "cpu" and info["class_names"] == [NO_PARTICLE, "3j9i", "4v1w"]
 
