@@ -36,7 +36,7 @@ class TransferNetConfig:
 
 @dataclass
 class TrainingSetParams:
-    """How the labelled training subtomograms are simulated (see module docstring)."""
+    """How the labelled training subtomograms are simulated (see :mod:`tomoclust.transfer`)."""
 
     box: int = 32
     voxel_size: float = 12.0
