@@ -382,3 +382,14 @@ def test_library_box_voxel_size_and_training_changes_retrain(transfer_run, repo,
     assert retrained <= set(jobs), jobs
     assert not (TRANSFER_RULES - retrained) & set(jobs), jobs
     assert "features_transfer" in jobs
+
+
+@pytest.mark.slow
+def test_missing_library_file_is_a_clear_error(repo, tmp_path):
+    cfg = _write_config(repo, tmp_path / "bad.yaml")
+    data = yaml.safe_load(cfg.read_text())
+    data["transfer"]["templates"]["ghost"] = str(tmp_path / "ghost.pdb")
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = _snakemake(repo, tmp_path, "-n", "--configfile", str(cfg))
+    assert proc.returncode != 0
+    assert "transfer.templates" in _output(proc) and "ghost.pdb: file not found" in _output(proc)
