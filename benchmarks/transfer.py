@@ -150,7 +150,7 @@ def main() -> None:
                    if "classifier_accuracy" in row else ""))
 
     # CPU inference throughput, side by side with the invariant features on the same boxes
-    data = simulate_subtomograms(src[:4], 128, args.box, args.voxel_size, 0.1, "aitom", seed=7)
+    data = simulate_subtomograms(src[:4], 64, args.box, args.voxel_size, 0.1, "aitom", seed=7)
     tp = {"n": len(data.stack), "threads": torch.get_num_threads(),
           "load_average_before": list(os.getloadavg())}
     for label, fn in (("transfer", lambda: transfer_features(model, data.stack)),
