@@ -17,7 +17,7 @@ the rotation-invariant shell spectra (tomoclust.invariants) on the same boxes as
 Also the classifier's own accuracy on the source test set, and the CPU inference throughput
 of the encoder side by side with the invariant features (load average recorded).
 
-    nice -n 19 .venv/bin/python benchmarks/transfer.py --out benchmarks/results/transfer.json
+    nice -n 19 .venv/bin/python benchmarks/transfer.py --out benchmarks/results/transfer_e16.json
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ def kmeans_metrics(feats: np.ndarray, truth: np.ndarray, k: int, seeds: list[int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/transfer.json"))
-    ap.add_argument("--n-per-class", type=int, default=250, help="training boxes per class")
+    ap.add_argument("--n-per-class", type=int, default=300, help="training boxes per class")
     ap.add_argument("--snr-range", type=float, nargs=2, default=[0.05, 1.0])
     ap.add_argument("--snr-groups", type=int, default=10)
-    ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--test-per-class", type=int, default=80)
     ap.add_argument("--snrs", type=float, nargs="+", default=[0.1, 1.0])
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--input-binning", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
