@@ -380,3 +380,46 @@ def fewshot_targets():
         targets += expand("results/evaluation/{variant}/fewshot_metrics.tsv",
                           variant=FEWSHOT_VARIANTS)
     return targets
+
+
+# ------------------------------------------------------------- transfer-learned encoder
+def _transfer_setup():
+    """Cache directories of the transfer training set and model, named by keys over everything
+    that determines them (template files, extraction box and voxel size, CTF, tilt range,
+    simulation and training settings), or None when the method is not enabled."""
+    if "transfer" not in METHODS:
+        return None
+    from tomoclust.transfer_config import (  # noqa: E402
+        TrainingSetParams, TransferParams, model_key, training_set_key)
+
+    t = config["transfer"]
+    tilt_min, tilt_max = wedge_range()
+    set_params = TrainingSetParams(
+        box=config["extraction"]["box"], voxel_size=config["extraction"]["voxel_size"],
+        n_per_class=t["n_per_class"], snr_min=t["snr_min"], snr_max=t["snr_max"],
+        snr_groups=t["snr_groups"], convention=t["convention"], tilt_min=tilt_min,
+        tilt_max=tilt_max, ctf=dict(SIM["ctf"]), no_particle=t["no_particle"],
+        neighbour_fraction=t["neighbour_fraction"], max_shift_vox=t["max_shift"],
+        seed=t["seed"])
+    train_params = TransferParams(**{k: t[k] for k in (
+        "width", "stages", "feature_dim", "hidden", "input_binning", "dropout", "epochs",
+        "batch_size", "lr", "weight_decay", "val_fraction", "augment", "seed")})
+    try:
+        set_key = training_set_key(t["templates"], set_params)
+    except TomoclustError as exc:
+        raise WorkflowError(f"config transfer.templates: {exc}")
+    set_dir = f"{t['cache'].rstrip('/')}/set-{set_key}"
+    return {
+        "templates": list(t["templates"]),
+        "set_params": set_params.as_dict(),
+        "train_params": train_params.as_dict(),
+        "set_dir": set_dir,
+        "model_dir": f"{set_dir}/model-{model_key(set_key, train_params)}",
+    }
+
+
+TRANSFER = _transfer_setup()
+
+
+def transfer_template_source(wildcards):
+    return config["transfer"]["templates"][wildcards.template]
