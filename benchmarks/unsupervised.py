@@ -7,6 +7,12 @@ accuracy after Hungarian matching, ARI, NMI, V-measure; mean ± std over seeds; 
 device. Each finished run is appended to the JSON at once, so an interrupted benchmark keeps
 what it measured; ``--resume`` skips runs already there.
 
+With ``--cache-dir``, every simulated (SNR, seed) dataset and every method's features are kept
+there as ``.npy`` (a 5000-particle 32³ stack is 655 MB), so several benchmark processes (one per
+method) share the simulations, and clustering can be redone on the same features
+(``--recluster``: no feature is recomputed; runs whose features are not cached are kept as
+they are).
+
     .venv/bin/python benchmarks/unsupervised.py --out benchmarks/results/unsupervised.json
     .venv/bin/python benchmarks/unsupervised.py --methods disca --per-class 200 --seeds 0 \\
         --out benchmarks/results/unsupervised_disca_reduced.json
@@ -15,18 +21,23 @@ what it measured; ``--resume`` skips runs already there.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-from common import DEMO_CLASSES, REPO, fmt, log, machine_info, machine_line, md_table
+from common import DEMO_CLASSES, REPO, fmt, log, machine_info, machine_line, md_table, write_outputs
 from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
 from tomoclust.cluster import cluster_features
 from tomoclust.density import template_density
 from tomoclust.disca import DiscaParams, run_disca
 from tomoclust.invariants import shell_spectra
+from tomoclust.io import save_npy, write_json
 from tomoclust.metrics import clustering_metrics
 from tomoclust.simulate import Template, simulate_subtomograms
 
@@ -51,23 +62,99 @@ def features_for(method: str, stack: np.ndarray, seed: int, device: str, args) -
     raise ValueError(method)
 
 
-def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device: str) -> dict:
-    truth = data.truth["rlnClassNumber"].to_numpy()
-    t0 = time.perf_counter()
-    feats = features_for(method, data.stack, seed, device, args)
-    t_feat = time.perf_counter() - t0
-    out = {"method": method, "snr": snr, "seed": seed, "n": len(truth),
-           "snr_measured": data.info["snr_measured"], "device": device,
-           "seconds_features": t_feat, "seconds_simulation": t_sim}
+def method_tag(method: str, args) -> str:
+    """Short hash of the settings that determine a method's features (cache key)."""
+    keys = {"invariant": [], "disca": ["disca_preset", "disca_iterations"],
+            "autoencoder": ["ae_epochs", "ae_channels"]}[method]
+    text = json.dumps({k: getattr(args, k) for k in keys} | {"variant": args.variant},
+                      sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int) -> None:
+    """Fill ``out["fixed"]`` (GMM, K = 5) and ``out["auto"]`` (BIC over 2..10)."""
     for mode, k in (("fixed", 5), ("auto", None)):
         t0 = time.perf_counter()
         c = cluster_features(feats, "gmm", k=k, k_min=2, k_max=10, seed=seed,
                              stability_seeds=0)
         m = clustering_metrics(truth, c.labels)
         out[mode] = {**m, "k": c.k, "seconds_clustering": time.perf_counter() - t0}
+
+
+def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device: str,
+            cache: Path | None) -> dict:
+    truth = data.truth["rlnClassNumber"].to_numpy()
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    feats = features_for(method, data.stack, seed, device, args)
+    t_feat = time.perf_counter() - t0
+    if cache is not None:
+        save_npy(feature_path(cache, method, snr, seed, args), feats)
+    out = {"method": method, "snr": snr, "seed": seed, "n": len(truth),
+           "snr_measured": data.info["snr_measured"], "device": device,
+           "seconds_features": t_feat, "seconds_simulation": t_sim,
+           "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
+           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    cluster_run(out, feats, truth, seed)
     log(f"{method} SNR {snr} seed {seed}: fixed acc {out['fixed']['accuracy']:.3f}, "
-        f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f} ({t_feat:.0f} s)")
+        f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f} ({t_feat:.0f} s, "
+        f"load {load0[0]:.1f} -> {out['load_average_end'][0]:.1f})")
     return out
+
+
+def dataset_stem(cache: Path, snr: float, seed: int, per_class: int) -> Path:
+    return cache / f"data_snr{snr:g}_seed{seed}_n{per_class}"
+
+
+def feature_path(cache: Path, method: str, snr: float, seed: int, args) -> Path:
+    return cache / (f"feat_{method}_{method_tag(method, args)}_snr{snr:g}_seed{seed}"
+                    f"_n{args.per_class}.npy")
+
+
+class Dataset:
+    """A simulated set as the benchmark needs it (stack, truth table, info)."""
+
+    def __init__(self, stack, truth, info):
+        self.stack, self.truth, self.info = stack, truth, info
+
+
+def load_or_simulate(templates, snr: float, seed: int, args, cache: Path | None
+                     ) -> tuple[Dataset, float]:
+    """The (SNR, seed) dataset, from the cache when there (memory-mapped), else simulated."""
+    stem = dataset_stem(cache, snr, seed, args.per_class) if cache is not None else None
+    if stem is not None and (stem.parent / (stem.name + ".json")).exists():
+        meta = json.loads((stem.parent / (stem.name + ".json")).read_text())
+        stack = np.load(stem.parent / (stem.name + "_stack.npy"), mmap_mode="r")
+        truth = pd.DataFrame({"rlnClassNumber":
+                              np.load(stem.parent / (stem.name + "_classes.npy"))})
+        return Dataset(stack, truth, meta["info"]), float(meta["seconds_simulation"])
+    t0 = time.perf_counter()
+    data = simulate_subtomograms(templates, args.per_class, 32, 12.0, snr, "aitom", seed=seed)
+    t_sim = time.perf_counter() - t0
+    if stem is not None:
+        save_npy(stem.parent / (stem.name + "_stack.npy"), data.stack)
+        save_npy(stem.parent / (stem.name + "_classes.npy"),
+                 data.truth["rlnClassNumber"].to_numpy())
+        info = {k: v for k, v in data.info.items() if isinstance(v, (int, float, str))}
+        write_json(stem.parent / (stem.name + ".json"),
+                   {"info": info, "seconds_simulation": t_sim})  # written last: marks complete
+    return Dataset(data.stack, data.truth, data.info), t_sim
+
+
+def recluster(payload: dict, args, cache: Path) -> None:
+    """Redo the clustering of every run whose features are cached (same features)."""
+    for r in payload["runs"]:
+        fp = feature_path(cache, r["method"], r["snr"], r["seed"], args)
+        stem = dataset_stem(cache, r["snr"], r["seed"], args.per_class)
+        if not fp.exists():
+            log(f"no cached features for {r['method']} SNR {r['snr']} seed {r['seed']}; kept")
+            continue
+        truth = np.load(stem.parent / (stem.name + "_classes.npy"))
+        cluster_run(r, np.load(fp), truth, r["seed"])
+        r["reclustered_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        log(f"reclustered {r['method']} SNR {r['snr']} seed {r['seed']}: auto K="
+            f"{r['auto']['k']} acc {r['auto']['accuracy']:.3f}, fixed acc "
+            f"{r['fixed']['accuracy']:.3f}")
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -144,19 +231,41 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--variant", default="",
+                    help="free text naming a code variant; part of the feature cache key")
+    ap.add_argument("--cache-dir", default=None,
+                    help="keep simulated datasets and features here (shared between runs)")
+    ap.add_argument("--recluster", action="store_true",
+                    help="only redo the clustering of the runs in --out from cached features")
     ap.add_argument("--out", default="benchmarks/results/unsupervised.json")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device
     out = Path(args.out)
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    skip = ("resume", "out", "threads", "cache_dir", "recluster", "variant")
     payload = {"machine": machine_info(), "args": vars(args),
                "command": "benchmarks/unsupervised.py " + " ".join(
                    f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                   for k, v in vars(args).items() if k not in ("resume", "out", "threads")),
+                   for k, v in vars(args).items() if k not in skip),
                "runs": []}
-    if args.resume and out.exists():
-        payload["runs"] = json.loads(out.read_text())["runs"]
+    if (args.resume or args.recluster) and out.exists():
+        old = json.loads(out.read_text())
+        payload["runs"] = old["runs"]
+        if args.recluster:
+            payload["machine"], payload["command"] = old["machine"], old["command"]
+            payload["args"] = {**old["args"], "recluster": True}
+    if args.recluster:
+        if cache is None:
+            raise SystemExit("--recluster needs --cache-dir")
+        recluster(payload, args, cache)
+        write(out, payload)
+        return
     done = {(r["method"], r["snr"], r["seed"]) for r in payload["runs"]}
     templates = [Template(name, i + 1, template_density(REPO / path, 12.0, box=32))
                  for i, (name, path) in enumerate(DEMO_CLASSES.items())]
@@ -166,15 +275,17 @@ def main() -> None:
             todo = [m for m in args.methods if (m, snr, seed) not in done]
             if not todo:
                 continue
-            t0 = time.perf_counter()
-            data = simulate_subtomograms(templates, args.per_class, 32, 12.0, snr, "aitom",
-                                         seed=seed)
-            t_sim = time.perf_counter() - t0
+            data, t_sim = load_or_simulate(templates, snr, seed, args, cache)
             for method in todo:
-                payload["runs"].append(run_one(method, snr, seed, data, t_sim, args, device))
-                out.write_text(json.dumps(payload, indent=2) + "\n")
-                out.with_suffix(".md").write_text(render(payload))
+                payload["runs"].append(run_one(method, snr, seed, data, t_sim, args, device,
+                                               cache))
+                payload["machine"]["load_average_at_end"] = list(os.getloadavg())
+                write(out, payload)
     log(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def write(out: Path, payload: dict) -> None:
+    write_outputs(out, payload, render(payload))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
-from tomoclust.cluster import cluster_features, compact_labels, gmm_bic, reduce_features
+from tomoclust.cluster import (
+    cluster_features,
+    compact_labels,
+    gmm_bic,
+    merge_groups,
+    reduce_features,
+    ridgeline_ratio,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +132,98 @@ def test_compact_labels():
     np.testing.assert_array_equal(compact_labels(np.array([5, 5, 2, 9, 2])), [1, 1, 0, 2, 0])
     np.testing.assert_array_equal(compact_labels(np.array([0, 1, 2])), [0, 1, 2])
     np.testing.assert_array_equal(compact_labels(np.array([3, 3])), [0, 0])
+
+
+# ------------------------------------------------------------------ ridgeline merging
+def _mixture_1d_ratio(d: float, w: float = 0.5) -> float:
+    """Brute-force ridgeline ratio of w·N(0, 1) + (1 − w)·N(d, 1) on a fine 1D grid."""
+    x = np.linspace(-4, d + 4, 200_001)
+    f = w * np.exp(-x**2 / 2) + (1 - w) * np.exp(-((x - d) ** 2) / 2)
+    peaks = np.flatnonzero((f[1:-1] >= f[:-2]) & (f[1:-1] >= f[2:])) + 1
+    if len(peaks) < 2:
+        return 1.0
+    top = np.sort(peaks[np.argsort(f[peaks])[-2:]])
+    return float(f[top[0]:top[1] + 1].min() / f[top].min())
+
+
+@pytest.mark.parametrize(("d", "w"), [(1.5, 0.5), (2.5, 0.5), (3.0, 0.5), (4.0, 0.3), (8.0, 0.5)])
+def test_ridgeline_ratio_matches_brute_force_in_1d(d, w):
+    one = np.eye(1)
+    r = ridgeline_ratio(w, np.zeros(1), one, 1 - w, np.array([d]), one, n_points=2001)
+    assert r == pytest.approx(_mixture_1d_ratio(d, w), abs=2e-3)
+    if d < 2:  # equal unit Gaussians closer than 2σ: one mode
+        assert r == 1.0
+
+
+def test_ridgeline_ratio_follows_the_ridge_not_the_chord():
+    """Two elongated components side by side, offset along their long axis: the chord
+    between the means crosses low density, the ridgeline does not; the ratio sees no valley
+    where the full-grid density has none."""
+    c = np.diag([25.0, 0.25])
+    m1, m2 = np.array([0.0, 0.0]), np.array([6.0, 0.6])
+    r = ridgeline_ratio(0.5, m1, c, 0.5, m2, c)
+    g = np.stack(np.meshgrid(np.linspace(-15, 21, 721), np.linspace(-3, 4, 281)), -1)
+    inv = np.linalg.inv(c)
+
+    def dens(m):
+        q = np.einsum("...i,ij,...j->...", g - m, inv, g - m)
+        return np.exp(-q / 2)
+
+    f = dens(m1) + dens(m2)
+    # unimodal in 2D: only one grid point is a local maximum of its 3x3 neighbourhood
+    inner = f[1:-1, 1:-1]
+    neigh = np.stack([f[1 + a:f.shape[0] - 1 + a, 1 + b:f.shape[1] - 1 + b]
+                      for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)])
+    assert int((inner > neigh.max(axis=0)).sum()) == 1
+    assert r == pytest.approx(1.0)
+
+
+def test_merge_groups_is_single_linkage():
+    r = np.eye(5)
+    r[0, 1] = r[1, 0] = 0.5
+    r[1, 2] = r[2, 1] = 0.2
+    r[3, 4] = r[4, 3] = 0.05
+    np.testing.assert_array_equal(merge_groups(r, 0.1), [0, 0, 0, 1, 2])
+    np.testing.assert_array_equal(merge_groups(r, 0.3), [0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(merge_groups(r, 0.01), [0, 0, 0, 1, 1])
+
+
+def _bananas_and_blob(rng, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Two thin curved arcs (non-Gaussian classes) and one round blob, far apart, in 3D."""
+    t = rng.uniform(-1.3, 1.3, (2, n))
+    arcs = [np.column_stack([6 * np.sin(t[i]), 6 * np.cos(t[i]), np.zeros(n)])
+            + 0.15 * rng.standard_normal((n, 3)) + off
+            for i, off in enumerate([np.zeros(3), np.array([0.0, -30.0, 0.0])])]
+    blob = rng.standard_normal((n, 3)) + np.array([30.0, 0.0, 0.0])
+    x = np.concatenate(arcs + [blob])
+    truth = np.repeat([0, 1, 2], n)
+    order = rng.permutation(len(x))
+    return x[order], truth[order]
+
+
+def test_merging_joins_components_of_curved_classes(rng):
+    x, truth = _bananas_and_blob(rng)
+    plain = cluster_features(x, "gmm", k_min=2, k_max=10, pca_components=3, seed=0,
+                             stability_seeds=0)
+    assert plain.k > 3  # BIC spends several components on each arc
+    res = cluster_features(x, "gmm", k_min=2, k_max=10, pca_components=3, seed=0,
+                           merge_ratio=0.1, stability_seeds=1)
+    assert res.k == 3 and res.k_components == plain.k
+    assert adjusted_rand_score(truth, res.labels) > 0.99
+    assert sorted(np.unique(res.labels)) == [1, 2, 3]
+    assert np.all((res.probability > 0) & (res.probability <= 1 + 1e-12))
+    assert res.probability.mean() > 0.99  # the merged classes are far apart
+    assert res.stability_ari > 0.95  # the merged partition does not depend on the seed
+    # a fixed K is never merged
+    fixed = cluster_features(x, "gmm", k=6, pca_components=3, merge_ratio=0.1)
+    assert fixed.k == 6
+
+
+def test_merging_keeps_separate_blobs(rng):
+    """Gaussian classes 12σ apart: nothing to merge, same result as without merging."""
+    x, truth = _blobs(rng, separation=12.0, dim=4)
+    res = cluster_features(x, "gmm", k_min=2, k_max=7, pca_components=4, merge_ratio=0.1)
+    assert res.k == res.k_components == 4
+    assert adjusted_rand_score(truth, res.labels) > 0.95
+    with pytest.raises(ValueError, match="merge_ratio"):
+        cluster_features(x, "gmm", merge_ratio=1.5)
