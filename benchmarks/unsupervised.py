@@ -32,8 +32,15 @@ import numpy as np
 import pandas as pd
 import torch
 from common import DEMO_CLASSES, REPO, fmt, log, machine_info, machine_line, md_table, write_outputs
+from threadpoolctl import threadpool_limits
 from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
-from tomoclust.cluster import cluster_features
+from tomoclust.cluster import (
+    cluster_features,
+    compact_labels,
+    gmm_bic,
+    merged_posterior,
+    reduce_features,
+)
 from tomoclust.density import template_density
 from tomoclust.disca import DiscaParams, run_disca
 from tomoclust.invariants import shell_spectra
@@ -71,33 +78,52 @@ def method_tag(method: str, args) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int) -> None:
-    """Fill ``out["fixed"]`` (GMM, K = 5) and ``out["auto"]`` (BIC over 2..10)."""
-    for mode, k in (("fixed", 5), ("auto", None)):
-        t0 = time.perf_counter()
-        c = cluster_features(feats, "gmm", k=k, k_min=2, k_max=10, seed=seed,
-                             stability_seeds=0)
-        m = clustering_metrics(truth, c.labels)
-        out[mode] = {**m, "k": c.k, "seconds_clustering": time.perf_counter() - t0}
+MODES = {"fixed": "K=5", "auto": "auto K, BIC", "merged": "auto K, BIC + merge"}
+
+
+def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
+                merge_ratio: float) -> None:
+    """Fill ``out["fixed"]`` (GMM, K = 5), ``out["auto"]`` (lowest BIC over 2..10, one class
+    per component) and ``out["merged"]`` (the same mixture, components merged by ridgeline
+    ratio ≥ ``merge_ratio``), as :func:`tomoclust.cluster.cluster_features` computes them."""
+    t0 = time.perf_counter()
+    c = cluster_features(feats, "gmm", k=5, seed=seed, stability_seeds=0)
+    out["fixed"] = {**clustering_metrics(truth, c.labels), "k": c.k,
+                    "seconds_clustering": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    z = reduce_features(feats, 8, seed)  # one BIC scan serves both automatic modes
+    with threadpool_limits(limits=1, user_api="blas"):
+        gm, _ = gmm_bic(z, list(range(2, 11)), n_init=3, seed=seed)
+        t_scan = time.perf_counter() - t0
+        for mode, ratio in (("auto", None), ("merged", merge_ratio)):
+            t1 = time.perf_counter()
+            labels = compact_labels(merged_posterior(gm, z, ratio).argmax(axis=1)) + 1
+            out[mode] = {**clustering_metrics(truth, labels), "k": int(labels.max()),
+                         "k_components": gm.n_components,
+                         "seconds_clustering": t_scan + time.perf_counter() - t1}
+    out["merge_ratio"] = merge_ratio
 
 
 def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device: str,
             cache: Path | None) -> dict:
     truth = data.truth["rlnClassNumber"].to_numpy()
     load0 = os.getloadavg()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     feats = features_for(method, data.stack, seed, device, args)
-    t_feat = time.perf_counter() - t0
+    t_feat, c_feat = time.perf_counter() - t0, time.process_time() - c0
     if cache is not None:
         save_npy(feature_path(cache, method, snr, seed, args), feats)
     out = {"method": method, "snr": snr, "seed": seed, "n": len(truth),
            "snr_measured": data.info["snr_measured"], "device": device,
            "seconds_features": t_feat, "seconds_simulation": t_sim,
+           "cpu_seconds_features": c_feat,  # all threads of this process; less load-dependent
            "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    cluster_run(out, feats, truth, seed)
+    cluster_run(out, feats, truth, seed, args.merge_ratio)
     log(f"{method} SNR {snr} seed {seed}: fixed acc {out['fixed']['accuracy']:.3f}, "
-        f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f} ({t_feat:.0f} s, "
+        f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f}, merged K="
+        f"{out['merged']['k']} acc {out['merged']['accuracy']:.3f} ({t_feat:.0f} s wall, "
+        f"{c_feat:.0f} s CPU, "
         f"load {load0[0]:.1f} -> {out['load_average_end'][0]:.1f})")
     return out
 
@@ -135,6 +161,8 @@ def load_or_simulate(templates, snr: float, seed: int, args, cache: Path | None
         save_npy(stem.parent / (stem.name + "_stack.npy"), data.stack)
         save_npy(stem.parent / (stem.name + "_classes.npy"),
                  data.truth["rlnClassNumber"].to_numpy())
+        save_npy(stem.parent / (stem.name + "_angles.npy"),  # rot, tilt, psi (for analyses)
+                 data.truth[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy())
         info = {k: v for k, v in data.info.items() if isinstance(v, (int, float, str))}
         write_json(stem.parent / (stem.name + ".json"),
                    {"info": info, "seconds_simulation": t_sim})  # written last: marks complete
@@ -150,11 +178,11 @@ def recluster(payload: dict, args, cache: Path) -> None:
             log(f"no cached features for {r['method']} SNR {r['snr']} seed {r['seed']}; kept")
             continue
         truth = np.load(stem.parent / (stem.name + "_classes.npy"))
-        cluster_run(r, np.load(fp), truth, r["seed"])
+        cluster_run(r, np.load(fp), truth, r["seed"], args.merge_ratio)
         r["reclustered_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         log(f"reclustered {r['method']} SNR {r['snr']} seed {r['seed']}: auto K="
-            f"{r['auto']['k']} acc {r['auto']['accuracy']:.3f}, fixed acc "
-            f"{r['fixed']['accuracy']:.3f}")
+            f"{r['auto']['k']} acc {r['auto']['accuracy']:.3f}, merged K={r['merged']['k']} "
+            f"acc {r['merged']['accuracy']:.3f}, fixed acc {r['fixed']['accuracy']:.3f}")
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -165,8 +193,13 @@ def summarise(runs: list[dict]) -> list[dict]:
         row = {"method": method, "snr": snr, "n_seeds": len(rs), "n": rs[0]["n"],
                "snr_measured": float(np.mean([r["snr_measured"] for r in rs])),
                "seconds": float(np.mean([r["seconds_features"] for r in rs])),
+               "cpu_seconds": float(np.mean([r.get("cpu_seconds_features", np.nan)
+                                             for r in rs])),
+               "load": float(np.mean([r.get("load_average_start", [np.nan])[0] for r in rs])),
                "device": rs[0]["device"]}
-        for mode in ("fixed", "auto"):
+        for mode in MODES:
+            if not all(mode in r for r in rs):
+                continue
             for key in ("accuracy", "ari", "nmi", "v_measure"):
                 v = [r[mode][key] for r in rs]
                 row[f"{mode}_{key}"] = (float(np.mean(v)), float(np.std(v)))
@@ -181,23 +214,27 @@ def render(payload: dict) -> str:
     pm = lambda t: f"{t[0]:.3f} ± {t[1]:.3f}"  # noqa: E731
     md = [f"Machine: {machine_line(payload['machine'])}\n",
           f"Command: `{payload['command']}`\n"]
-    md.append("### Accuracy (Hungarian), K fixed = 5 | automatic K (BIC, 2..10)\n")
+    md.append("### Accuracy (Hungarian): K fixed = 5 | automatic K (lowest BIC over 2..10, one "
+              "class per component) | automatic K with ridgeline merging of components "
+              f"(ratio ≥ {payload['args'].get('merge_ratio', 0.1)})\n")
     header = ["method", "n/class", "seeds"] + [f"SNR {s:g}" for s in snrs]
     table = []
     for method in sorted({r["method"] for r in rows}):
-        for mode in ("fixed", "auto"):
-            cells = [f"{method} ({'K=5' if mode == 'fixed' else 'auto K'})",
-                     payload["args"]["per_class"], ""]
+        for mode, name in MODES.items():
+            cells = [f"{method} ({name})", payload["args"]["per_class"], ""]
+            seeds = []
             for s in snrs:
                 r = next((x for x in rows if x["method"] == method and x["snr"] == s), None)
-                if r is None:
+                if r is None or f"{mode}_accuracy" not in r:
                     cells.append("–")
                     continue
-                cells[2] = r["n_seeds"]
+                seeds.append(r["n_seeds"])
                 txt = pm(r[f"{mode}_accuracy"])
-                if mode == "auto":
-                    txt += f" (K={','.join(map(str, r['auto_k']))})"
+                if mode != "fixed":
+                    txt += f" (K={','.join(map(str, r[f'{mode}_k']))})"
                 cells.append(txt)
+            cells[2] = ",".join(map(str, seeds)) if len(set(seeds)) > 1 else \
+                (seeds[0] if seeds else "")
             table.append(cells)
     for name, vals in PUBLISHED.items():
         table.append([name, 1000, "", *[fmt(vals.get(s)) for s in snrs]])
@@ -205,14 +242,18 @@ def render(payload: dict) -> str:
     md.append(md_table(header, table))
     md.append("\n### All metrics (mean ± std over seeds)\n")
     header = ["method", "SNR", "measured SNR", "K", "acc", "ARI", "NMI", "V", "s/run (features)",
-              "device"]
+              "CPU s/run", "load at start", "device"]
     t2 = []
     for r in rows:
-        for mode in ("fixed", "auto"):
+        for mode in MODES:
+            if f"{mode}_accuracy" not in r:
+                continue
             t2.append([r["method"], f"{r['snr']:g}", f"{r['snr_measured']:.4f}",
-                       "5" if mode == "fixed" else ",".join(map(str, r["auto_k"])),
+                       ("5" if mode == "fixed" else ",".join(map(str, r[f"{mode}_k"])))
+                       + ("" if mode == "fixed" else f" ({MODES[mode][8:]})"),
                        pm(r[f"{mode}_accuracy"]), pm(r[f"{mode}_ari"]), pm(r[f"{mode}_nmi"]),
-                       pm(r[f"{mode}_v_measure"]), f"{r['seconds']:.1f}", r["device"]])
+                       pm(r[f"{mode}_v_measure"]), f"{r['seconds']:.1f}",
+                       f"{r['cpu_seconds']:.1f}", f"{r['load']:.1f}", r["device"]])
     md.append(md_table(header, t2))
     return "\n".join(md)
 
@@ -230,6 +271,8 @@ def main() -> None:
     ap.add_argument("--ae-channels", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--merge-ratio", type=float, default=0.1,
+                    help="ridgeline ratio above which mixture components merge (merged mode)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--variant", default="",
                     help="free text naming a code variant; part of the feature cache key")
