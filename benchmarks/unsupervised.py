@@ -38,6 +38,7 @@ from tomoclust.cluster import (
     cluster_features,
     compact_labels,
     gmm_bic,
+    merge_components,
     merged_posterior,
     reduce_features,
 )
@@ -82,10 +83,11 @@ MODES = {"fixed": "K=5", "auto": "auto K, BIC", "merged": "auto K, BIC + merge"}
 
 
 def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
-                merge_ratio: float) -> None:
+                merge_ratio: float, merge_gap: float) -> None:
     """Fill ``out["fixed"]`` (GMM, K = 5), ``out["auto"]`` (lowest BIC over 2..10, one class
-    per component) and ``out["merged"]`` (the same mixture, components merged by ridgeline
-    ratio ≥ ``merge_ratio``), as :func:`tomoclust.cluster.cluster_features` computes them."""
+    per component) and ``out["merged"]`` (the same mixture, touching components merged when
+    the mixture has a two-level structure), as :func:`tomoclust.cluster.cluster_features`
+    computes them."""
     t0 = time.perf_counter()
     c = cluster_features(feats, "gmm", k=5, seed=seed, stability_seeds=0)
     out["fixed"] = {**clustering_metrics(truth, c.labels), "k": c.k,
@@ -97,11 +99,13 @@ def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
         t_scan = time.perf_counter() - t0
         for mode, ratio in (("auto", None), ("merged", merge_ratio)):
             t1 = time.perf_counter()
-            labels = compact_labels(merged_posterior(gm, z, ratio).argmax(axis=1)) + 1
+            post = merged_posterior(gm, z, ratio, merge_gap, k_min=2)
+            labels = compact_labels(post.argmax(axis=1)) + 1
             out[mode] = {**clustering_metrics(truth, labels), "k": int(labels.max()),
                          "k_components": gm.n_components,
                          "seconds_clustering": t_scan + time.perf_counter() - t1}
-    out["merge_ratio"] = merge_ratio
+        out["merged"]["merge"] = merge_components(gm, merge_ratio, merge_gap, k_min=2)[1]
+    out["merge_ratio"], out["merge_gap"] = merge_ratio, merge_gap
 
 
 def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device: str,
@@ -119,7 +123,7 @@ def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device
            "cpu_seconds_features": c_feat,  # all threads of this process; less load-dependent
            "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    cluster_run(out, feats, truth, seed, args.merge_ratio)
+    cluster_run(out, feats, truth, seed, args.merge_ratio, args.merge_gap)
     log(f"{method} SNR {snr} seed {seed}: fixed acc {out['fixed']['accuracy']:.3f}, "
         f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f}, merged K="
         f"{out['merged']['k']} acc {out['merged']['accuracy']:.3f} ({t_feat:.0f} s wall, "
@@ -178,7 +182,7 @@ def recluster(payload: dict, args, cache: Path) -> None:
             log(f"no cached features for {r['method']} SNR {r['snr']} seed {r['seed']}; kept")
             continue
         truth = np.load(stem.parent / (stem.name + "_classes.npy"))
-        cluster_run(r, np.load(fp), truth, r["seed"], args.merge_ratio)
+        cluster_run(r, np.load(fp), truth, r["seed"], args.merge_ratio, args.merge_gap)
         r["reclustered_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         log(f"reclustered {r['method']} SNR {r['snr']} seed {r['seed']}: auto K="
             f"{r['auto']['k']} acc {r['auto']['accuracy']:.3f}, merged K={r['merged']['k']} "
@@ -215,8 +219,9 @@ def render(payload: dict) -> str:
     md = [f"Machine: {machine_line(payload['machine'])}\n",
           f"Command: `{payload['command']}`\n"]
     md.append("### Accuracy (Hungarian): K fixed = 5 | automatic K (lowest BIC over 2..10, one "
-              "class per component) | automatic K with ridgeline merging of components "
-              f"(ratio ≥ {payload['args'].get('merge_ratio', 0.1)})\n")
+              "class per component) | automatic K with merging of touching components "
+              f"(ridgeline ratio ≥ {payload['args'].get('merge_ratio', 0.1)}, gap ≥ "
+              f"{payload['args'].get('merge_gap', 2.0)})\n")
     header = ["method", "n/class", "seeds"] + [f"SNR {s:g}" for s in snrs]
     table = []
     for method in sorted({r["method"] for r in rows}):
@@ -272,7 +277,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--merge-ratio", type=float, default=0.1,
-                    help="ridgeline ratio above which mixture components merge (merged mode)")
+                    help="ridgeline ratio from which mixture components touch (merged mode)")
+    ap.add_argument("--merge-gap", type=float, default=2.0,
+                    help="merged groups must be this many times farther apart than their members")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--variant", default="",
                     help="free text naming a code variant; part of the feature cache key")

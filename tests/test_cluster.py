@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 from tomoclust.cluster import (
+    _max_mst_edge,
+    bhattacharyya_distances,
     cluster_features,
     compact_labels,
     gmm_bic,
+    merge_components,
     merge_groups,
     reduce_features,
     ridgeline_ratio,
@@ -210,6 +214,7 @@ def test_merging_joins_components_of_curved_classes(rng):
                            merge_ratio=0.1, stability_seeds=1)
     assert res.k == 3 and res.k_components == plain.k
     assert adjusted_rand_score(truth, res.labels) > 0.99
+    assert adjusted_rand_score(truth, plain.labels) < 0.9
     assert sorted(np.unique(res.labels)) == [1, 2, 3]
     assert np.all((res.probability > 0) & (res.probability <= 1 + 1e-12))
     assert res.probability.mean() > 0.99  # the merged classes are far apart
@@ -227,3 +232,78 @@ def test_merging_keeps_separate_blobs(rng):
     assert adjusted_rand_score(truth, res.labels) > 0.95
     with pytest.raises(ValueError, match="merge_ratio"):
         cluster_features(x, "gmm", merge_ratio=1.5)
+
+
+def _gmm(means, covs, weights=None) -> GaussianMixture:
+    """A fitted-looking GaussianMixture with the given parameters (for the merge rules)."""
+    k = len(means)
+    gm = GaussianMixture(k, covariance_type="full")
+    gm.weights_ = np.full(k, 1 / k) if weights is None else np.asarray(weights, float)
+    gm.means_ = np.asarray(means, float)
+    gm.covariances_ = np.asarray(covs, float)
+    gm.precisions_cholesky_ = np.stack([np.linalg.cholesky(np.linalg.inv(c))
+                                        for c in gm.covariances_])
+    return gm
+
+
+def test_bhattacharyya_distance_and_mst_edge():
+    eye = np.eye(3)
+    gm = _gmm([[0, 0, 0], [4, 0, 0], [0, 0, 10]], [eye, eye, eye])
+    d = bhattacharyya_distances(gm)
+    # equal covariances: d²/8 for Mahalanobis distance d
+    np.testing.assert_allclose(d, [[0, 2, 12.5], [2, 0, 116 / 8], [12.5, 116 / 8, 0]])
+    # equal means: only the covariance term, ½ ln(|Σ̄| / √(|Σ1||Σ2|)) for Σ2 = 4·I
+    gm2 = _gmm([[0, 0, 0], [0, 0, 0]], [eye, 4 * eye])
+    assert bhattacharyya_distances(gm2)[0, 1] == pytest.approx(0.5 * 3 * np.log(2.5 / 2))
+    # the MST of d joins 0-1 (2) and 0-2 (12.5): its largest edge is 12.5
+    assert _max_mst_edge(d) == pytest.approx(12.5)
+    assert _max_mst_edge(np.zeros((1, 1))) == 0.0
+
+
+def _pairs(sep_within: float, sep_between: float) -> GaussianMixture:
+    """Three groups of two unit Gaussians: ``sep_within`` σ apart inside a group, the groups
+    ``sep_between`` σ apart (in 2D)."""
+    centres = []
+    for g in range(3):
+        c = sep_between * np.array([np.cos(2 * np.pi * g / 3), np.sin(2 * np.pi * g / 3)])
+        centres += [c, c + [sep_within, 0.0]]
+    return _gmm(centres, [np.eye(2)] * 6)
+
+
+def test_merge_components_needs_touching_and_a_gap():
+    # touching pairs (2σ: one mode) far from each other (30σ): merged into 3 classes
+    group, info = merge_components(_pairs(2.0, 30.0), 0.1, 2.0)
+    assert info["merged"] and info["touching_groups"] == 3 and info["gap"] > 10
+    np.testing.assert_array_equal(group, [0, 0, 1, 1, 2, 2])
+    # touching pairs (3.5σ) whose nearest other component is only ~6σ away: the groups are
+    # not twice as far apart as their members, so nothing is merged
+    group, info = merge_components(_pairs(3.5, 5.0), 0.1, 2.0)
+    assert info["touching_groups"] == 3 and not info["merged"] and 1.5 < info["gap"] < 2.0
+    np.testing.assert_array_equal(group, np.arange(6))
+    # separated components (8σ inside the pairs: a deep valley) never merge, however far
+    # apart the pairs are
+    group, info = merge_components(_pairs(8.0, 60.0), 0.1, 2.0)
+    assert not info["merged"] and info["touching_groups"] == 6
+    np.testing.assert_array_equal(group, np.arange(6))
+    # a merge below k_min is refused
+    group, info = merge_components(_pairs(2.0, 30.0), 0.1, 2.0, k_min=4)
+    assert not info["merged"]
+    np.testing.assert_array_equal(group, np.arange(6))
+
+
+def test_merging_keeps_touching_classes_at_low_snr(rng):
+    """Five Gaussian classes of which two touch (3σ) and the rest are ~5σ away (like the
+    protocol at SNR 0.05): the touching pair is not merged, as nothing is much farther."""
+    centres = np.array([[0, 0, 0], [3, 0, 0], [1.5, 5, 0], [1.5, -5, 0], [1.5, 0, 5]])
+    truth = np.repeat(np.arange(5), 400)
+    x = centres[truth] + rng.standard_normal((len(truth), 3))
+    plain = cluster_features(x, "gmm", k_min=2, k_max=8, pca_components=3, stability_seeds=0)
+    res = cluster_features(x, "gmm", k_min=2, k_max=8, pca_components=3, stability_seeds=0,
+                           merge_ratio=0.1)
+    assert plain.k == 5 and res.k == 5
+    np.testing.assert_array_equal(res.labels, plain.labels)
+    gm, _ = gmm_bic(res.reduced, list(range(2, 9)))
+    _, info = merge_components(gm, 0.1, 2.0, k_min=2)
+    assert info["touching_groups"] == 4 and info["gap"] < 1.8  # the guard is what decided
+    with pytest.raises(ValueError, match="merge_gap"):
+        cluster_features(x, "gmm", merge_ratio=0.1, merge_gap=0.5)
