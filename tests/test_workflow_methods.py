@@ -71,6 +71,7 @@ def test_features_clusters_and_evaluation(methods_run):
         assert np.all((prob > 0) & (prob <= 1 + 1e-9))
         summary = json.loads((res / "cluster" / method / "summary.json").read_text())
         assert summary["k"] == k and sum(summary["class_sizes"]) == n
+        assert summary["mixture_components"] >= k  # BIC components, before any merging
         bic = pd.read_csv(res / "cluster" / method / "bic.tsv", sep="\t")
         assert set(bic["k"]) >= {2, 3, 4}
         assert (res / "cluster" / method / "bic.png").stat().st_size > 0
@@ -111,8 +112,9 @@ def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
 
 
 @pytest.mark.parametrize("change", [{"clustering__k_max": 3},
-                                    {"clustering__algorithm": "kmeans", "clustering__k": 2}],
-                         ids=["k_max", "kmeans"])
+                                    {"clustering__algorithm": "kmeans", "clustering__k": 2},
+                                    {"clustering__merge_gap": 3.0}],
+                         ids=["k_max", "kmeans", "merge_gap"])
 def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, change):
     jobs = _dry_run_jobs(repo, methods_run, "clustering.yaml", **change)
     assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
