@@ -174,8 +174,12 @@ def load_or_simulate(templates, snr: float, seed: int, args, cache: Path | None
 
 
 def recluster(payload: dict, args, cache: Path) -> None:
-    """Redo the clustering of every run whose features are cached (same features)."""
+    """Redo the clustering of every run whose features are cached (same features), unless
+    it was already clustered with these merge settings."""
     for r in payload["runs"]:
+        if ("merged" in r and r.get("merge_ratio") == args.merge_ratio
+                and r.get("merge_gap") == args.merge_gap):
+            continue  # already clustered with these settings
         fp = feature_path(cache, r["method"], r["snr"], r["seed"], args)
         stem = dataset_stem(cache, r["snr"], r["seed"], args.per_class)
         if not fp.exists():
