@@ -14,7 +14,8 @@ def main(smk) -> None:
     if len(df) != len(feats):
         raise RuntimeError(f"{len(feats)} feature rows for {len(df)} particles")
     res = cluster_features(feats, c["algorithm"], k=c["k"], k_min=c["k_min"], k_max=c["k_max"],
-                           pca_components=c["pca_components"], n_init=c["n_init"], seed=c["seed"])
+                           pca_components=c["pca_components"], n_init=c["n_init"], seed=c["seed"],
+                           merge_ratio=c["merge_ratio"], merge_gap=c["merge_gap"])
     df["rlnClassNumber"] = res.labels
     df["tclClassProbability"] = res.probability
     write_star(smk.output.star, df)
@@ -23,6 +24,7 @@ def main(smk) -> None:
     sizes = np.bincount(res.labels)[1:].tolist()
     write_json(smk.output.summary, {"method": smk.wildcards.method, "algorithm": c["algorithm"],
                                     "k": res.k, "class_sizes": sizes,
+                                    "mixture_components": res.k_components,
                                     "stability_ari": res.stability_ari,
                                     "mean_probability": float(res.probability.mean())})
     log.info("%s: K=%d, sizes %s, stability ARI %.3f", smk.wildcards.method, res.k, sizes,

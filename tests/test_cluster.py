@@ -5,8 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
-from tomoclust.cluster import cluster_features, compact_labels, gmm_bic, reduce_features
+from tomoclust.cluster import (
+    _max_mst_edge,
+    bhattacharyya_distances,
+    cluster_features,
+    compact_labels,
+    gmm_bic,
+    merge_components,
+    merge_groups,
+    reduce_features,
+    ridgeline_ratio,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +136,174 @@ def test_compact_labels():
     np.testing.assert_array_equal(compact_labels(np.array([5, 5, 2, 9, 2])), [1, 1, 0, 2, 0])
     np.testing.assert_array_equal(compact_labels(np.array([0, 1, 2])), [0, 1, 2])
     np.testing.assert_array_equal(compact_labels(np.array([3, 3])), [0, 0])
+
+
+# ------------------------------------------------------------------ ridgeline merging
+def _mixture_1d_ratio(d: float, w: float = 0.5) -> float:
+    """Brute-force ridgeline ratio of w·N(0, 1) + (1 − w)·N(d, 1) on a fine 1D grid."""
+    x = np.linspace(-4, d + 4, 200_001)
+    f = w * np.exp(-x**2 / 2) + (1 - w) * np.exp(-((x - d) ** 2) / 2)
+    peaks = np.flatnonzero((f[1:-1] >= f[:-2]) & (f[1:-1] >= f[2:])) + 1
+    if len(peaks) < 2:
+        return 1.0
+    top = np.sort(peaks[np.argsort(f[peaks])[-2:]])
+    return float(f[top[0]:top[1] + 1].min() / f[top].min())
+
+
+@pytest.mark.parametrize(("d", "w"), [(1.5, 0.5), (2.5, 0.5), (3.0, 0.5), (4.0, 0.3), (8.0, 0.5)])
+def test_ridgeline_ratio_matches_brute_force_in_1d(d, w):
+    one = np.eye(1)
+    r = ridgeline_ratio(w, np.zeros(1), one, 1 - w, np.array([d]), one, n_points=2001)
+    assert r == pytest.approx(_mixture_1d_ratio(d, w), abs=2e-3)
+    if d < 2:  # equal unit Gaussians closer than 2σ: one mode
+        assert r == 1.0
+
+
+def test_ridgeline_ratio_follows_the_ridge_not_the_chord():
+    """Two elongated components side by side, offset along their long axis: the chord
+    between the means crosses low density, the ridgeline does not; the ratio sees no valley
+    where the full-grid density has none."""
+    c = np.diag([25.0, 0.25])
+    m1, m2 = np.array([0.0, 0.0]), np.array([6.0, 0.6])
+    r = ridgeline_ratio(0.5, m1, c, 0.5, m2, c)
+    g = np.stack(np.meshgrid(np.linspace(-15, 21, 721), np.linspace(-3, 4, 281)), -1)
+    inv = np.linalg.inv(c)
+
+    def dens(m):
+        q = np.einsum("...i,ij,...j->...", g - m, inv, g - m)
+        return np.exp(-q / 2)
+
+    f = dens(m1) + dens(m2)
+    # unimodal in 2D: only one grid point is a local maximum of its 3x3 neighbourhood
+    inner = f[1:-1, 1:-1]
+    neigh = np.stack([f[1 + a:f.shape[0] - 1 + a, 1 + b:f.shape[1] - 1 + b]
+                      for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)])
+    assert int((inner > neigh.max(axis=0)).sum()) == 1
+    assert r == pytest.approx(1.0)
+
+
+def test_merge_groups_is_single_linkage():
+    r = np.eye(5)
+    r[0, 1] = r[1, 0] = 0.5
+    r[1, 2] = r[2, 1] = 0.2
+    r[3, 4] = r[4, 3] = 0.05
+    np.testing.assert_array_equal(merge_groups(r, 0.1), [0, 0, 0, 1, 2])
+    np.testing.assert_array_equal(merge_groups(r, 0.3), [0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(merge_groups(r, 0.01), [0, 0, 0, 1, 1])
+
+
+def _bananas_and_blob(rng, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Two thin curved arcs (non-Gaussian classes) and one round blob, far apart, in 3D."""
+    t = rng.uniform(-1.3, 1.3, (2, n))
+    arcs = [np.column_stack([6 * np.sin(t[i]), 6 * np.cos(t[i]), np.zeros(n)])
+            + 0.15 * rng.standard_normal((n, 3)) + off
+            for i, off in enumerate([np.zeros(3), np.array([0.0, -30.0, 0.0])])]
+    blob = rng.standard_normal((n, 3)) + np.array([30.0, 0.0, 0.0])
+    x = np.concatenate(arcs + [blob])
+    truth = np.repeat([0, 1, 2], n)
+    order = rng.permutation(len(x))
+    return x[order], truth[order]
+
+
+def test_merging_joins_components_of_curved_classes(rng):
+    x, truth = _bananas_and_blob(rng)
+    plain = cluster_features(x, "gmm", k_min=2, k_max=10, pca_components=3, seed=0,
+                             stability_seeds=0)
+    assert plain.k > 3  # BIC spends several components on each arc
+    res = cluster_features(x, "gmm", k_min=2, k_max=10, pca_components=3, seed=0,
+                           merge_ratio=0.1, stability_seeds=1)
+    assert res.k == 3 and res.k_components == plain.k
+    assert adjusted_rand_score(truth, res.labels) > 0.99
+    assert adjusted_rand_score(truth, plain.labels) < 0.9
+    assert sorted(np.unique(res.labels)) == [1, 2, 3]
+    assert np.all((res.probability > 0) & (res.probability <= 1 + 1e-12))
+    assert res.probability.mean() > 0.99  # the merged classes are far apart
+    assert res.stability_ari > 0.95  # the merged partition does not depend on the seed
+    # a fixed K is never merged
+    fixed = cluster_features(x, "gmm", k=6, pca_components=3, merge_ratio=0.1)
+    assert fixed.k == 6
+
+
+def test_merging_keeps_separate_blobs(rng):
+    """Gaussian classes 12σ apart: nothing to merge, same result as without merging."""
+    x, truth = _blobs(rng, separation=12.0, dim=4)
+    res = cluster_features(x, "gmm", k_min=2, k_max=7, pca_components=4, merge_ratio=0.1)
+    assert res.k == res.k_components == 4
+    assert adjusted_rand_score(truth, res.labels) > 0.95
+    with pytest.raises(ValueError, match="merge_ratio"):
+        cluster_features(x, "gmm", merge_ratio=1.5)
+
+
+def _gmm(means, covs, weights=None) -> GaussianMixture:
+    """A fitted-looking GaussianMixture with the given parameters (for the merge rules)."""
+    k = len(means)
+    gm = GaussianMixture(k, covariance_type="full")
+    gm.weights_ = np.full(k, 1 / k) if weights is None else np.asarray(weights, float)
+    gm.means_ = np.asarray(means, float)
+    gm.covariances_ = np.asarray(covs, float)
+    gm.precisions_cholesky_ = np.stack([np.linalg.cholesky(np.linalg.inv(c))
+                                        for c in gm.covariances_])
+    return gm
+
+
+def test_bhattacharyya_distance_and_mst_edge():
+    eye = np.eye(3)
+    gm = _gmm([[0, 0, 0], [4, 0, 0], [0, 0, 10]], [eye, eye, eye])
+    d = bhattacharyya_distances(gm)
+    # equal covariances: d²/8 for Mahalanobis distance d
+    np.testing.assert_allclose(d, [[0, 2, 12.5], [2, 0, 116 / 8], [12.5, 116 / 8, 0]])
+    # equal means: only the covariance term, ½ ln(|Σ̄| / √(|Σ1||Σ2|)) for Σ2 = 4·I
+    gm2 = _gmm([[0, 0, 0], [0, 0, 0]], [eye, 4 * eye])
+    assert bhattacharyya_distances(gm2)[0, 1] == pytest.approx(0.5 * 3 * np.log(2.5 / 2))
+    # the MST of d joins 0-1 (2) and 0-2 (12.5): its largest edge is 12.5
+    assert _max_mst_edge(d) == pytest.approx(12.5)
+    assert _max_mst_edge(np.zeros((1, 1))) == 0.0
+
+
+def _pairs(sep_within: float, sep_between: float) -> GaussianMixture:
+    """Three groups of two unit Gaussians: ``sep_within`` σ apart inside a group, the groups
+    ``sep_between`` σ apart (in 2D)."""
+    centres = []
+    for g in range(3):
+        c = sep_between * np.array([np.cos(2 * np.pi * g / 3), np.sin(2 * np.pi * g / 3)])
+        centres += [c, c + [sep_within, 0.0]]
+    return _gmm(centres, [np.eye(2)] * 6)
+
+
+def test_merge_components_needs_touching_and_a_gap():
+    # touching pairs (2σ: one mode) far from each other (30σ): merged into 3 classes
+    group, info = merge_components(_pairs(2.0, 30.0), 0.1, 2.0)
+    assert info["merged"] and info["touching_groups"] == 3 and info["gap"] > 10
+    np.testing.assert_array_equal(group, [0, 0, 1, 1, 2, 2])
+    # touching pairs (3.5σ) whose nearest other component is only ~6σ away: the groups are
+    # not twice as far apart as their members, so nothing is merged
+    group, info = merge_components(_pairs(3.5, 5.0), 0.1, 2.0)
+    assert info["touching_groups"] == 3 and not info["merged"] and 1.5 < info["gap"] < 2.0
+    np.testing.assert_array_equal(group, np.arange(6))
+    # separated components (8σ inside the pairs: a deep valley) never merge, however far
+    # apart the pairs are
+    group, info = merge_components(_pairs(8.0, 60.0), 0.1, 2.0)
+    assert not info["merged"] and info["touching_groups"] == 6
+    np.testing.assert_array_equal(group, np.arange(6))
+    # a merge below k_min is refused
+    group, info = merge_components(_pairs(2.0, 30.0), 0.1, 2.0, k_min=4)
+    assert not info["merged"]
+    np.testing.assert_array_equal(group, np.arange(6))
+
+
+def test_merging_keeps_touching_classes_at_low_snr(rng):
+    """Five Gaussian classes of which two touch (3σ) and the rest are ~5σ away (like the
+    protocol at SNR 0.05): the touching pair is not merged, as nothing is much farther."""
+    centres = np.array([[0, 0, 0], [3, 0, 0], [1.5, 5, 0], [1.5, -5, 0], [1.5, 0, 5]])
+    truth = np.repeat(np.arange(5), 400)
+    x = centres[truth] + rng.standard_normal((len(truth), 3))
+    plain = cluster_features(x, "gmm", k_min=2, k_max=8, pca_components=3, stability_seeds=0)
+    res = cluster_features(x, "gmm", k_min=2, k_max=8, pca_components=3, stability_seeds=0,
+                           merge_ratio=0.1)
+    assert plain.k == 5 and res.k == 5
+    np.testing.assert_array_equal(res.labels, plain.labels)
+    gm, _ = gmm_bic(res.reduced, list(range(2, 9)))
+    _, info = merge_components(gm, 0.1, 2.0, k_min=2)
+    assert info["touching_groups"] == 4 and info["gap"] < 1.8  # the guard is what decided
+    with pytest.raises(ValueError, match="merge_gap"):
+        cluster_features(x, "gmm", merge_ratio=0.1, merge_gap=0.5)

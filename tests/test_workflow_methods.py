@@ -72,6 +72,7 @@ def test_features_clusters_and_evaluation(methods_run):
         assert np.all((prob > 0) & (prob <= 1 + 1e-9))
         summary = json.loads((res / "cluster" / method / "summary.json").read_text())
         assert summary["k"] == k and sum(summary["class_sizes"]) == n
+        assert summary["mixture_components"] >= k  # BIC components, before any merging
         bic = pd.read_csv(res / "cluster" / method / "bic.tsv", sep="\t")
         assert set(bic["k"]) >= {2, 3, 4}
         assert (res / "cluster" / method / "bic.png").stat().st_size > 0
@@ -157,8 +158,8 @@ def test_class_averages(methods_run):
 
 def test_averaging_change_reruns_only_averaging(methods_run, repo):
     jobs = _dry_run_jobs(repo, methods_run, "averaging.yaml", averaging__iterations=2)
-    assert set(jobs) == {"average_class", "average_summary", "all"}, jobs
-    assert jobs["average_summary"] == 3
+    assert set(jobs) == {"average_class", "average_summary", "averaging_table", "all"}, jobs
+    assert jobs["average_summary"] == jobs["averaging_table"] == 3
 
 
 def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
@@ -169,14 +170,15 @@ def test_dry_run_unchanged_has_nothing_to_do(methods_run, repo):
 
 
 @pytest.mark.parametrize("change", [{"clustering__k_max": 3},
-                                    {"clustering__algorithm": "kmeans", "clustering__k": 2}],
-                         ids=["k_max", "kmeans"])
+                                    {"clustering__algorithm": "kmeans", "clustering__k": 2},
+                                    {"clustering__merge_gap": 3.0}],
+                         ids=["k_max", "kmeans", "merge_gap"])
 def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, change):
     jobs = _dry_run_jobs(repo, methods_run, "clustering.yaml", **change)
     # (the class averages of the new classes appear once the `cluster` checkpoint has run)
     assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
                     "plot_embedding": 3, "summarise_clusters": 1, "classification_table": 1,
-                    "average_summary": 3, "all": 1}, jobs
+                    "average_summary": 3, "averaging_table": 3, "all": 1}, jobs
     assert not {"features_invariant", "features_disca", "features_autoencoder"} & set(jobs)
     assert not UPSTREAM & set(jobs)
 
@@ -186,14 +188,16 @@ def test_disca_change_reruns_only_disca(methods_run, repo):
     # one cluster / evaluate_classification job: DISCA's, not the other methods'
     assert jobs == {"features_disca": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
-                    "classification_table": 1, "average_summary": 1, "all": 1}, jobs
+                    "classification_table": 1, "average_summary": 1, "averaging_table": 1,
+                    "all": 1}, jobs
 
 
 def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
     jobs = _dry_run_jobs(repo, methods_run, "ae.yaml", autoencoder__epochs=3)
     assert jobs == {"features_autoencoder": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
-                    "classification_table": 1, "average_summary": 1, "all": 1}, jobs
+                    "classification_table": 1, "average_summary": 1, "averaging_table": 1,
+                    "all": 1}, jobs
 
 
 def test_forced_disca_job_resumes_from_its_checkpoint(methods_run, repo):
