@@ -87,8 +87,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--star", type=Path, help="labelled particle STAR")
     ap.add_argument("--render", type=Path, help="only rewrite the markdown of this JSON")
-    ap.add_argument("--methods", nargs="+", choices=["invariant", "disca", "autoencoder"],
-                    help="default: those of config.yaml (or of --configfile)")
+    ap.add_argument("--methods", nargs="+",
+                    choices=["invariant", "disca", "autoencoder", "transfer", "protonet3d",
+                             "protonet_ce"],
+                    help="default: those of config.yaml (or of --configfile); the few-shot "
+                    "methods only when a support set (fewshot.support / support_templates) is "
+                    "configured")
+    ap.add_argument("--average", action="store_true",
+                    help="also average every class (off by default: scoring needs no maps)")
     ap.add_argument("--box", type=int, help="working box (default: the set's)")
     ap.add_argument("--voxel-size", type=float, help="working voxel size Å (default: the set's)")
     ap.add_argument("--image-root", type=Path, help="relative image names are relative to this "
@@ -123,6 +129,12 @@ def main() -> None:
     cfg.update(tomograms="", templates={}, subtomogram_sets={}, device=args.device)
     if args.methods:
         cfg["methods"] = list(args.methods)
+    else:  # the demo's few-shot support comes from the simulation's truth, absent here
+        fs = cfg.get("fewshot", {})
+        if not (fs.get("support") or fs.get("support_templates")):
+            cfg["methods"] = [m for m in cfg["methods"] if m not in ("protonet3d", "protonet_ce")]
+    cfg.setdefault("fewshot", {})["support_from_truth"] = 0
+    cfg.setdefault("averaging", {})["enabled"] = bool(args.average)
     cfg["simulation"]["enabled"] = False
     cfg["external"] = {**cfg.get("external", {}), "subtomograms": str(star),
                        "image_root": str(root or ""), "coordinates": "", "truth": True}

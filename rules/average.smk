@@ -54,8 +54,9 @@ rule average_class:
         wedge=wedge_range(),
         device=config["device"],
         has_truth=HAS_TRUTH,
-        templates=TEMPLATES,
-        tolerance=config["evaluation"]["picking_tolerance"],
+        # truth-only settings: on real data they must not rerun the averages
+        templates=TEMPLATES if HAS_TRUTH else [],
+        tolerance=config["evaluation"]["picking_tolerance"] if HAS_TRUTH else None,
         ctf=SIM["ctf"] if HAS_TRUTH else None,
     threads: 2
     resources:

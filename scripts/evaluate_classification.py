@@ -2,8 +2,7 @@
 with the true classes is rule plot_embedding's)."""
 
 import pandas as pd
-from tomoclust.evaluate import truth_classes
-from tomoclust.external import truth_by_index
+from tomoclust.evaluate import truth_by_index, truth_classes
 from tomoclust.io import read_star, write_tsv
 from tomoclust.logs import log, run_rule
 from tomoclust.metrics import clustering_metrics, confusion

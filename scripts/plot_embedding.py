@@ -2,8 +2,7 @@
 when the input is simulated)."""
 
 import numpy as np
-from tomoclust.evaluate import truth_classes
-from tomoclust.external import truth_by_index
+from tomoclust.evaluate import truth_by_index, truth_classes
 from tomoclust.io import read_star
 from tomoclust.logs import log, run_rule
 from tomoclust.plots import plot_embedding

@@ -39,6 +39,9 @@ _WILDCARDS = re.compile(r"^\s*wildcards: (.*)$")
 _FINISHED = re.compile(r"Finished job(?:id:)? (\d+)")
 
 
+# the report's per-method figures and tables, remade whenever the clustering is
+REPORT_JOBS = {("plot_embedding", "method=invariant"), ("summarise_clusters", "")}
+
 def _tomogram(seed: int) -> np.ndarray:
     """Dark blobs (alternately a ball and a dumbbell) in weak Gaussian noise."""
     z, y, x = np.indices(SHAPE, dtype=np.float32)
@@ -213,6 +216,8 @@ def test_resume_redoes_no_finished_job(killed_and_resumed):
     every = {(r, f"tomo={t}") for r in ("ingest", "pick", "extract") for t in ("TS_01", "TS_02")}
     every |= {("gather_particles", ""), ("features_invariant", ""),
               ("cluster", "method=invariant"), ("all", "")}
+    every |= REPORT_JOBS | {("summarise_picks", "")}
+    every |= {("plot_picks", f"tomo={t}") for t in ("TS_01", "TS_02")}
     assert s["finished"] <= every, s["finished"]
     # nothing that finished before the kill is planned again; everything else is, except
     # perhaps the one job that was running (it is planned if it left its outputs behind)
@@ -250,8 +255,9 @@ def test_clustering_change_reruns_only_cluster(killed_and_resumed, repo, change)
     cfg = _write_config(repo, s["workdir"] / "clustering.yaml", Path(sheet), **change)
     proc = _snakemake(repo, s["workdir"], "-n", "--configfile", str(cfg))
     assert proc.returncode == 0, _output(proc)
-    assert _job_stats(_output(proc)) == {"cluster": 1, "all": 1}, _output(proc)
-    assert _job_set(_output(proc)) == {("cluster", "method=invariant"), ("all", "")}
+    assert _job_stats(_output(proc)) == {"cluster": 1, "plot_embedding": 1,
+                                         "summarise_clusters": 1, "all": 1}, _output(proc)
+    assert _job_set(_output(proc)) == {("cluster", "method=invariant"), ("all", "")} | REPORT_JOBS
 
 
 def test_added_tomogram_is_processed_alone(killed_and_resumed, repo, tmp_path):
@@ -264,13 +270,16 @@ def test_added_tomogram_is_processed_alone(killed_and_resumed, repo, tmp_path):
     cfg = _write_config(repo, workdir / "three.yaml", s["sheet3"])
     expected = {("ingest", "tomo=TS_03"), ("pick", "tomo=TS_03"), ("extract", "tomo=TS_03"),
                 ("gather_particles", ""), ("features_invariant", ""),
-                ("cluster", "method=invariant"), ("all", "")}
+                ("cluster", "method=invariant"), ("all", ""),
+                ("plot_picks", "tomo=TS_03"), ("summarise_picks", "")} | REPORT_JOBS
 
     dry = _snakemake(repo, workdir, "-n", "--configfile", str(cfg))
     assert dry.returncode == 0, _output(dry)
     assert _job_stats(_output(dry)) == {"ingest": 1, "pick": 1, "extract": 1,
                                         "gather_particles": 1, "features_invariant": 1,
-                                        "cluster": 1, "all": 1}, _output(dry)
+                                        "cluster": 1, "all": 1, "plot_picks": 1,
+                                        "summarise_picks": 1, "plot_embedding": 1,
+                                        "summarise_clusters": 1}, _output(dry)
     assert _job_set(_output(dry)) == expected, _output(dry)
 
     before = _mtimes(workdir, [p for t in ("TS_01", "TS_02")

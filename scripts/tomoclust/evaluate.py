@@ -12,6 +12,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from . import TomoclustError
 from .io import voxels_from_centered_angst
 
 
@@ -135,3 +136,16 @@ def _match_by_tomogram(picks: pd.DataFrame, truth: pd.DataFrame, tolerance_angst
         a, b = match_points(picks.iloc[pi][cols].to_numpy(), truth.iloc[ti][cols].to_numpy(),
                             tolerance_angst)
         yield tomo, pi, ti, a, b
+
+
+def truth_by_index(particles: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """True class of each particle row from a :func:`truth_table` (matched by
+    ``tclStackIndex``); raises when a particle has no truth row."""
+    lut = dict(zip(truth["tclStackIndex"].astype(int), truth["rlnClassNumber"].astype(int),
+                   strict=True))
+    idx = particles["tclStackIndex"].to_numpy(dtype=np.int64)
+    missing = [int(i) for i in idx if int(i) not in lut]
+    if missing:
+        raise TomoclustError(f"{len(missing)} particle(s) have no ground-truth row (first "
+                             f"tclStackIndex {missing[0]}); the truth table is stale")
+    return np.array([lut[int(i)] for i in idx], dtype=np.int64)

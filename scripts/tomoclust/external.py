@@ -64,6 +64,7 @@ import pandas as pd
 import starfile
 
 from . import TomoclustError
+from .evaluate import truth_by_index  # noqa: F401  (re-exported)
 from .extract import ResamplePlan, boxes_in_bounds, plan_resampling, resample_boxes
 from .io import StackWriter, open_mrc, optics_table, particle_table, write_star, xyz_to_zyx
 from .starhead import has_class_numbers, particle_labels, star_labels  # noqa: F401
@@ -697,16 +698,3 @@ def truth_table(particles: pd.DataFrame, column: str = TRUTH_COLUMN) -> pd.DataF
         if c in particles.columns:
             out[c] = particles[c].to_numpy()
     return out
-
-
-def truth_by_index(particles: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
-    """True class of each particle row from a :func:`truth_table` (matched by
-    ``tclStackIndex``); raises when a particle has no truth row."""
-    lut = dict(zip(truth["tclStackIndex"].astype(int), truth["rlnClassNumber"].astype(int),
-                   strict=True))
-    idx = particles["tclStackIndex"].to_numpy(dtype=np.int64)
-    missing = [int(i) for i in idx if int(i) not in lut]
-    if missing:
-        raise TomoclustError(f"{len(missing)} particle(s) have no ground-truth row (first "
-                             f"tclStackIndex {missing[0]}); the truth table is stale")
-    return np.array([lut[int(i)] for i in idx], dtype=np.int64)
