@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from conftest import DEVICES
+from test_workflow import _write_config as write_tiny_config
 from tomoclust import TomoclustError
 from tomoclust.fewshot import (
     FewShotParams,
@@ -401,15 +401,7 @@ VARIANTS = ["protonet3d", "protonet_ce"]
 
 
 def _write_config(repo: Path, path: Path, **changes) -> Path:
-    cfg = yaml.safe_load((repo / "tests" / "data" / "tiny_fewshot.yaml").read_text())
-    cfg["templates"] = {k: str(repo / v) for k, v in cfg["templates"].items()}
-    fs = cfg["fewshot"]
-    fs["train_templates"] = {k: str(repo / v) for k, v in fs["train_templates"].items()}
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        cfg[section][key] = value
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return write_tiny_config(repo, path, "tiny_fewshot.yaml", **changes)
 
 
 def _smk(repo: Path, workdir: Path, *args: str, timeout: int = 600):

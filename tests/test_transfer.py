@@ -19,6 +19,7 @@ from scipy import ndimage
 from sklearn.cluster import KMeans
 from sklearn.metrics import v_measure_score
 from test_workflow import _job_stats, _output, _snakemake
+from test_workflow import _write_config as write_tiny_config
 from tomoclust import TomoclustError
 from tomoclust.fourier import wedge_mask
 from tomoclust.io import read_star
@@ -285,15 +286,7 @@ def test_cache_keys_follow_templates_box_voxel_size_and_settings(tmp_path, repo)
 # --------------------------------------------------------------------------------- workflow
 def _write_config(repo: Path, path: Path, **changes) -> Path:
     """tests/data/tiny_transfer.yaml with absolute template paths and section__key changes."""
-    cfg = yaml.safe_load((repo / "tests" / "data" / "tiny_transfer.yaml").read_text())
-    cfg["templates"] = {k: str(repo / v) for k, v in cfg["templates"].items()}
-    t = cfg["transfer"]
-    t["templates"] = {k: str(repo / v) for k, v in t["templates"].items()}
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        cfg[section][key] = value
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return write_tiny_config(repo, path, "tiny_transfer.yaml", **changes)
 
 
 @pytest.fixture(scope="module")

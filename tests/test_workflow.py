@@ -49,10 +49,19 @@ def _job_stats(text: str) -> dict[str, int]:
     return jobs
 
 
+# template libraries of a config (section, key): their paths are relative to the repository
+TEMPLATE_LIBRARIES = [(None, "templates"), ("transfer", "templates"),
+                      ("fewshot", "train_templates")]
+
+
 def _write_config(repo: Path, path: Path, base: str = "tiny.yaml", **changes) -> Path:
-    """tests/data/``base`` with absolute template paths and ``section__key=value`` changes."""
+    """tests/data/``base`` with absolute template paths (every library in it) and
+    ``section__key=value`` changes."""
     cfg = yaml.safe_load((repo / "tests" / "data" / base).read_text())
-    cfg["templates"] = {k: str(repo / v) for k, v in cfg["templates"].items()}
+    for section, key in TEMPLATE_LIBRARIES:
+        holder = cfg if section is None else cfg.get(section) or {}
+        if holder.get(key):
+            holder[key] = {k: str(repo / v) for k, v in holder[key].items()}
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         cfg[section][key] = value
