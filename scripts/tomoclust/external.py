@@ -66,7 +66,15 @@ import starfile
 from . import TomoclustError
 from .evaluate import truth_by_index  # noqa: F401  (re-exported)
 from .extract import ResamplePlan, boxes_in_bounds, plan_resampling, resample_boxes
-from .io import StackWriter, open_mrc, optics_table, particle_table, write_star, xyz_to_zyx
+from .io import (
+    StackWriter,
+    open_mrc,
+    optics_table,
+    particle_table,
+    read_star_blocks,
+    write_star,
+    xyz_to_zyx,
+)
 from .starhead import has_class_numbers, particle_labels, star_labels  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -104,22 +112,10 @@ def read_particles(path: str | Path, what: str = "STAR file"
                    ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     """The particle block (``particles``, else the last block), the optics block or ``None``,
     and the particle block's name (for messages)."""
-    p = Path(path)
-    if not p.is_file():
-        raise TomoclustError(f"{what} {p}: file does not exist")
-    try:
-        data = starfile.read(p, always_dict=True)
-    except Exception as exc:  # starfile raises many types on malformed input
-        raise TomoclustError(f"{what} {p}: not a readable STAR file ({exc})") from exc
-    if not data:
-        raise TomoclustError(f"{what} {p}: contains no data block")
+    data = read_star_blocks(path, what)
     name = "particles" if "particles" in data else list(data)[-1]
     df = data[name]
-    if not isinstance(df, pd.DataFrame):
-        df = pd.DataFrame([df]) if isinstance(df, Mapping) else pd.DataFrame(df)
     optics = data.get("optics") if name != "optics" else None
-    if optics is not None and not isinstance(optics, pd.DataFrame):
-        optics = pd.DataFrame([optics])
     return df.reset_index(drop=True), optics, f"data_{name}"
 
 

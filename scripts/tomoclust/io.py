@@ -355,12 +355,9 @@ def open_stack(path: PathLike) -> tuple[np.ndarray, float]:
 
 
 # -------------------------------------------------------------------------------- STAR
-def read_star(path: PathLike, block: str | None = None, what: str = "STAR file") -> pd.DataFrame:
-    """Read one data block of a STAR file as a DataFrame.
-
-    Without ``block`` the ``particles`` block is returned if present, else the only (or
-    last) block.
-    """
+def read_star_blocks(path: PathLike, what: str = "STAR file") -> dict[str, pd.DataFrame]:
+    """Every data block of a STAR file, by name, each as a DataFrame (single-row blocks too);
+    a missing, unreadable or empty file is a :class:`TomoclustError` naming it."""
     p = Path(path)
     _check_exists(p, what)
     try:
@@ -369,17 +366,25 @@ def read_star(path: PathLike, block: str | None = None, what: str = "STAR file")
         raise TomoclustError(f"{what} {p}: not a readable STAR file ({exc})") from exc
     if not data:
         raise TomoclustError(f"{what} {p}: contains no data block")
+    return {name: df if isinstance(df, pd.DataFrame)
+            else pd.DataFrame([df]) if isinstance(df, Mapping) else pd.DataFrame(df)
+            for name, df in data.items()}
+
+
+def read_star(path: PathLike, block: str | None = None, what: str = "STAR file") -> pd.DataFrame:
+    """Read one data block of a STAR file as a DataFrame.
+
+    Without ``block`` the ``particles`` block is returned if present, else the only (or
+    last) block.
+    """
+    data = read_star_blocks(path, what)
     if block is not None:
         if block not in data:
-            raise TomoclustError(f"{what} {p}: has no data_{block} block (found {list(data)})")
-        df = data[block]
-    elif "particles" in data:
-        df = data["particles"]
-    else:
-        df = list(data.values())[-1]
-    if not isinstance(df, pd.DataFrame):
-        df = pd.DataFrame([df]) if isinstance(df, Mapping) else pd.DataFrame(df)
-    return df
+            raise TomoclustError(f"{what} {path}: has no data_{block} block (found {list(data)})")
+        return data[block]
+    if "particles" in data:
+        return data["particles"]
+    return list(data.values())[-1]
 
 
 def write_star(path: PathLike, blocks: pd.DataFrame | Mapping[str, pd.DataFrame]) -> None:
