@@ -21,6 +21,18 @@ def _devices() -> list[str]:
 DEVICES = _devices()
 
 
+class Interrupt(Exception):
+    """Raised by :func:`interrupt_after` to kill a training loop in a resume test."""
+
+
+def interrupt_after(stop: int):
+    """An epoch/iteration hook that raises :class:`Interrupt` once it is called with ``stop``."""
+    def hook(i: int) -> None:
+        if i == stop:
+            raise Interrupt(f"killed after step {i}")
+    return hook
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

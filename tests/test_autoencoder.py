@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, Interrupt, interrupt_after
 from test_disca import planted_shapes
 from tomoclust.autoencoder import AutoencoderParams, describe, run_autoencoder
 from tomoclust.train import Checkpoint, fingerprint
@@ -48,24 +48,13 @@ def test_autoencoder_is_reproducible_and_rejects_odd_boxes(stack):
         run_autoencoder(np.zeros((4, 18, 18, 18), np.float32), _params(), "cpu")
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _stop_after(epoch: int):
-    def hook(ep: int) -> None:
-        if ep == epoch:
-            raise _Interrupt
-    return hook
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_interrupted_autoencoder_resumes(stack, device, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tomoclust")
     params = _params(epochs=4)
     ckpt = Checkpoint(tmp_path / "ae.pt", fingerprint(describe(params)))
-    with pytest.raises(_Interrupt):
-        run_autoencoder(stack, params, device, checkpoint=ckpt, on_epoch=_stop_after(1))
+    with pytest.raises(Interrupt):
+        run_autoencoder(stack, params, device, checkpoint=ckpt, on_epoch=interrupt_after(1))
     assert int(ckpt.load()["epoch"]) == 1
     caplog.clear()
     seen = []

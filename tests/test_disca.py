@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DEVICES, REPO
+from conftest import DEVICES, REPO, Interrupt, interrupt_after
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
 from tomoclust.disca import (
@@ -172,17 +172,6 @@ def test_disca_random_init_runs(shapes):
 
 
 # ------------------------------------------------------------------------------- resume
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(stop: int):
-    def hook(i: int) -> None:
-        if i == stop:
-            raise _Interrupt(f"killed after iteration {i}")
-    return hook
-
-
 @pytest.fixture
 def info_logs(caplog):
     caplog.set_level(logging.INFO, logger="tomoclust")
@@ -195,8 +184,8 @@ def test_interrupted_run_resumes_from_its_checkpoint(shapes, device, tmp_path, i
     params = _params(iterations=4, convergence=1.0)  # never stops early
     n_passes = params.iterations + 1  # + the invariant initial clustering
     ckpt = Checkpoint(tmp_path / "disca.pt", fingerprint(describe(params)))
-    with pytest.raises(_Interrupt):
-        run_disca(stack, params, device, checkpoint=ckpt, on_iteration=_interrupt_after(1))
+    with pytest.raises(Interrupt):
+        run_disca(stack, params, device, checkpoint=ckpt, on_iteration=interrupt_after(1))
     assert ckpt.path.is_file()
     assert int(ckpt.load()["iteration"]) == 1
     assert "resuming" not in info_logs.text
@@ -247,9 +236,9 @@ def test_changed_settings_start_from_scratch(shapes, tmp_path, info_logs):
     stack, _ = shapes
     params = _params(iterations=3, convergence=1.0)
     path = tmp_path / "disca.pt"
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         run_disca(stack, params, "cpu", checkpoint=Checkpoint(path, fingerprint(describe(params))),
-                  on_iteration=_interrupt_after(1))
+                  on_iteration=interrupt_after(1))
     info_logs.clear()
     changed = _params(iterations=2, convergence=1.0)
     seen = []

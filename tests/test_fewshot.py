@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, Interrupt, interrupt_after
 from test_workflow import _write_config as write_tiny_config
 from tomoclust import TomoclustError
 from tomoclust.fewshot import (
@@ -243,16 +243,9 @@ def test_killed_training_resumes_to_the_same_model(tmp_path, caplog, device):
                            episodes_per_epoch=3, lr_step=1, seed=5)
     full = train_protonet(x, y, params, device)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_first(ep):
-        if ep == 0:
-            raise Killed
-
     ckpt = Checkpoint(tmp_path / "ck.pt", "fp-a")
-    with pytest.raises(Killed):
-        train_protonet(x, y, params, device, checkpoint=ckpt, on_epoch=kill_after_first)
+    with pytest.raises(Interrupt):
+        train_protonet(x, y, params, device, checkpoint=ckpt, on_epoch=interrupt_after(0))
     assert ckpt.load() is not None and int(ckpt.load()["epoch"]) == 0
     with caplog.at_level("INFO"):
         resumed = train_protonet(x, y, params, device, checkpoint=ckpt,

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import DEVICES
+from conftest import DEVICES, Interrupt, interrupt_after
 from scipy import ndimage
 from sklearn.cluster import KMeans
 from sklearn.metrics import v_measure_score
@@ -185,17 +185,6 @@ def test_bad_labels_and_too_small_boxes_are_clear_errors(easy_set):
         train_transfer(ts.stack[:8, :2, :2, :2], ts.labels[:8], ts.class_names, _params(), "cpu")
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _stop_after(epoch: int):
-    def hook(ep: int) -> None:
-        if ep == epoch:
-            raise _Interrupt
-    return hook
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_interrupted_training_resumes(easy_set, device, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tomoclust")
@@ -203,9 +192,9 @@ def test_interrupted_training_resumes(easy_set, device, tmp_path, caplog):
     stack, labels = ts.stack[:64], ts.labels[:64]
     params = _params(epochs=3)
     ckpt = Checkpoint(tmp_path / "t.pt", fingerprint(params.as_dict()))
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         train_transfer(stack, labels, ts.class_names, params, device, checkpoint=ckpt,
-                       on_epoch=_stop_after(0))
+                       on_epoch=interrupt_after(0))
     assert int(ckpt.load()["epoch"]) == 0
     caplog.clear()
     seen = []
