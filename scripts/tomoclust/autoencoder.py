@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .nn import AutoEncoder3D
-from .train import Checkpoint, batches, infer, rng_state, set_rng_state, to_tensor, write_history
+from .train import Checkpoint, batches, infer, resume_epochs, rng_state, to_tensor, write_history
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,8 @@ def run_autoencoder(stack: np.ndarray, params: AutoencoderParams, device,
     rng = np.random.default_rng(params.seed)
     model = AutoEncoder3D(d, params.code_dim, params.channels).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr)
-    start, history = 0, []
-    state = checkpoint.load(device) if checkpoint is not None else None
+    start, history, state = resume_epochs(checkpoint, device, model, opt, rng)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(rng, state["rng"])
-        start, history = int(state["epoch"]) + 1, list(state["history"])
         log.info("resuming autoencoder from checkpoint after epoch %d", start - 1)
     for ep in range(start, params.epochs):
         t0 = time.time()

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import TomoclustError
-from .train import Checkpoint, rng_state, set_rng_state, to_tensor, write_history
+from .train import Checkpoint, resume_epochs, rng_state, to_tensor, write_history
 
 log = logging.getLogger(__name__)
 
@@ -283,14 +283,8 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotParams,
     model = ProtoNet(stack.shape[-1], params).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=params.lr_step, gamma=params.lr_gamma)
-    start, history = 0, []
-    state = checkpoint.load(device) if checkpoint is not None else None
+    start, history, state = resume_epochs(checkpoint, device, model, opt, rng, sched)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(rng, state["rng"])
-        start, history = int(state["epoch"]) + 1, list(state["history"])
         log.info("resuming few-shot training from checkpoint after epoch %d", start - 1)
     for ep in range(start, params.epochs):
         t0 = time.time()

@@ -104,6 +104,27 @@ def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
 
 
+def resume_epochs(checkpoint: Checkpoint | None, device: str | torch.device,
+                  model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  rng: np.random.Generator, scheduler: Any = None
+                  ) -> tuple[int, list[dict], dict[str, Any] | None]:
+    """Restore an epoch-based training run from its checkpoint, if there is one.
+
+    Loads the model, optimizer (and scheduler) states and the random generators saved with
+    ``model``, ``optimizer``, ``scheduler``, ``rng`` keys; returns the first epoch still to
+    run, the history so far and the raw state (for extra items), or ``(0, [], None)``.
+    """
+    state = checkpoint.load(device) if checkpoint is not None else None
+    if state is None:
+        return 0, [], None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(rng, state["rng"])
+    return int(state["epoch"]) + 1, list(state["history"]), state
+
+
 def write_history(path: str | Path | None, rows: list[dict]) -> None:
     if path is not None:
         write_tsv(path, pd.DataFrame(rows))

@@ -34,7 +34,7 @@ from torch import nn
 from . import TomoclustError
 from .density import fit_box
 from .simulate import CtfParams, Template, simulate_subtomograms
-from .train import Checkpoint, batches, infer, rng_state, set_rng_state, to_tensor, write_history
+from .train import Checkpoint, batches, infer, resume_epochs, rng_state, to_tensor, write_history
 from .transfer_config import (  # noqa: F401  (re-exported: the keys live in a torch-free module)
     NO_PARTICLE,
     TrainingSetParams,
@@ -290,14 +290,9 @@ def train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[
                              f"minimum {model.min_box()} (input_binning · 2^stages)")
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     train_idx, val_idx = split_validation(labels, params.val_fraction, params.seed)
-    start, history = 0, []
-    state = checkpoint.load(device) if checkpoint is not None else None
+    start, history, state = resume_epochs(checkpoint, device, model, opt, rng)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(rng, state["rng"])
         gen.set_state(state["augment_rng"].cpu())
-        start, history = int(state["epoch"]) + 1, list(state["history"])
         log.info("resuming transfer training from checkpoint after epoch %d", start - 1)
     for ep in range(start, params.epochs):
         t0 = time.time()
