@@ -44,7 +44,7 @@ from tomoclust.cluster import (
 )
 from tomoclust.density import template_density
 from tomoclust.disca import DiscaParams, run_disca
-from tomoclust.invariants import shell_spectra
+from tomoclust.invariants import invariant_features
 from tomoclust.io import save_npy, write_json
 from tomoclust.metrics import clustering_metrics
 from tomoclust.simulate import Template, simulate_subtomograms
@@ -59,10 +59,13 @@ TARGET = {100: 0.99, 0.1: 0.95, 0.05: 0.93, 0.03: 0.90, 0.01: 0.70}
 
 def features_for(method: str, stack: np.ndarray, seed: int, device: str, args) -> np.ndarray:
     if method == "invariant":
-        return shell_spectra(stack, 6, 1.0, device=device)
+        return invariant_features(stack, 6, 1.0, radial=args.radial,
+                                  spectrum_components=args.invariant_components or None,
+                                  device=device)
     if method == "disca":
         p = DiscaParams(preset=args.disca_preset, iterations=args.disca_iterations, k_max=10,
-                        seed=seed)
+                        seed=seed, invariant_radial=args.radial,
+                        invariant_components=args.invariant_components or None)
         return run_disca(stack, p, device).features
     if method == "autoencoder":
         p = AutoencoderParams(epochs=args.ae_epochs, channels=args.ae_channels, seed=seed)
@@ -74,8 +77,11 @@ def method_tag(method: str, args) -> str:
     """Short hash of the settings that determine a method's features (cache key)."""
     keys = {"invariant": [], "disca": ["disca_preset", "disca_iterations"],
             "autoencoder": ["ae_epochs", "ae_channels"]}[method]
-    text = json.dumps({k: getattr(args, k) for k in keys} | {"variant": args.variant},
-                      sort_keys=True)
+    tag = {k: getattr(args, k) for k in keys} | {"variant": args.variant}
+    if method in ("invariant", "disca") and (args.radial or args.invariant_components):
+        # only when not the default descriptor, so that earlier caches keep their keys
+        tag |= {"radial": args.radial, "invariant_components": args.invariant_components}
+    text = json.dumps(tag, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -276,6 +282,10 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=1000)
     ap.add_argument("--disca-preset", default="light")
     ap.add_argument("--disca-iterations", type=int, default=5)
+    ap.add_argument("--radial", action="store_true",
+                    help="invariant features (and DISCA's first labels) with the radial profile")
+    ap.add_argument("--invariant-components", type=int, default=0,
+                    help="principal components of the shell spectra kept (0: all columns)")
     ap.add_argument("--ae-epochs", type=int, default=5)
     ap.add_argument("--ae-channels", type=int, default=8)
     ap.add_argument("--device", default="auto")

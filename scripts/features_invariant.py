@@ -1,10 +1,11 @@
-"""Rule features_invariant: rotation-invariant shell spectra of the gathered particles."""
+"""Rule features_invariant: rotation-invariant radial profile and shell spectra of the gathered
+particles."""
 
 import time
 
 import torch
 from tomoclust.features import load_particles, run_info, save_features, write_info
-from tomoclust.invariants import shell_spectra
+from tomoclust.invariants import invariant_features
 from tomoclust.logs import log, resolve_device, run_rule
 
 
@@ -14,7 +15,8 @@ def main(smk) -> None:
     cfg = smk.params.invariant
     df, stack, _ = load_particles(smk.input.star, smk.input.stack)
     t0 = time.time()
-    feats = shell_spectra(stack, cfg["l_max"], cfg["lowpass"], device=device)
+    feats = invariant_features(stack, cfg["l_max"], cfg["lowpass"], radial=cfg["radial"],
+                               spectrum_components=cfg["spectrum_components"], device=device)
     dt = time.time() - t0
     log.info("%d particles -> %d invariant features in %.1f s (%.0f/s) on %s", len(df),
              feats.shape[1], dt, len(df) / max(dt, 1e-9), device)

@@ -1,5 +1,6 @@
 """tomoclust.invariants: spherical-harmonic shell spectra are rotation invariant and
-discriminative; the harmonics are orthonormal; the Gaussian blur."""
+discriminative; the harmonics are orthonormal; the Gaussian blur; the linear radial profile
+(known values, linearity, invariance) and the combined ``invariant`` features."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from tomoclust.invariants import (
     ShellSpectrum,
     fibonacci_sphere,
     gaussian_blur,
+    invariant_features,
+    principal_components,
+    radial_profile,
     real_sph_harm,
     shell_spectra,
 )
@@ -133,3 +137,69 @@ def test_gaussian_blur_keeps_the_mean_and_reduces_white_noise(device, rng):
     # σ = 0 is the identity
     np.testing.assert_allclose(gaussian_blur(torch.as_tensor(noise[:1]), 0.0).numpy(),
                                noise[:1], atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_radial_profile_known_values_linearity_and_invariance(device, rng):
+    d = 24
+    zz, yy, xx = np.indices((d, d, d)) - d // 2
+    r = np.sqrt(xx**2 + yy**2 + zz**2)
+    # a constant volume has a constant profile; a ball of radius 5.2 fills shells 0..5 only
+    const = np.full((d, d, d), 2.5, np.float32)
+    ball = (r <= 5.2).astype(np.float32)
+    a, b = _smooth_volume(rng), _smooth_volume(rng)
+    vols = np.stack([const, ball, a, b, 3 * a - b])
+    p = radial_profile(vols, device=device, batch_size=2)
+    assert p.shape == (5, d // 2 + 1) and p.dtype == np.float32
+    np.testing.assert_allclose(p[0], 2.5, rtol=1e-6)
+    np.testing.assert_allclose(p[1, :5], 1.0, atol=1e-6)  # every voxel with round(r) <= 4
+    assert 0.2 < p[1, 5] < 1.0  # shell 5 straddles the ball's edge
+    np.testing.assert_allclose(p[1, 7:], 0.0, atol=1e-7)
+    # linear in the data (the point of keeping it: noise averages out, no bias)
+    np.testing.assert_allclose(p[4], 3 * p[2] - p[3], atol=1e-5)
+    # shell 3 by hand
+    np.testing.assert_allclose(p[2, 3], a[np.rint(r) == 3].mean(), rtol=1e-5)
+    # zero-mean noise averages towards zero in the outer shells (no positive bias)
+    noise = rng.standard_normal((200, d, d, d)).astype(np.float32)
+    pn = radial_profile(noise, device=device)
+    assert abs(pn[:, 8:].mean()) < 0.01
+    # invariant under proper rotations (cubic interpolation; the ball is soft-masked inside)
+    rot = np.stack([rotate_volume(a, m, order=3) for m in random_rotations(4, rng)])
+    pr = radial_profile(rot, device=device)
+    for q in pr:
+        assert _rel(q[1:10], p[2, 1:10]) < 0.05
+
+
+def test_principal_components_are_unit_variance_uncorrelated_and_sign_fixed(rng):
+    x = rng.standard_normal((300, 3)) @ np.array([[3.0, 1.0, 0.0], [0.0, 1.0, 0.5],
+                                                   [0.0, 0.0, 0.2]])
+    x = np.hstack([x, np.full((300, 1), 7.0)])  # a constant column is harmless
+    z = principal_components(x, 2)
+    assert z.shape == (300, 2) and z.dtype == np.float32
+    np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.corrcoef(z.T)[0, 1], 0.0, atol=1e-6)
+    # deterministic: permuting the rows permutes the scores (same components, same signs)
+    perm = rng.permutation(300)
+    np.testing.assert_allclose(principal_components(x[perm], 2), z[perm], atol=1e-5)
+    assert principal_components(x, 50).shape == (300, 4)  # capped at n_features
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        principal_components(x[:1], 2)
+
+
+def test_invariant_features_layout_and_rotation_invariance(rng):
+    shapes = [_smooth_volume(rng) for _ in range(3)]
+    mats = random_rotations(4, rng)
+    vols = np.stack([rotate_volume(v, m, order=3) for v in shapes for m in mats])
+    # three shapes span two between-shape directions: keep those two components (further
+    # ones would be interpolation error scaled up to unit variance)
+    f = invariant_features(vols, l_max=4, lowpass_sigma=1.0, radial=True, spectrum_components=2)
+    assert f.shape == (12, 13 + 2)
+    np.testing.assert_allclose(f[:, :13], radial_profile(vols))
+    # same shape in any orientation -> (nearly) the same features; different shapes differ
+    spread = [np.abs(f[4 * i:4 * i + 4, 13:] - f[4 * i:4 * i + 4, 13:].mean(0)).max()
+              for i in range(3)]
+    means = np.stack([f[4 * i:4 * i + 4, 13:].mean(0) for i in range(3)])
+    gap = min(np.abs(means[i] - means[j]).max() for i in range(3) for j in range(i))
+    assert max(spread) < 0.2 * gap, (spread, gap)
+    raw = invariant_features(vols, l_max=4)  # the defaults: the plain shell spectra
+    np.testing.assert_allclose(raw, shell_spectra(vols, 4, 1.0))

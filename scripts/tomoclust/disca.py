@@ -77,6 +77,8 @@ class DiscaParams:
     init: str = "invariant"  # "invariant" (shell-spectrum labels) or "random" (the reference)
     invariant_l_max: int = 6
     invariant_lowpass: float = 1.0
+    invariant_radial: bool = False
+    invariant_components: int | None = None
     seed: int = 0
 
     def network(self) -> YopoConfig:
@@ -215,10 +217,11 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
     if params.init not in ("invariant", "random"):
         raise ValueError(f"unknown DISCA init {params.init!r} (invariant or random)")
     if params.init == "invariant":
-        from .invariants import shell_spectra
+        from .invariants import invariant_features
 
-        inv = shell_spectra(stack, params.invariant_l_max, params.invariant_lowpass,
-                            device=device)
+        inv = invariant_features(stack, params.invariant_l_max, params.invariant_lowpass,
+                                 radial=params.invariant_radial,
+                                 spectrum_components=params.invariant_components, device=device)
         z_inv = reduce_features(inv, params.pca_components, params.seed)
     n_passes = params.iterations + (1 if params.init == "invariant" else 0)
     for it in range(start, n_passes):
