@@ -31,14 +31,14 @@ rule average_class:
         info="results/average/{method}/class{k}/info.json",
         slices=report(
             "results/average/{method}/class{k}/slices.png",
-            category="Averaging",
+            category="5. Averaging",
             subcategory="{method}",
             caption="../report/average_slices.rst",
             labels={"method": "{method}", "class": "{k}", "figure": "central slices"},
         ),
         fsc_plot=report(
             "results/average/{method}/class{k}/fsc.png",
-            category="Averaging",
+            category="5. Averaging",
             subcategory="{method}",
             caption="../report/average_fsc.rst",
             labels={"method": "{method}", "class": "{k}", "figure": "FSC"},
@@ -93,7 +93,7 @@ rule averaging_table:
         report(
             "results/average/{method}/summary.html",
             caption="../report/average_table.rst",
-            category="Averaging",
+            category="5. Averaging",
             subcategory="{method}",
             labels={"method": "{method}", "figure": "summary table"},
         ),

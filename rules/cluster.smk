@@ -10,7 +10,7 @@ checkpoint cluster:
         plot=report(
             "results/cluster/{method}/bic.png",
             caption="../report/bic.rst",
-            category="Clustering",
+            category="3. Clustering",
             subcategory="{method}",
             labels={"method": "{method}", "figure": "BIC and chosen K"},
         ),

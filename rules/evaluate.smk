@@ -9,7 +9,7 @@ rule evaluate_picking:
         plot=report(
             "results/evaluation/picking/picking.png",
             caption="../report/picking.rst",
-            category="Picking",
+            category="1. Picking",
             subcategory="against the ground truth",
             labels={"figure": "precision, recall, F1"},
         ),
@@ -34,7 +34,7 @@ rule evaluate_classification:
         confusion_plot=report(
             "results/evaluation/{method}/confusion.png",
             caption="../report/confusion.rst",
-            category="Evaluation",
+            category="4. Evaluation",
             subcategory="{method}",
             labels={"method": "{method}", "figure": "confusion matrix"},
         ),

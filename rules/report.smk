@@ -11,7 +11,7 @@ rule plot_picks:
         report(
             "results/report/picks/{tomo}.jpg",
             caption="../report/picks.rst",
-            category="Picking",
+            category="1. Picking",
             subcategory="picks on tomogram slabs",
             labels={"tomogram": "{tomo}", "figure": "picks on slabs"},
         ),
@@ -36,7 +36,7 @@ rule plot_embedding:
         report(
             "results/report/{method}/embedding.png",
             caption="../report/embedding.rst",
-            category="Features",
+            category="2. Features",
             subcategory="{method}",
             labels={"method": "{method}", "figure": "t-SNE of the features"},
         ),
@@ -64,7 +64,7 @@ rule summarise_clusters:
         html=report(
             "results/cluster/summary.html",
             caption="../report/cluster_summary.rst",
-            category="Clustering",
+            category="3. Clustering",
             subcategory="all methods",
             labels={"figure": "classes per method"},
         ),
@@ -86,7 +86,7 @@ rule plot_templates:
         report(
             "results/report/simulation/templates.png",
             caption="../report/templates.rst",
-            category="Simulation",
+            category="0. Simulation",
             subcategory="templates",
             labels={"figure": "template maps"},
         ),
@@ -105,7 +105,7 @@ rule picking_table:
         report(
             "results/evaluation/picking/metrics.html",
             caption="../report/picking_table.rst",
-            category="Picking",
+            category="1. Picking",
             subcategory="against the ground truth",
             labels={"figure": "metrics table"},
         ),
@@ -129,7 +129,7 @@ rule classification_table:
         report(
             "results/evaluation/classification.html",
             caption="../report/classification_table.rst",
-            category="Evaluation",
+            category="4. Evaluation",
             subcategory="all methods",
             labels={"figure": "metrics table"},
         ),
@@ -154,7 +154,7 @@ rule summarise_picks:
         html=report(
             "results/picks/summary.html",
             caption="../report/picks_table.rst",
-            category="Picking",
+            category="1. Picking",
             subcategory="picks per tomogram",
             labels={"figure": "picks table"},
         ),

@@ -264,13 +264,13 @@ def test_real_data_report_has_every_stage_without_evaluation(real_data_run):
     rep = read_report(real_data_run / "report.html")
     cats, results = rep["categories"], rep["results"]
     # no ground truth: no Simulation and no Evaluation category, and no truth figures
-    assert {"Picking", "Features", "Clustering"} <= set(cats), cats
-    assert not {"Simulation", "Evaluation"} & set(cats), cats
-    assert cats["Picking"] == {"picks on tomogram slabs": ["results/report/picks/TS_01.jpg",
+    assert {"1. Picking", "2. Features", "3. Clustering"} <= set(cats), cats
+    assert not {"0. Simulation", "4. Evaluation"} & set(cats), cats
+    assert cats["1. Picking"] == {"picks on tomogram slabs": ["results/report/picks/TS_01.jpg",
                                                           "results/report/picks/TS_02.jpg"],
                                "picks per tomogram": ["results/picks/summary.html"]}
-    assert cats["Features"] == {"invariant": ["results/report/invariant/embedding.png"]}
-    assert cats["Clustering"] == {"invariant": ["results/cluster/invariant/bic.png"],
+    assert cats["2. Features"] == {"invariant": ["results/report/invariant/embedding.png"]}
+    assert cats["3. Clustering"] == {"invariant": ["results/cluster/invariant/bic.png"],
                                   "all methods": ["results/cluster/summary.html"]}
     for path, res in results.items():
         assert res["caption"].strip(), f"{path} has no caption"

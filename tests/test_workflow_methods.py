@@ -243,33 +243,33 @@ def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
     assert proc.returncode == 0, _output(proc)[-5000:]
     rep = read_report(out)
     cats, results = rep["categories"], rep["results"]
-    assert {"Simulation", "Picking", "Features", "Clustering", "Evaluation",
-            "Averaging"} <= set(cats), cats
+    assert {"0. Simulation", "1. Picking", "2. Features", "3. Clustering", "4. Evaluation",
+            "5. Averaging"} <= set(cats), cats
     for method in METHODS:  # every averaged class: central slices and FSC, plus the table
         avg = methods_run / "results" / "average" / method
         classes = sorted(p.parent.name for p in avg.glob("class*/average.mrc"))
         expected = {f"results/average/{method}/summary.html"} | {
             f"results/average/{method}/{c}/{f}" for c in classes for f in ("slices.png", "fsc.png")}
-        assert set(cats["Averaging"][method]) == expected, cats["Averaging"]
-    assert cats["Simulation"] == {"templates": ["results/report/simulation/templates.png"]}
-    assert cats["Picking"] == {
+        assert set(cats["5. Averaging"][method]) == expected, cats["5. Averaging"]
+    assert cats["0. Simulation"] == {"templates": ["results/report/simulation/templates.png"]}
+    assert cats["1. Picking"] == {
         "picks on tomogram slabs": ["results/report/picks/sim01.jpg",
                                     "results/report/picks/sim02.jpg"],
         "against the ground truth": ["results/evaluation/picking/metrics.html",
                                      "results/evaluation/picking/picking.png"],
         "picks per tomogram": ["results/picks/summary.html"]}
     for method in METHODS:
-        assert cats["Features"][method] == [f"results/report/{method}/embedding.png"]
-        assert cats["Clustering"][method] == [f"results/cluster/{method}/bic.png"]
-        assert cats["Evaluation"][method] == [f"results/evaluation/{method}/confusion.png"]
-        for path in cats["Features"][method] + cats["Evaluation"][method]:
+        assert cats["2. Features"][method] == [f"results/report/{method}/embedding.png"]
+        assert cats["3. Clustering"][method] == [f"results/cluster/{method}/bic.png"]
+        assert cats["4. Evaluation"][method] == [f"results/evaluation/{method}/confusion.png"]
+        for path in cats["2. Features"][method] + cats["4. Evaluation"][method]:
             assert f"<strong>{method}</strong>" in results[path]["caption"], path
             assert results[path]["labels"]["method"] == method
         emb = results[f"results/report/{method}/embedding.png"]
         assert "true class" in emb["caption"]
         assert png_size(result_bytes(emb))[0] > 700  # two panels: cluster and true class
-    assert cats["Clustering"]["all methods"] == ["results/cluster/summary.html"]
-    assert cats["Evaluation"]["all methods"] == ["results/evaluation/classification.html"]
+    assert cats["3. Clustering"]["all methods"] == ["results/cluster/summary.html"]
+    assert cats["4. Evaluation"]["all methods"] == ["results/evaluation/classification.html"]
     for path, res in results.items():
         assert res["caption"].strip(), f"{path} has no caption"
         assert result_bytes(res) == (methods_run / path).read_bytes(), path
