@@ -153,6 +153,12 @@ def _job_stats(text: str) -> Counter:
     return Counter({r: int(n) for r, n in rows if r != "total"})
 
 
+def _scheduled_jobs(text: str) -> Counter:
+    """{rule: count} of the jobs snakemake announced (``rule X:`` / ``checkpoint X:`` blocks),
+    including those it added after a checkpoint, which the 'Job stats' table cannot know."""
+    return Counter(re.findall(r"^(?:rule|checkpoint) (\w+):$", text, flags=re.M))
+
+
 def _sbatch_calls(text: str) -> dict[str, list[str]]:
     """{rule: [sbatch call without the --wrap payload]} from snakemake --verbose output."""
     calls = defaultdict(list)
@@ -215,9 +221,15 @@ def test_tiny_workflow_on_slurm(slurm_cluster, tmp_path):
                                                                 ["n_tomograms"] + 1))]:
         assert (work / rel).stat().st_size > 0, rel
 
-    # every job except the target rule went through sbatch, once
-    expected = _job_stats(out)
-    expected.pop("all")
+    # every job except the target rule went through sbatch, once: those planned at the start
+    # and those the clustering checkpoint added (one class average per method and class)
+    planned = _job_stats(out)
+    planned.pop("all")
+    expected = _scheduled_jobs(out)
+    expected.pop("all", None)
+    assert not planned - expected, (planned, expected)
+    # per method and class: the average, and (simulated data) the true map it is compared to
+    assert set(expected - planned) == {"average_class", "truth_map"}, (expected, planned)
     calls = _sbatch_calls(out)
     assert Counter({r: len(c) for r, c in calls.items()}) == expected
 
