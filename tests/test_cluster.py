@@ -12,6 +12,7 @@ from tomoclust.cluster import (
     bhattacharyya_distances,
     cluster_features,
     compact_labels,
+    constant_columns,
     gmm_bic,
     merge_components,
     merge_groups,
@@ -307,3 +308,19 @@ def test_merging_keeps_touching_classes_at_low_snr(rng):
     assert info["touching_groups"] == 4 and info["gap"] < 1.8  # the guard is what decided
     with pytest.raises(ValueError, match="merge_gap"):
         cluster_features(x, "gmm", merge_ratio=0.1, merge_gap=0.5)
+
+
+def test_constant_columns_counts_dead_units_and_a_collapse_gives_one_class(rng):
+    x = rng.standard_normal((100, 6))
+    assert constant_columns(x) == 0
+    x[:, [1, 4]] = 0.0  # dead ReLU units
+    x[:, 2] = 3.0  # a constant offset is no information either
+    assert constant_columns(x) == 3
+    x[:, 5] = 1e-9 * rng.standard_normal(100)  # rounding-level jitter counts as constant
+    assert constant_columns(x) == 4
+    dead = np.zeros((120, 8))
+    assert constant_columns(dead) == 8
+    # what the cluster rule warns about: a collapsed model leaves one class, whatever K asks
+    with pytest.warns(Warning):  # sklearn: fewer distinct clusters than components
+        res = cluster_features(dead, "gmm", k=3, pca_components=4, stability_seeds=0)
+    assert res.k == 1 and set(res.labels) == {1}

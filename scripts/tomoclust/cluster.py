@@ -55,6 +55,15 @@ class ClusterResult:
     k_components: int | None = None  # mixture components before merging (GMM only)
 
 
+def constant_columns(features: np.ndarray, rtol: float = 1e-6) -> int:
+    """Number of feature columns that do not vary over the particles (spread at most ``rtol``
+    times the largest absolute feature value): dead units of a network, say. They carry no
+    information; when every column is constant, no clustering can separate anything."""
+    x = np.asarray(features, dtype=np.float64)
+    scale = max(float(np.abs(x).max(initial=0.0)), np.finfo(float).tiny)
+    return int((np.ptp(x, axis=0) <= rtol * scale).sum())
+
+
 def reduce_features(features: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
     """Standardise ``(n, d)`` features and keep ``n_components`` principal components."""
     x = np.asarray(features, dtype=np.float64)
