@@ -496,14 +496,9 @@ def lowpass(vol: torch.Tensor, k_cut: float, width: float = 0.05) -> torch.Tenso
 
 def typical_particle(parts: torch.Tensor) -> int:
     """Index of the particle whose radial density profile best matches the mean profile."""
-    b = parts.shape[-1]
-    c = b // 2
-    ar = torch.arange(b, device=parts.device, dtype=torch.float32) - c
-    r = torch.sqrt(ar[:, None, None] ** 2 + ar[None, :, None] ** 2 + ar[None, None, :] ** 2)
-    shell = torch.round(r).long().clamp(max=c).reshape(-1)
-    prof = torch.zeros((len(parts), c + 1), device=parts.device)
-    prof.index_add_(1, shell, parts.reshape(len(parts), -1).float())
-    prof = prof / torch.bincount(shell, minlength=c + 1).float()
+    from .invariants import spherical_means
+
+    prof = spherical_means(parts.float())
     prof = prof - prof.mean(1, keepdim=True)
     mean = prof.mean(0)
     corr = (prof @ mean) / (prof.norm(dim=1) * mean.norm()).clamp_min(1e-20)

@@ -126,31 +126,35 @@ def shell_spectra(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 0.0,
     return out
 
 
-def radial_profile(stack: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
-    """Spherical mean of every volume of a ``(n, d, d, d)`` stack on shells about ``d // 2``.
+def spherical_means(vols: torch.Tensor) -> torch.Tensor:
+    """Mean of each ``(n, d, d, d)`` volume on shells of rounded radius ``0 .. d//2 - 1`` about
+    ``d // 2``, plus one last bin for everything at ``d // 2`` or farther (the corners):
+    ``(n, d//2 + 1)``, accumulated in the dtype of ``vols``, on its device."""
+    d = vols.shape[-1]
+    c = torch.arange(d, device=vols.device, dtype=torch.float32) - d // 2
+    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    shell = torch.round(r).long().clamp(max=d // 2).reshape(-1)
+    sums = torch.zeros((len(vols), d // 2 + 1), device=vols.device, dtype=vols.dtype)
+    sums.index_add_(1, shell, vols.reshape(len(vols), -1))
+    return sums / torch.bincount(shell, minlength=d // 2 + 1).to(vols.dtype)
 
-    Voxels are binned by their rounded distance from the centre, ``0 .. d//2 - 1``; everything
-    at ``d // 2`` or farther (the corners) is one last bin, so the result is ``(n, d//2 + 1)``
-    float32. This is the ``l = 0`` harmonic coefficient, kept *linear* in the data: noise
-    averages out of it instead of adding a positive bias, which is what makes it the most
-    useful invariant at very low SNR. It depends on centring like the shell spectra.
+
+def radial_profile(stack: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
+    """Spherical mean of every volume of a ``(n, d, d, d)`` stack on shells about ``d // 2``
+    (:func:`spherical_means`, accumulated in float64), ``(n, d//2 + 1)`` float32.
+
+    This is the ``l = 0`` harmonic coefficient, kept *linear* in the data: noise averages out
+    of it instead of adding a positive bias, which is what makes it the most useful invariant
+    at very low SNR. It depends on centring like the shell spectra.
     """
     from .train import batches, to_tensor
 
     d = stack.shape[-1]
-    c = np.arange(d) - d // 2
-    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
-    bins = np.minimum(np.rint(r).astype(np.int64), d // 2).ravel()
-    counts = np.bincount(bins, minlength=d // 2 + 1).astype(np.float64)
     out = np.empty((len(stack), d // 2 + 1), dtype=np.float32)
-    idx_t = torch.as_tensor(bins, device=device)
-    inv_counts = torch.as_tensor(1.0 / counts, device=device, dtype=torch.float64)
     with torch.inference_mode():
         for idx in batches(len(stack), batch_size):
-            v = to_tensor(stack, idx, device).reshape(len(idx), -1).double()
-            s = torch.zeros(len(idx), d // 2 + 1, device=device, dtype=torch.float64)
-            s.index_add_(1, idx_t, v)
-            out[idx] = (s * inv_counts).float().cpu().numpy()
+            v = to_tensor(stack, idx, device).double()
+            out[idx] = spherical_means(v).float().cpu().numpy()
     return out
 
 
