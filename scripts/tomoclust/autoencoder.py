@@ -78,11 +78,6 @@ def run_autoencoder(stack: np.ndarray, params: AutoencoderParams, device,
     write_history(history_path, history)  # also when a resumed run had nothing left to do
     model.eval()
     feats = infer(model.encode, stack, device)
-    dead = int((feats.max(axis=0) <= 0).sum())  # ReLU codes: a dead unit is 0 everywhere
-    if dead:
-        log.warning("autoencoder: %d of %d code units are zero for every particle (dead ReLU "
-                    "units; common at very low SNR, where the best reconstruction is the mean)",
-                    dead, feats.shape[1])
     return AutoencoderResult(feats, model.state_dict(), pd.DataFrame(history))
 
 
