@@ -9,4 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 .venv/bin/ruff check scripts tests benchmarks
+PYTHONPATH=scripts .venv/bin/lint-imports --config .importlinter
 .venv/bin/python -m pytest "$@"
