@@ -11,8 +11,8 @@ rule truth_map:
     log:
         "logs/average/truth/{template}.log",
     params:
-        voxel_size=config["extraction"]["voxel_size"],
-        box=config["extraction"]["box"],
+        voxel_size=param("truth_map", "extraction.voxel_size"),
+        box=param("truth_map", "extraction.box"),
     conda:
         "../envs/cpu.yaml"
     script:
@@ -50,14 +50,14 @@ rule average_class:
     wildcard_constraints:
         k=r"\d+",
     params:
-        averaging=config["averaging"],
+        averaging=section("average_class", "averaging"),
         wedge=wedge_range(),
-        device=config["device"],
+        device=param("average_class", "device"),
         has_truth=HAS_TRUTH,
         # truth-only settings: on real data they must not rerun the averages
         templates=TEMPLATES if HAS_TRUTH else [],
-        tolerance=config["evaluation"]["picking_tolerance"] if HAS_TRUTH else None,
-        ctf=SIM["ctf"] if HAS_TRUTH else None,
+        tolerance=param("average_class", "evaluation.picking_tolerance") if HAS_TRUTH else None,
+        ctf=section("average_class", "simulation")["ctf"] if HAS_TRUTH else None,
     threads: 2
     resources:
         gpu=1,
@@ -79,7 +79,7 @@ rule average_summary:
     log:
         "logs/average/{method}/summary.log",
     params:
-        min_particles=config["averaging"]["min_particles"],
+        min_particles=param("average_summary", "averaging.min_particles"),
     conda:
         "../envs/cpu.yaml"
     script:

@@ -18,7 +18,7 @@ checkpoint cluster:
     log:
         "logs/cluster/{method}.log",
     params:
-        clustering=config["clustering"],
+        clustering=section("cluster", "clustering"),
     threads: 2
     resources:
         mem_mb=8000,

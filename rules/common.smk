@@ -2,14 +2,22 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from tomoclust import TomoclustError  # noqa: E402
 from tomoclust.formats.sheet import NAME_PATTERN, coordinate_files, load_sheet  # noqa: E402
 from tomoclust.formats.starhead import has_class_numbers  # noqa: E402
+from tomoclust.settings import apply_renames, check_config, rule_params, rule_value  # noqa: E402
 
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+try:
+    for _old in apply_renames(config):  # old key names: read with a warning for one release
+        logger.warning(f"config {_old} is renamed; see schemas/config.schema.yaml")
+    validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+    SETTINGS = check_config(config)  # cross-key checks: a bad config stops before any job
+except TomoclustError as exc:
+    raise WorkflowError(str(exc))
 
 SIM = config["simulation"]
 TEMPLATES = list(config["templates"])
@@ -45,6 +53,20 @@ else:
     width = len(str(SIM["n_tomograms"]))
     TOMOGRAMS = [f"sim{i + 1:0{max(width, 2)}d}" for i in range(SIM["n_tomograms"])]
 HAS_TRUTH = SHEET is None and SIM["enabled"]  # simulated ground truth (picking evaluation)
+# which conditional readers of tomoclust/settings.py read their keys in this run
+MODES = ({"truth"} if HAS_TRUTH else set()) | ({"subtomograms"} if SUBTOMO_MODE else set()) | (
+    {"simulation"} if SHEET is None and not SUBTOMO_MODE else set())
+
+
+def section(rule, name):
+    """The keys of config section ``name`` that ``rule`` reads (tomoclust/settings.py): its
+    params, so that changing any other key does not rerun it."""
+    return rule_params(config, rule, name, MODES)
+
+
+def param(rule, key):
+    """One config key (dotted) as a param of ``rule``, which must be declared to read it."""
+    return rule_value(config, rule, key, MODES)
 METHODS = list(config["methods"])
 
 
@@ -99,7 +121,7 @@ def subset_voxel_size(wildcards):
     return subtomogram_set(wildcards)["voxel_size"]
 
 
-# ------------------------------------------------- external picks / subtomograms (issue 7)
+# --------------------------------------------------------- external picks / subtomograms
 def _external_sources():
     """{tomogram: [coordinate STAR files]} for tomograms whose picking is skipped."""
     if EXT["coordinates"]:
@@ -283,29 +305,10 @@ FEWSHOT_VARIANTS = [m for m in METHODS if m in ("protonet3d", "protonet_ce")]
 FEWSHOT_TRAIN_SOURCES = dict(FEWSHOT["train_templates"] or config["templates"])
 FEWSHOT_TRAIN_TEMPLATES = list(FEWSHOT_TRAIN_SOURCES)
 
-FEWSHOT_SUPPORT_HELP = (
-    "few-shot (methods protonet3d / protonet_ce) needs a support set; set exactly one of\n"
-    "  fewshot.support: path of a STAR file with one row per example particle and the\n"
-    "      columns rlnClassNumber (1..C, every class at least once; optional rlnClassName)\n"
-    "      and either rlnImageName (i@particles.mrcs, the i-th row of\n"
-    "      results/particles/particles.star) or rlnTomoName + rlnCoordinateX/Y/Z (voxels of\n"
-    "      the ingested tomogram, matched within fewshot.support_tolerance Å);\n"
-    "  fewshot.support_templates: [names of `templates` or fewshot.train_templates] to\n"
-    "      simulate fewshot.support_per_class particles of each at fewshot.support_snr;\n"
-    "  fewshot.support_from_truth: N (simulation only: N truth-labelled picked particles per\n"
-    "      class, for demos and tests)")
-
-
 def _check_fewshot():
     if not FEWSHOT_VARIANTS:
         return
-    sources = [bool(FEWSHOT["support"]), bool(FEWSHOT["support_templates"]),
-               FEWSHOT["support_from_truth"] > 0]
-    if sum(sources) == 0:
-        raise WorkflowError(f"config: {FEWSHOT_SUPPORT_HELP}")
-    if sum(sources) > 1:
-        raise WorkflowError("config: more than one few-shot support set is configured.\n"
-                            f"{FEWSHOT_SUPPORT_HELP}")
+    # exactly one support source: checked with the other settings (tomoclust/settings.py)
     if FEWSHOT["support"] and not Path(FEWSHOT["support"]).is_file():
         raise WorkflowError(f"config: fewshot.support {FEWSHOT['support']!r} is not a file")
     if FEWSHOT["support_from_truth"] > 0 and not HAS_TRUTH:
@@ -403,7 +406,7 @@ def _transfer_setup():
         n_per_class=t["n_per_class"], snr_min=t["snr_min"], snr_max=t["snr_max"],
         snr_groups=t["snr_groups"], convention=t["convention"], tilt_min=tilt_min,
         tilt_max=tilt_max, ctf=dict(SIM["ctf"]), no_particle=t["no_particle"],
-        neighbour_fraction=t["neighbour_fraction"], max_shift_vox=t["max_shift"],
+        neighbour_fraction=t["neighbour_fraction"], max_shift_vox=t["max_shift_vox"],
         seed=t["seed"])
     train_params = TransferSettings(**{k: t[k] for k in (
         "width", "stages", "feature_dim", "hidden", "input_binning", "dropout", "epochs",

@@ -16,8 +16,8 @@ rule evaluate_picking:
     log:
         "logs/evaluation/picking.log",
     params:
-        tolerance=config["evaluation"]["picking_tolerance"],
-        extraction=config["extraction"],
+        tolerance=param("evaluate_picking", "evaluation.picking_tolerance"),
+        extraction=section("evaluate_picking", "extraction"),
     conda:
         "../envs/cpu.yaml"
     script:
@@ -41,7 +41,7 @@ rule evaluate_classification:
     log:
         "logs/evaluation/{method}.log",
     params:
-        tolerance=config["evaluation"]["picking_tolerance"],
+        tolerance=param("evaluate_classification", "evaluation.picking_tolerance"),
     conda:
         "../envs/cpu.yaml"
     script:

@@ -1,4 +1,4 @@
-# Starting from other tools' output (issue 7). Mode 1: coordinates in; the sheet's
+# Starting from other tools' output. Mode 1: coordinates in; the sheet's
 # `coordinates` column or config external.coordinates names STAR files, picking is skipped for
 # those tomograms and extraction starts from the converted coordinates (see picks_for).
 # Mode 2: subtomograms in; config external.subtomograms names a particle STAR, and
@@ -37,8 +37,8 @@ rule import_coordinates:
         "logs/imported/{tomo}.log",
     params:
         coordinates_voxel_size=coordinates_voxel_size,
-        box=config["extraction"]["box"],
-        extraction_voxel_size=config["extraction"]["voxel_size"],
+        box=param("import_coordinates", "extraction.box"),
+        extraction_voxel_size=param("import_coordinates", "extraction.voxel_size"),
         names=TOMOGRAMS,
         paths=lambda wildcards: [str(SHEET.loc[t, "path"]) for t in TOMOGRAMS],
     resources:
@@ -62,9 +62,9 @@ if SUBTOMO_MODE:
         log:
             "logs/import_subtomograms.log",
         params:
-            extraction=config["extraction"],
-            image_root=EXT["image_root"],
-            voxel_size=EXT["subtomograms_voxel_size"],
+            extraction=section("import_subtomograms", "extraction"),
+            image_root=param("import_subtomograms", "external.image_root"),
+            voxel_size=param("import_subtomograms", "external.subtomograms_voxel_size"),
         threads: 2
         resources:
             mem_mb=4000,

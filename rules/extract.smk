@@ -10,7 +10,7 @@ rule extract:
     benchmark:
         "benchmarks/runs/extract/{tomo}.tsv"
     params:
-        extraction=config["extraction"],
+        extraction=section("extract", "extraction"),
     threads: 2
     resources:
         mem_mb=4000,

@@ -19,9 +19,9 @@ rule features_disca:
     benchmark:
         "benchmarks/runs/features/disca.tsv"
     params:
-        disca=config["disca"],
+        disca=section("features_disca", "disca"),
         wedge=wedge_range(),
-        device=config["device"],
+        device=param("features_disca", "device"),
         checkpoint="results/checkpoints/disca.pt",
     threads: 2
     resources:
@@ -48,8 +48,8 @@ rule features_autoencoder:
     benchmark:
         "benchmarks/runs/features/autoencoder.tsv"
     params:
-        autoencoder=config["autoencoder"],
-        device=config["device"],
+        autoencoder=section("features_autoencoder", "autoencoder"),
+        device=param("features_autoencoder", "device"),
         checkpoint="results/checkpoints/autoencoder.pt",
     threads: 2
     resources:
@@ -74,8 +74,8 @@ rule features_invariant:
     benchmark:
         "benchmarks/runs/features/invariant.tsv"
     params:
-        invariant=config["invariant"],
-        device=config["device"],
+        invariant=section("features_invariant", "invariant"),
+        device=param("features_invariant", "device"),
     threads: 2
     resources:
         mem_mb=8000,
@@ -99,7 +99,7 @@ rule fewshot_template_density:
     log:
         "logs/fewshot/templates/{template}.log",
     params:
-        voxel_size=config["extraction"]["voxel_size"],
+        voxel_size=param("fewshot_template_density", "extraction.voxel_size"),
     conda:
         "../envs/cpu.yaml"
     script:
@@ -140,7 +140,7 @@ rule fewshot_support_set:
         "logs/fewshot/support_set.log",
     params:
         settings=fewshot_support_settings(),
-        names=config["fewshot"]["support_templates"],
+        names=param("fewshot_support_set", "fewshot.support_templates"),
     resources:
         mem_mb=4000,
         runtime=30,
@@ -159,9 +159,9 @@ rule fewshot_support_from_truth:
     log:
         "logs/fewshot/support_from_truth.log",
     params:
-        n_per_class=config["fewshot"]["support_from_truth"],
-        tolerance=config["evaluation"]["picking_tolerance"],
-        seed=config["fewshot"]["seed"],
+        n_per_class=param("fewshot_support_from_truth", "fewshot.support_from_truth"),
+        tolerance=param("fewshot_support_from_truth", "evaluation.picking_tolerance"),
+        seed=param("fewshot_support_from_truth", "fewshot.seed"),
     conda:
         "../envs/cpu.yaml"
     script:
@@ -183,7 +183,7 @@ rule train_fewshot:
         "benchmarks/runs/features/{variant}_training.tsv"
     params:
         model=fewshot_model_settings(),
-        device=config["device"],
+        device=param("train_fewshot", "device"),
         checkpoint="results/checkpoints/{variant}.pt",
     threads: 2
     resources:
@@ -214,7 +214,7 @@ rule features_fewshot:
         "benchmarks/runs/features/{variant}.tsv"
     params:
         support=fewshot_support_config(),
-        device=config["device"],
+        device=param("features_fewshot", "device"),
     threads: 2
     resources:
         gpu=1,
@@ -237,7 +237,7 @@ rule evaluate_fewshot:
     log:
         "logs/evaluation/{variant}_fewshot.log",
     params:
-        tolerance=config["evaluation"]["picking_tolerance"],
+        tolerance=param("evaluate_fewshot", "evaluation.picking_tolerance"),
     conda:
         "../envs/cpu.yaml"
     script:
@@ -303,7 +303,7 @@ if TRANSFER is not None:
             "benchmarks/runs/transfer/train.tsv"
         params:
             transfer=TRANSFER["train_params"],
-            device=config["device"],
+            device=param("transfer_train", "device"),
             checkpoint="results/checkpoints/transfer.pt",
         threads: 2
         resources:
@@ -329,7 +329,7 @@ if TRANSFER is not None:
         benchmark:
             "benchmarks/runs/features/transfer.tsv"
         params:
-            device=config["device"],
+            device=param("features_transfer", "device"),
         threads: 2
         resources:
             gpu=1,

@@ -9,7 +9,7 @@ rule ingest:
     benchmark:
         "benchmarks/runs/ingest/{tomo}.tsv"
     params:
-        working_voxel_size=config["ingest"]["voxel_size"],
+        working_voxel_size=param("ingest", "ingest.voxel_size"),
         voxel_size_override=sheet_voxel_size,
     resources:
         mem_mb=8000,

@@ -8,9 +8,9 @@ rule pick:
     benchmark:
         "benchmarks/runs/pick/{tomo}.tsv"
     params:
-        picking=config["picking"],
-        extraction=config["extraction"],
-        device=config["device"],
+        picking=section("pick", "picking"),
+        extraction=section("pick", "extraction"),
+        device=param("pick", "device"),
     threads: 2
     resources:
         mem_mb=8000,

@@ -18,7 +18,7 @@ rule plot_picks:
     log:
         "logs/report/picks/{tomo}.log",
     params:
-        radius=config["picking"]["particle_radius"],
+        radius=param("plot_picks", "picking.particle_radius"),
         n_slabs=3,
     resources:
         mem_mb=4000,
@@ -44,8 +44,8 @@ rule plot_embedding:
         "logs/report/{method}/embedding.log",
     params:
         # only used (and only a rerun trigger) when there is a ground truth to match
-        tolerance=config["evaluation"]["picking_tolerance"] if HAS_TRUTH else None,
-        seed=config["clustering"]["seed"],
+        tolerance=param("plot_embedding", "evaluation.picking_tolerance") if HAS_TRUTH else None,
+        seed=param("plot_embedding", "clustering.seed"),
     threads: 2
     resources:
         mem_mb=4000,

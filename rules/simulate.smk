@@ -6,7 +6,7 @@ rule template_density:
     log:
         "logs/templates/{template}.log",
     params:
-        voxel_size=SIM["voxel_size"],
+        voxel_size=param("template_density", "simulation.voxel_size"),
     conda:
         "../envs/cpu.yaml"
     script:
@@ -27,7 +27,7 @@ rule simulate_tomogram:
     benchmark:
         "benchmarks/runs/simulate_tomogram/{tomo}.tsv"
     params:
-        sim=SIM,
+        sim=section("simulate_tomogram", "simulation"),
         names=TEMPLATES,
         seed=simulation_seed,
     threads: 1
@@ -67,7 +67,7 @@ rule simulate_subtomograms:
     params:
         settings=subtomogram_set,
         names=TEMPLATES,
-        ctf=SIM["ctf"],
+        ctf=section("simulate_subtomograms", "simulation")["ctf"],
     resources:
         mem_mb=8000,
         runtime=60,

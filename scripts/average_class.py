@@ -37,9 +37,9 @@ def stack_rows(table: pd.DataFrame, path: str) -> np.ndarray:
 def settings_from_config(cfg: dict, voxel_size: float) -> AveragingSettings:
     return AveragingSettings(
         angular_step=float(cfg["angular_step"]), local_step=float(cfg["local_step"]),
-        iterations=int(cfg["iterations"]), max_shift=float(cfg["max_shift"]),
+        iterations=int(cfg["iterations"]), max_shift=float(cfg["max_shift_vox"]),
         mask_radius=None if cfg["mask_radius"] is None else cfg["mask_radius"] / voxel_size,
-        mask_edge=float(cfg["mask_edge"]),
+        mask_edge=float(cfg["mask_edge_vox"]),
         initial_resolution=float(cfg["initial_resolution"]) / voxel_size,
         wiener=float(cfg["wiener"]), min_particles=int(cfg["min_particles"]),
         seed=int(cfg["seed"]))

@@ -22,7 +22,7 @@ def main(smk) -> None:
     cfg = smk.params.invariant
     df, stack, _ = load_particles(smk.input.star, smk.input.stack)
     t0 = time.time()
-    feats = invariant_features(stack, cfg["l_max"], cfg["lowpass"], radial=cfg["radial"],
+    feats = invariant_features(stack, cfg["l_max"], cfg["lowpass_vox"], radial=cfg["radial"],
                                spectrum_components=cfg["spectrum_components"], device=device)
     dt = time.time() - t0
     log.info("%d particles -> %d invariant features in %.1f s (%.0f/s) on %s", len(df),

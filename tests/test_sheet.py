@@ -144,7 +144,7 @@ def test_line_numbers_count_comment_and_blank_lines(tmp_path, tomos):
 
 
 def test_coordinates_columns(tmp_path, tomos):
-    """Issue 7: per-tomogram coordinate STAR files (comma-separated) and their voxel size."""
+    """Per-tomogram coordinate STAR files (comma-separated) and their voxel size."""
     a, b = tmp_path / "a.star", tmp_path / "b.star"
     a.write_text("data_\n")
     b.write_text("data_\n")

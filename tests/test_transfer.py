@@ -377,3 +377,13 @@ def test_missing_library_file_is_a_clear_error(repo, tmp_path):
     proc = _snakemake(repo, tmp_path, "-n", "--configfile", str(cfg))
     assert proc.returncode != 0
     assert "transfer.templates" in _output(proc) and "ghost.pdb: file not found" in _output(proc)
+
+
+def test_rerun_matrix(transfer_run, repo):
+    """Every config key reruns exactly the rules declared to read it (tests/rerun_matrix.py),
+    on the completed transfer run."""
+    from rerun_matrix import check, schema_leaf_keys
+
+    config = transfer_run / "tiny_transfer.yaml"
+    problems = check(repo, transfer_run, config, schema_leaf_keys(repo), {"truth", "simulation"})
+    assert not problems, problems

@@ -213,6 +213,29 @@ def test_sheet_and_simulation_both_set_is_an_error(repo, tmp_path):
     assert "not both" in _output(proc), _output(proc)
 
 
+def test_rerun_matrix(tiny_run, repo):
+    """Every config key reruns exactly the rules tomoclust/settings.py declares as reading it
+    (tests/rerun_matrix.py); dry runs on the completed tiny run."""
+    from rerun_matrix import check, schema_leaf_keys
+
+    problems = check(repo, tiny_run, tiny_run / "tiny.yaml", schema_leaf_keys(repo),
+                     {"truth", "simulation"})
+    assert not problems, problems
+
+
+def test_kmeans_without_k_stops_at_parse_time_naming_the_key(repo, tmp_path):
+    cfg = yaml.safe_load(_write_config(repo, tmp_path / "c.yaml").read_text())
+    cfg["clustering"] = {"algorithm": "kmeans", "k": None}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = _snakemake(repo, tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"),
+                      timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in _output(proc).splitlines() if "clustering.k:" in line]
+    assert lines and "k-means" in lines[0] and "set clustering.k" in lines[0], _output(proc)
+    assert "Job stats" not in _output(proc)  # stopped while parsing, before any job
+    assert not (tmp_path / "results").exists()
+
+
 def test_lint_is_clean(repo):
     proc = subprocess.run([str(SNAKEMAKE), "--lint"], cwd=repo, capture_output=True, text=True,
                           timeout=120)

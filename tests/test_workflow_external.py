@@ -1,4 +1,4 @@
-"""The workflow started from other tools' output (issue 7), end to end on tiny data.
+"""The workflow started from other tools' output, end to end on tiny data.
 
 Mode 1: three 40x64x64 tomograms at 10 Å with planted balls (class 1) and dumbbells (class 2);
 TS_01's coordinates come as RELION 3 voxels of a bin-2 tomogram, TS_02's as RELION 5 centred Å,
@@ -260,3 +260,23 @@ def test_score_external_writes_the_metrics_table(subtomo_run):
     assert row["accuracy"] == pytest.approx(float(table["accuracy"].iloc[0]))
     assert payload["config"]["extraction"] == {"box": 16, "voxel_size": 12.0, "normalise": True}
     assert "| invariant |" in out.with_suffix(".md").read_text()
+
+
+def test_rerun_matrix_coordinates_in(coords_run, repo):
+    """Every config key reruns exactly the rules declared to read it (tests/rerun_matrix.py),
+    on the completed coordinates-in run."""
+    from rerun_matrix import check, schema_leaf_keys
+
+    workdir, config, _ = coords_run
+    problems = check(repo, workdir, config, schema_leaf_keys(repo), set())
+    assert not problems, problems
+
+
+def test_rerun_matrix_subtomograms_in(subtomo_run, repo):
+    """Every config key reruns exactly the rules declared to read it (tests/rerun_matrix.py),
+    on the completed subtomograms-in run."""
+    from rerun_matrix import check, schema_leaf_keys
+
+    workdir, config, _, _ = subtomo_run
+    problems = check(repo, workdir, config, schema_leaf_keys(repo), {"subtomograms"})
+    assert not problems, problems

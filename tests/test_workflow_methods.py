@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from test_workflow import SNAKEMAKE, _job_stats, _output, _snakemake
 from test_workflow import _write_config as _write_tiny_config
 from tomoclust.formats.mrc import read_mrc
@@ -82,7 +83,15 @@ def test_features_clusters_and_evaluation(methods_run):
         assert len(m) == 1 and m["method"].iloc[0] == method
         assert m["n_classes"].iloc[0] == 2  # two templates
         assert m["n"].iloc[0] + m["n_unmatched_picks"].iloc[0] == n
-        assert 0 <= m["accuracy"].iloc[0] <= 1
+        # two tiny DISCA iterations and two autoencoder epochs on 18 particles promise no
+        # accuracy (DISCA measured 0.44, the autoencoder 0.72; the invariant's floor is below),
+        # so check the number itself: the Hungarian optimum of the written confusion matrix
+        # (its row 0 holds the picks that match no true particle, outside the metrics)
+        cm = pd.read_csv(res / "evaluation" / method / "confusion.tsv", sep="\t",
+                         index_col=0).drop(index=0, errors="ignore").to_numpy(dtype=float)
+        rows, cols = linear_sum_assignment(-cm)
+        assert m["accuracy"].iloc[0] == pytest.approx(cm[rows, cols].sum() / cm.sum(), abs=1e-9)
+        assert cm.sum() == m["n"].iloc[0]
         for name in ["confusion.tsv", "confusion.png"]:
             assert (res / "evaluation" / method / name).stat().st_size > 0
         assert (res / "report" / method / "embedding.png").stat().st_size > 0
@@ -136,9 +145,13 @@ def test_class_averages(methods_run):
             assert list(fsc.columns) == ["shell", "resolution_angst", "fsc_half_maps",
                                          "fsc_truth"]
             assert len(fsc) == 9 and fsc["fsc_half_maps"].iloc[0] == pytest.approx(1.0)
-            assert 24.0 <= row.resolution_0143_angst <= 16 * 12.0
+            # refinement must resolve beyond its starting point: the references start
+            # low-passed to initial_resolution 50 Å, whose nearest shell of the 16-voxel box at
+            # 12 Å is 48 Å (4/16). Measured 30-34 Å (FSC 0.143) and 34-37 Å (0.5 against the
+            # true map): a margin of one to two shells. 24 Å is Nyquist.
+            assert 24.0 <= row.resolution_0143_angst <= 48.0
             assert row.template in ("3j9i", "4v1w")
-            assert 24.0 <= row.fsc_truth_05_angst <= 16 * 12.0
+            assert 24.0 <= row.fsc_truth_05_angst <= 48.0
             star = read_star(cdir / "particles.star")
             assert len(star) == row.n_particles
             assert set(star["rlnImageName"]) <= set(particles["rlnImageName"])
@@ -289,3 +302,13 @@ def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
                        .read_text())["k"]
         assert row[0] == method and row[2] == str(k)
     assert "2 simulated tomograms" in rep["workflow_desc"]
+
+
+def test_rerun_matrix(methods_run, repo):
+    """Every config key reruns exactly the rules declared to read it (tests/rerun_matrix.py),
+    on the completed methods run."""
+    from rerun_matrix import check, schema_leaf_keys
+
+    problems = check(repo, methods_run, methods_run / "tiny_methods.yaml", schema_leaf_keys(repo),
+                     {"truth", "simulation"})
+    assert not problems, problems
