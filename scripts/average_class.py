@@ -10,6 +10,7 @@ from tomoclust import TomoclustError
 from tomoclust.average import AveragingSettings, average_class, fsc_against_truth
 from tomoclust.evaluate import truth_classes
 from tomoclust.formats.atomic import write_json, write_tsv
+from tomoclust.formats.image_names import stack_rows
 from tomoclust.formats.mrc import read_mrc, write_mrc
 from tomoclust.formats.stacks import open_stack
 from tomoclust.formats.star import read_star, write_star
@@ -22,16 +23,6 @@ from tomoclust.numerics.class_maps import (
 from tomoclust.numerics.rotations import relion_angles
 from tomoclust.report.plots import plot_fsc, plot_slices
 from tomoclust.rule import log, resolve_device, run_rule
-
-
-def stack_rows(table: pd.DataFrame, path: str) -> np.ndarray:
-    """0-based stack rows of ``rlnImageName`` (``i@particles.mrcs``) entries."""
-    names = table["rlnImageName"].astype(str)
-    idx = names.str.split("@").str[0]
-    if not idx.str.fullmatch(r"\d+").all():
-        bad = names[~idx.str.fullmatch(r"\d+")].iloc[0]
-        raise TomoclustError(f"cluster table {path}: rlnImageName {bad!r} is not 'index@stack'")
-    return idx.astype(int).to_numpy() - 1
 
 
 def settings_from_config(cfg: dict, voxel_size: float) -> AveragingSettings:
@@ -59,7 +50,7 @@ def main(smk) -> None:
     sel = clusters["rlnClassNumber"].to_numpy() == k
     table = clusters[sel].reset_index(drop=True)
     stack, vs = open_stack(smk.input.stack)
-    rows = stack_rows(table, smk.input.clusters)
+    rows = stack_rows(table["rlnImageName"], f"cluster table {smk.input.clusters}")
     if len(rows) and rows.max() >= len(stack):
         raise TomoclustError(f"cluster table {smk.input.clusters}: image {rows.max() + 1} is "
                              f"beyond the {len(stack)} subtomograms of {smk.input.stack}")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 from tomoclust.extract import boxes_in_bounds, extract_to_stack, plan_resampling
+from tomoclust.formats.image_names import image_names
 from tomoclust.formats.mrc import open_mrc
 from tomoclust.formats.stacks import StackWriter
 from tomoclust.formats.star import read_star, write_star, xyz_to_zyx
@@ -30,7 +31,7 @@ def main(smk) -> None:
             extract_to_stack(mrc.data, coords, plan, w, normalise=bool(cfg["normalise"]),
                              workers=smk.threads)
     name = Path(smk.output.stack).name
-    picks.insert(0, "rlnImageName", [f"{i + 1}@{name}" for i in range(len(picks))])
+    picks.insert(0, "rlnImageName", image_names(len(picks), name))
     picks["rlnTomoTiltSeriesPixelSize"] = vs
     write_star(smk.output.star, picks)
     log.info("%s: %d subtomograms", smk.wildcards.tomo, len(picks))

@@ -1,20 +1,14 @@
 """Rule simulate_subtomograms: a labelled subtomogram set (subtomogram mode)."""
 
 from tomoclust.formats.atomic import write_json
-from tomoclust.formats.mrc import read_mrc
-from tomoclust.formats.stacks import StackWriter
-from tomoclust.formats.star import optics_table, write_star
-from tomoclust.rule import log, run_rule
+from tomoclust.rule import log, run_rule, write_particle_set
 from tomoclust.simulate.subtomograms import simulate_subtomograms
-from tomoclust.simulate.tomograms import CtfSettings, Template
+from tomoclust.simulate.tomograms import CtfSettings, load_templates
 
 
 def main(smk) -> None:
     s = smk.params.settings
-    templates = []
-    for i, (name, path) in enumerate(zip(smk.params.names, smk.input.templates, strict=True)):
-        dens, _ = read_mrc(path, what="template")
-        templates.append(Template(name, i + 1, dens))
+    templates = load_templates(smk.params.names, smk.input.templates)
     res = simulate_subtomograms(
         templates, n_per_class=int(s["n_per_class"]), box=int(s["box"]),
         voxel_size=float(s["voxel_size"]), snr=float(s["snr"]), convention=s["convention"],
@@ -24,15 +18,8 @@ def main(smk) -> None:
     )
     log.info("%d subtomograms; SNR nominal %.4g (%s), measured %.4g", res.info["n"],
              res.info["snr_nominal"], res.info["convention"], res.info["snr_measured"])
-    with StackWriter(smk.output.stack, len(res.stack), int(s["box"]), float(s["voxel_size"])) as w:
-        if len(res.stack):
-            w[:] = res.stack
-    df = res.truth.copy()
-    stack_name = smk.output.stack.split("/")[-1]
-    df.insert(0, "rlnImageName", [f"{i + 1}@{stack_name}" for i in range(len(df))])
-    df["rlnOpticsGroup"] = 1
-    optics = optics_table(float(s["voxel_size"]), float(s["voxel_size"]), int(s["box"]))
-    write_star(smk.output.star, {"optics": optics, "particles": df})
+    write_particle_set(smk.output.star, smk.output.stack, res.stack, res.truth,
+                       float(s["voxel_size"]), int(s["box"]))
     write_json(smk.output.info, res.info)
 
 

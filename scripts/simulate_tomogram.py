@@ -4,18 +4,20 @@ from pathlib import Path
 
 import numpy as np
 from tomoclust.formats.atomic import write_json, write_text
-from tomoclust.formats.mrc import read_mrc, write_mrc
+from tomoclust.formats.mrc import write_mrc
 from tomoclust.formats.star import write_star
 from tomoclust.rule import log, run_rule
-from tomoclust.simulate.tomograms import CtfSettings, Template, TomogramSettings, simulate_tomogram
+from tomoclust.simulate.tomograms import (
+    CtfSettings,
+    TomogramSettings,
+    load_templates,
+    simulate_tomogram,
+)
 
 
 def main(smk) -> None:
     sim = smk.params.sim
-    templates = []
-    for i, (name, path) in enumerate(zip(smk.params.names, smk.input.templates, strict=True)):
-        dens, _ = read_mrc(path, what="template")
-        templates.append(Template(name, i + 1, dens))
+    templates = load_templates(smk.params.names, smk.input.templates)
     spec = TomogramSettings(
         name=smk.wildcards.tomo,
         shape=tuple(sim["shape"]),

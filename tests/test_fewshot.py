@@ -597,6 +597,7 @@ def test_lint_with_fewshot(repo, tmp_path):
     assert "Congratulations" in _out(proc) or "good condition" in _out(proc), _out(proc)
 
 
+@pytest.mark.slow
 def test_rerun_matrix(fewshot_run, repo):
     """Every config key reruns exactly the rules declared to read it (tests/rerun_matrix.py),
     on the completed few-shot run."""

@@ -269,3 +269,23 @@ def test_stack_writer_header_stats_equal_mrcfile(tmp_path, rng, pattern):
         if pattern == "row left empty":
             vols[3] = 0.0
         np.testing.assert_array_equal(np.asarray(data), vols)
+
+
+def test_image_names_are_written_and_read_in_one_place(tmp_path):
+    from tomoclust.formats.image_names import (
+        image_key,
+        image_names,
+        parse_image_name,
+        stack_rows,
+    )
+
+    names = image_names(3, tmp_path / "sub" / "particles.mrcs")
+    assert names == ["1@particles.mrcs", "2@particles.mrcs", "3@particles.mrcs"]
+    assert [parse_image_name(n, "t") for n in names] == [("particles.mrcs", i) for i in (1, 2, 3)]
+    assert parse_image_name("Subtomograms/p1.mrc", "t") == ("Subtomograms/p1.mrc", None)
+    assert image_key("12@dir/particles.mrcs") == (12, "particles.mrcs")
+    assert image_key("dir/p1.mrc") is None and image_key("x@p.mrcs") is None
+    np.testing.assert_array_equal(stack_rows(names, "t"), [0, 1, 2])
+    with pytest.raises(TomoclustError, match=r"^clusters\.star: rlnImageName 'p1\.mrc' is not "
+                                             r"'index@stack'$"):
+        stack_rows(["1@a.mrcs", "p1.mrc"], "clusters.star")

@@ -379,6 +379,7 @@ def test_missing_library_file_is_a_clear_error(repo, tmp_path):
     assert "transfer.templates" in _output(proc) and "ghost.pdb: file not found" in _output(proc)
 
 
+@pytest.mark.slow
 def test_rerun_matrix(transfer_run, repo):
     """Every config key reruns exactly the rules declared to read it (tests/rerun_matrix.py),
     on the completed transfer run."""

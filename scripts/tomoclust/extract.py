@@ -24,6 +24,7 @@ import scipy.fft
 from threadpoolctl import ThreadpoolController
 
 from . import TomoclustError
+from .formats.image_names import image_names
 from .formats.stacks import StackWriter, open_stack
 from .formats.star import optics_table, read_star, write_star
 
@@ -350,7 +351,7 @@ def gather_stacks(stars: list[str], stacks: list[str], out_star: str, out_stack:
                 row += len(chunk)
     df = pd.concat(tables, ignore_index=True)
     df = df.rename(columns={"rlnImageName": "tclTomoImageName"})
-    df.insert(0, "rlnImageName", [f"{i + 1}@{name}" for i in range(n)])
+    df.insert(0, "rlnImageName", image_names(n, name))
     df["tclStackIndex"] = np.arange(n)
     df["rlnOpticsGroup"] = 1
     key = "rlnTomoTiltSeriesPixelSize"

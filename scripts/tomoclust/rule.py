@@ -1,5 +1,5 @@
-"""Glue of the rule scripts: logging, device selection, loading the particle stack, saving a
-feature method's outputs and run information.
+"""Glue of the rule scripts: logging, device selection, loading the particle stack, writing
+particle sets, saving a feature method's outputs and run information.
 
 Logging is never configured at import time. Torch is imported only by the functions that need
 it (:func:`_torch`), so CPU-only steps can import this module. Library modules never import it."""
@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import TomoclustError
 from .formats.atomic import atomic_output, save_npy, write_json
+from .formats.image_names import image_names
 from .formats.stacks import open_stack
 from .formats.star import read_star
 
@@ -135,3 +136,20 @@ def run_info(device: str, **extra) -> dict:
 
 def write_info(path: str | Path, info: dict) -> None:
     write_json(path, info)
+
+
+# ----------------------------------------------------------------------- particle sets
+def write_particle_set(star: str | Path, stack_path: str | Path, stack: np.ndarray,
+                       table: pd.DataFrame, voxel_size: float, box: int) -> None:
+    """A stack of subtomograms and its RELION table: ``rlnImageName`` ``N@stack`` first, the
+    given columns, optics group 1 (both files atomically)."""
+    from .formats.stacks import StackWriter
+    from .formats.star import optics_table, write_star
+
+    with StackWriter(stack_path, len(stack), box, voxel_size) as w:
+        if len(stack):
+            w[:] = stack
+    table = table.copy()
+    table.insert(0, "rlnImageName", image_names(len(table), stack_path))
+    table["rlnOpticsGroup"] = 1
+    write_star(star, {"optics": optics_table(voxel_size, voxel_size, box), "particles": table})

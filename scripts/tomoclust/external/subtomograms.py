@@ -27,7 +27,7 @@ import starfile
 
 from .. import TomoclustError
 from ..extract import ResamplePlan, plan_resampling, resample_boxes
-from ..formats.image_names import parse_image_name
+from ..formats.image_names import image_names, parse_image_name
 from ..formats.mrc import open_mrc
 from ..formats.stacks import StackWriter
 from ..formats.star import optics_table, write_star
@@ -261,7 +261,7 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
         for v in cache.values():
             v.mrc.close()
     table = pd.DataFrame(carry_columns(df))
-    table.insert(0, "rlnImageName", [f"{i + 1}@{name}" for i in range(len(df))])
+    table.insert(0, "rlnImageName", image_names(len(df), name))
     table["tclStackIndex"] = np.arange(len(df))
     table["rlnOpticsGroup"] = 1
     table["tclOriginalVoxelSize"] = vs

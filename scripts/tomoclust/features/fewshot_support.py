@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import TomoclustError
+from ..formats.image_names import image_key
 from ..formats.star import read_star
 
 
@@ -21,18 +22,6 @@ class SupportSet:
     labels: np.ndarray  # 1-based class numbers
     names: dict[int, str]  # class number -> name
     table: pd.DataFrame  # one row per support example, for the record
-
-
-def _image_key(value: object) -> tuple[int, str] | None:
-    """``"12@path/particles.mrcs"`` → ``(12, "particles.mrcs")``; None if malformed."""
-    text = str(value)
-    if "@" not in text:
-        return None
-    idx, _, path = text.partition("@")
-    try:
-        return int(idx), Path(path).name
-    except ValueError:
-        return None
 
 
 def _class_names(df: pd.DataFrame, path: Path, names: dict | None) -> dict[int, str]:
@@ -119,11 +108,11 @@ def load_support_star(path: str | Path, particles: pd.DataFrame, tolerance_angst
     if by_image:
         lookup: dict[tuple[int, str], int] = {}
         for j, v in enumerate(particles["rlnImageName"]):
-            key = _image_key(v)
+            key = image_key(v)
             if key is not None:
                 lookup[key] = j
         for i, v in enumerate(df["rlnImageName"]):
-            key = _image_key(v)
+            key = image_key(v)
             if key is None:
                 raise TomoclustError(f"few-shot support {p}, row {i + 1}: rlnImageName {v!r} "
                                      "is not of the form index@stack.mrcs")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .. import TomoclustError
+from ..formats.mrc import read_mrc
 from ..formats.star import particle_table
 from ..numerics.ctf import ctf_grid
 from ..numerics.rotations import random_rotations, relion_angles, rotate_volume
@@ -42,6 +43,16 @@ class Template:
     def __post_init__(self) -> None:
         self.density = np.asarray(self.density, dtype=np.float32)
         self.radius = bounding_radius(self.density)
+
+
+def load_templates(names: Sequence[str], paths: Sequence[str]) -> list[Template]:
+    """Template densities from MRC maps (as the template_density rules write them), class
+    numbers 1, 2, ... in the order given."""
+    templates = []
+    for i, (name, path) in enumerate(zip(names, paths, strict=True)):
+        dens, _ = read_mrc(path, what="template")
+        templates.append(Template(name, i + 1, dens))
+    return templates
 
 
 @dataclass
