@@ -163,7 +163,6 @@ def test_empty_project_and_bad_run_names(tmp_path):
 def _relion_export(cfg: Path, obj: str, user: str, session: str, out: Path) -> pd.DataFrame:
     """The written picks through copick's own RELION exporter (centres from the tomograms)."""
     from copick.ops.export import export_relion_particles
-
     from tomoclust.io import read_star
     export_relion_particles(str(cfg), f"{obj}:{user}/{session}", str(out), voxel_spacing=VS,
                             tomo_type="wbp")
