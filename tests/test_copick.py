@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,20 @@ def test_empty_project_and_bad_run_names(tmp_path):
     root.new_run("run 1")  # copick allows it; a workflow wildcard does not
     with pytest.raises(TomoclustError, match=r"run name\(s\) \['run 1'\] cannot name tomograms"):
         tomogram_sheet(_settings(cfg))
+
+
+def test_settings_and_missing_package(monkeypatch, tmp_path):
+    st = _settings(tmp_path / "c.json", picks={"object": "ball", "session_id": 0},
+                   write={"session_id": 0})
+    assert st.picks.objects == ["ball"] and st.picks.session_id == "0"
+    assert st.picks.user_id is None and not st.picks.labelled
+    assert st.write.session_id == "0" and st.write.object == "{method}-{class}"
+    with pytest.raises(TomoclustError, match=r"\['ball'\] listed twice"):
+        _settings(tmp_path / "c.json", picks={"object": ["ball", "ball"]})
+    cfg = make_project(tmp_path, runs=("TS_01",), picks=False)
+    monkeypatch.setitem(sys.modules, "copick", None)  # as if it were not installed
+    with pytest.raises(TomoclustError, match=r"need the copick package.*requirements-copick"):
+        open_project(cfg)
 
 
 # ------------------------------------------------------------------------------ writing

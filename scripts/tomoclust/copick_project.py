@@ -302,7 +302,7 @@ def picks_table(run, spec: PicksSpec, voxel_size: float, where: str) -> pd.DataF
     from copick.util.formats import build_relion_particles_df
 
     tables = []
-    for number, (name, picks) in enumerate(find_picks(run, spec, where).items(), 1):
+    for name, picks in find_picks(run, spec, where).items():
         number = spec.objects.index(name) + 1
         points, transforms = picks.numpy()
         if len(points) == 0:
