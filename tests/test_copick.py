@@ -6,6 +6,7 @@ seconds; the workflow tests (a dry run and one real run with the invariant metho
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from tomoclust.copick_project import (
     tomogram_sheet,
     write_classes,
 )
+from tomoclust.io import read_star
 
 copick = pytest.importorskip("copick")
 
@@ -43,8 +45,26 @@ def _true_angstrom() -> np.ndarray:
     return np.array(CENTRES, dtype=np.float64)[:, ::-1] * VS
 
 
-def make_project(d: Path, runs=RUNS, picks: bool = True, extra_user: bool = False) -> Path:
-    """A copick project: tomograms (wbp at 10 Å), picks of ball and dumbbell by curator/1."""
+def _fine_tomogram(seed: int, voxel_size: float) -> np.ndarray:
+    """The planted tomogram of ``_tomogram`` (same extent, same particles in Å) sampled at a
+    finer voxel size (10 Å / an integer)."""
+    f = round(VS / voxel_size)
+    shape = tuple(n * f for n in SHAPE)
+    z, y, x = np.indices(shape, dtype=np.float32)
+    vol = np.zeros(shape, np.float32)
+    for (cz, cy, cx), cls in zip(CENTRES, _classes(), strict=True):
+        offsets, sigma = ((0,), 3.0) if cls == 1 else ((-3, 3), 2.0)
+        for dx in offsets:
+            vol -= np.exp(-((z - f * cz) ** 2 + (y - f * cy) ** 2 + (x - f * (cx + dx)) ** 2)
+                          / (2 * (f * sigma) ** 2))
+    rng = np.random.default_rng(seed)
+    return vol + 0.1 * rng.standard_normal(shape).astype(np.float32)
+
+
+def make_project(d: Path, runs=RUNS, picks: bool = True, extra_user: bool = False,
+                 voxel_size: float = VS) -> Path:
+    """A copick project: tomograms (wbp at 10 Å, or finer), picks of ball and dumbbell by
+    curator/1."""
     from copick.models import PickableObject
 
     objects = [PickableObject(name="ball", is_particle=True, label=1, radius=30.0),
@@ -55,8 +75,9 @@ def make_project(d: Path, runs=RUNS, picks: bool = True, extra_user: bool = Fals
     pos, cls = _true_angstrom(), np.array(_classes())
     for i, name in enumerate(runs):
         run = root.new_run(name)
-        tomo = run.new_voxel_spacing(VS).new_tomogram("wbp")
-        tomo.from_numpy(_tomogram(i), levels=2)
+        tomo = run.new_voxel_spacing(voxel_size).new_tomogram("wbp")
+        tomo.from_numpy(_tomogram(i) if voxel_size == VS else _fine_tomogram(i, voxel_size),
+                        levels=2)
         if not picks:
             continue
         for k, obj in ((1, "ball"), (2, "dumbbell")):
@@ -178,7 +199,7 @@ def test_settings_and_missing_package(monkeypatch, tmp_path):
 def _relion_export(cfg: Path, obj: str, user: str, session: str, out: Path) -> pd.DataFrame:
     """The written picks through copick's own RELION exporter (centres from the tomograms)."""
     from copick.ops.export import export_relion_particles
-    from tomoclust.io import read_star
+
     export_relion_particles(str(cfg), f"{obj}:{user}/{session}", str(out), voxel_spacing=VS,
                             tomo_type="wbp")
     return read_star(out)
@@ -237,6 +258,23 @@ def test_classes_written_back_read_with_copicks_api_and_relion_exporter(tmp_path
     assert len(json.loads(cfg.read_text())["pickable_objects"]) == 5
 
 
+def test_unwritable_config_is_a_clear_error(tmp_path, monkeypatch):
+    cfg = make_project(tmp_path, runs=("TS_01",), picks=False)
+    one = [ClassPicks("invariant", 1, "class1", "invariant-class1",
+                      {"TS_01": (np.zeros((1, 3)), np.ones(1))})]
+
+    def refuse(src, dst):  # a read-only project directory (chmod does not stop root)
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(TomoclustError, match=r"copick\.json: cannot add the classes' pickable "
+                                             r"objects \(.*Permission denied"):
+        write_classes(cfg, one, user_id="tomoclust", session_id="0")
+    monkeypatch.undo()
+    assert "invariant-class1" not in cfg.read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".copick")] == []
+
+
 def test_fewshot_names_and_template_checks():
     from tomoclust.copick_project import check_write_template, object_name
 
@@ -273,8 +311,8 @@ def test_conda_env_repeats_the_pinned_requirements():
 # ----------------------------------------------------------------------------- workflow
 def _config(cfg_path: Path, copick_cfg: Path, **copick_keys) -> Path:
     cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny_external.yaml").read_text())
-    cfg["copick"] = {"config": str(copick_cfg), "voxel_spacing": VS, "tomo_type": "wbp",
-                     **copick_keys}
+    cfg["copick"] = {"config": str(copick_cfg), "voxel_spacing": VS, "tomo_type": "wbp"}
+    cfg["copick"].update(copick_keys)
     cfg["averaging"] = {"enabled": False}
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return cfg_path
@@ -296,11 +334,12 @@ def test_workflow_dry_run_without_picks_dog_picks_each_run(project, tmp_path):
 
 @pytest.mark.slow
 def test_workflow_round_trip_picks_in_classes_out(tmp_path):
-    """Picks of two objects in (mode 1, their object = the truth), invariant classes out: the
-    written picks sit where the input picks were, and copick's RELION exporter reads them."""
-    proj = make_project(tmp_path / "project")
-    cfg = _config(tmp_path / "c.yaml", proj, picks={"object": ["ball", "dumbbell"],
-                                                     "user_id": "curator"},
+    """Picks of two objects in (mode 1, their object = the truth) on 5 Å tomograms that ingest
+    bins to 10 Å, invariant classes out: the written picks sit where the input picks were,
+    and copick's RELION exporter reads them."""
+    proj = make_project(tmp_path / "project", voxel_size=5.0)
+    cfg = _config(tmp_path / "c.yaml", proj, voxel_spacing=5.0,
+                  picks={"object": ["ball", "dumbbell"], "user_id": "curator"},
                   write={"user_id": "tomoclust", "session_id": "3"})
     proc = _snakemake(REPO, tmp_path, "results/copick/written.tsv",  # no report figures
                       "results/evaluation/classification.tsv", "--configfile", str(cfg))
@@ -313,9 +352,20 @@ def test_workflow_round_trip_picks_in_classes_out(tmp_path):
     res = tmp_path / "results"
     assert not (res / "copick" / "tomograms" / "TS_01.mrc").exists()  # temporary
     info = json.loads((res / "tomograms" / "TS_01" / "ingest.json").read_text())
-    assert info["voxel_size_in"] == VS and info["shape_in_zyx"] == list(SHAPE)
+    assert info["voxel_size_in"] == 5.0 and info["shape_in_zyx"] == [2 * n for n in SHAPE]
+    assert info["voxel_size_out"] == VS and info["shape_out_zyx"] == list(SHAPE)
+    # the objects' class numbers are the truth, particle by particle (planted class by place)
+    parts = read_star(res / "particles" / "particles.star")
+    truth = read_star(res / "truth" / "particles_truth.star")
+    assert truth["tclStackIndex"].tolist() == list(range(len(parts))) == list(range(14))
+    zyx = parts[["rlnCoordinateZ", "rlnCoordinateY", "rlnCoordinateX"]].to_numpy()
+    planted = {tuple(c): k for c, k in zip(CENTRES, _classes(), strict=True)}
+    assert truth["rlnClassNumber"].tolist() == [planted[tuple(np.round(c).astype(int))]
+                                                for c in zyx]
+    assert (parts["tclCopickObject"] == np.where(truth["rlnClassNumber"] == 1, "ball",
+                                                 "dumbbell")).all()
     m = pd.read_csv(res / "evaluation" / "classification.tsv", sep="\t").iloc[0]
-    assert m["accuracy"] >= 0.85, m.to_dict()  # balls vs dumbbells, truth from the objects
+    assert m["n_unmatched_picks"] == 0, m.to_dict()
     written = pd.read_csv(res / "copick" / "written.tsv", sep="\t")
     assert set(written["run"]) == set(RUNS) and (written["user_id"] == "tomoclust").all()
     assert written["n_points"].sum() == 2 * len(CENTRES)
@@ -332,6 +382,10 @@ def test_workflow_round_trip_picks_in_classes_out(tmp_path):
         np.testing.assert_allclose(pos[order], true[np.lexsort(true.T)], atol=1e-3)
     obj = written["object"].iloc[0]
     assert re.fullmatch(r"invariant-class\d+", obj)
-    star = _relion_export(proj, obj, "tomoclust", "3", tmp_path / "out.star")
+    from copick.ops.export import export_relion_particles
+
+    export_relion_particles(str(proj), f"{obj}:tomoclust/3", str(tmp_path / "out.star"),
+                            voxel_spacing=5.0, tomo_type="wbp")
+    star = read_star(tmp_path / "out.star")
     assert set(star["rlnTomoName"]) <= set(RUNS) and len(star) == written.loc[
         written["object"] == obj, "n_points"].sum()

@@ -489,7 +489,12 @@ def write_classes(config: str | Path, classes: Sequence[ClassPicks], *, user_id:
         existing[c.object] = obj
         new_metas.append(obj.meta.model_dump(mode="json"))
     if new_metas:
-        _add_objects_to_config(config, new_metas)
+        try:
+            _add_objects_to_config(config, new_metas)
+        except OSError as exc:
+            raise TomoclustError(f"{where}: cannot add the classes' pickable objects ({exc}); "
+                                 "make the file writable, or set copick.write.enabled: "
+                                 "false") from None
         log.info("%s: added %d pickable objects", where, len(new_metas))
     methods = {c.method for c in classes}
     current = {c.object for c in classes}
@@ -513,7 +518,12 @@ def write_classes(config: str | Path, classes: Sequence[ClassPicks], *, user_id:
                                                                 z=float(z)),
                                         score=float(s))
                             for (x, y, z), s in zip(pos, score, strict=True)]
-            picks.store()
+            try:
+                picks.store()
+            except OSError as exc:
+                raise TomoclustError(f"{where}: run {run_name!r}: cannot write picks of "
+                                     f"{c.object!r} ({exc}); is the project's overlay "
+                                     "writable?") from None
             rows.append({"run": run_name, "method": c.method, "class": c.number,
                          "label": c.label, "object": c.object, "user_id": user_id,
                          "session_id": session_id, "n_points": len(pos)})
