@@ -463,6 +463,18 @@ def _copick_write_methods():
 
 
 COPICK_WRITE_METHODS = _copick_write_methods()
+_CP = COPICK
+COPICK_PARAMS = {  # for rules/copick.smk (empty without a copick input)
+    "config": str(_CP.config) if _CP else "",
+    "voxel_spacing": _CP.voxel_spacing if _CP else 0.0,
+    "tomo_type": _CP.tomo_type if _CP else "",
+    "objects": _CP.picks.objects if _CP and _CP.picks else [],
+    "picks_user_id": (_CP.picks.user_id or "") if _CP and _CP.picks else "",
+    "picks_session_id": (_CP.picks.session_id or "") if _CP and _CP.picks else "",
+    "object": _CP.write.object if _CP else "",
+    "write_user_id": _CP.write.user_id if _CP else "",
+    "write_session_id": _CP.write.session_id if _CP else "",
+}
 
 
 def copick_class_table(method):
