@@ -3,7 +3,7 @@
 # copick.voxel_spacing / copick.tomo_type (copick_tomogram) and ingested like a sheet's
 # tomogram; with copick.picks, that run's picks are its coordinates (copick_picks, then mode 1 of
 # rules/external.smk). Out: copick_write adds each method's classes to the project as picks.
-# The project sheet is built in rules/common.smk (COPICK, tomoclust.copick_project). The rules
+# The project sheet is built in rules/common.smk (COPICK, tomoclust.external.copick_project). The rules
 # are always defined (and so checked by tests/test_envs.py); only a copick input asks for them.
 
 

@@ -1,8 +1,8 @@
 """Rule copick_picks: one run's existing copick picks as a coordinate STAR (mode 1 input)."""
 
-from tomoclust.copick_project import PicksSpec, get_run, open_project, picks_table
-from tomoclust.io import write_star
-from tomoclust.logs import log, run_rule
+from tomoclust.external.copick_project import PicksSpec, get_run, open_project, picks_table
+from tomoclust.formats.star import write_star
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -1,8 +1,8 @@
 """Rule copick_tomogram: one run's tomogram read from a copick project, written as MRC."""
 
-from tomoclust.copick_project import get_run, open_project, read_tomogram, tomogram_of
-from tomoclust.io import write_mrc
-from tomoclust.logs import log, run_rule
+from tomoclust.external.copick_project import get_run, open_project, read_tomogram, tomogram_of
+from tomoclust.formats.mrc import write_mrc
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -2,9 +2,10 @@
 
 import json
 
-from tomoclust.copick_project import class_picks, write_classes
-from tomoclust.io import read_star, write_tsv
-from tomoclust.logs import log, run_rule
+from tomoclust.external.copick_project import class_picks, write_classes
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.formats.star import read_star
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

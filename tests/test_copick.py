@@ -1,4 +1,4 @@
-"""copick projects in and out (tomoclust.copick_project, rules/copick.smk) on tiny projects
+"""copick projects in and out (tomoclust.external.copick_project, rules/copick.smk) on tiny projects
 built with copick's own API: two runs of 40x64x64 tomograms at 10 Å with planted balls
 (object "ball") and dumbbells ("dumbbell") and their picks. The library tests take a few
 seconds; the workflow tests (a dry run and one real run with the invariant method) ~30 s."""
@@ -18,7 +18,7 @@ import yaml
 from test_workflow import _job_stats, _output, _snakemake
 from test_workflow_external import CENTRES, SHAPE, _classes, _tomogram
 from tomoclust import TomoclustError
-from tomoclust.copick_project import (
+from tomoclust.external.copick_project import (
     ClassPicks,
     CopickSettings,
     PicksSpec,
@@ -31,7 +31,7 @@ from tomoclust.copick_project import (
     tomogram_sheet,
     write_classes,
 )
-from tomoclust.io import read_star
+from tomoclust.formats.star import read_star
 
 copick = pytest.importorskip("copick")
 
@@ -276,7 +276,7 @@ def test_unwritable_config_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_fewshot_names_and_template_checks():
-    from tomoclust.copick_project import check_write_template, object_name
+    from tomoclust.external.copick_project import check_write_template, object_name
 
     table = pd.DataFrame({"rlnTomoName": ["a", "a"], "rlnCoordinateX": [1.0, 2.0],
                           "rlnCoordinateY": [1.0, 2.0], "rlnCoordinateZ": [1.0, 2.0],
