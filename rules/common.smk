@@ -37,7 +37,7 @@ def _tomogram_table():
             raise WorkflowError("config: set one input: 'copick.config' (a copick project), "
                                 "'tomograms' (a sheet) or 'simulation.enabled: true'")
         try:
-            return tomogram_sheet(COPICK)
+            return tomogram_sheet(COPICK, config["ingest"]["voxel_size"])
         except TomoclustError as exc:
             raise WorkflowError(str(exc))
     if config["tomograms"]:

@@ -150,6 +150,13 @@ def test_bad_project_errors_name_the_problem(project, kw, pattern):
     assert str(project) in str(exc.value)
 
 
+def test_working_voxel_size_finer_than_the_project(project):
+    with pytest.raises(TomoclustError, match=r"ingest.voxel_size 8 Å is finer than "
+                                             r"copick.voxel_spacing 10 Å"):
+        tomogram_sheet(_settings(project), working_voxel_size=8.0)
+    assert len(tomogram_sheet(_settings(project), working_voxel_size=10.0)) == 2
+
+
 def test_missing_or_broken_config_file(tmp_path):
     with pytest.raises(TomoclustError, match=r"copick config .*nope\.json: file does not exist"):
         tomogram_sheet(_settings(tmp_path / "nope.json"))

@@ -338,16 +338,24 @@ def picks_table(run, spec: PicksSpec, voxel_size: float, where: str) -> pd.DataF
 
 
 # ----------------------------------------------------------------------- the workflow's sheet
-def tomogram_sheet(settings: CopickSettings, tomogram_dir: str = "results/copick/tomograms",
+def tomogram_sheet(settings: CopickSettings, working_voxel_size: float | None = None,
+                   tomogram_dir: str = "results/copick/tomograms",
                    picks_dir: str = "results/copick/picks") -> pd.DataFrame:
     """The project as a tomogram sheet (see :mod:`tomoclust.sheet`): one row per run, its
     ``path`` the MRC the ``copick_tomogram`` rule writes, its ``coordinates`` the STAR the
     ``copick_picks`` rule writes (when picks are configured). Checks every run for a tomogram
     of the type at the voxel spacing, and for picks of the objects, so that a bad project stops
-    the workflow before any job runs."""
+    the workflow before any job runs. ``working_voxel_size`` (config ingest.voxel_size) must not
+    be finer than the copick tomograms: ingest does not upsample."""
     where = f"copick config {settings.config}"
     if not settings.voxel_spacing > 0:
         raise TomoclustError(f"{where}: copick.voxel_spacing must be > 0")
+    if working_voxel_size is not None and \
+            working_voxel_size < settings.voxel_spacing * (1 - 1e-6):
+        raise TomoclustError(f"config: ingest.voxel_size {working_voxel_size:g} Å is finer than "
+                             f"copick.voxel_spacing {settings.voxel_spacing:g} Å and tomoclust "
+                             "does not upsample; set ingest.voxel_size to at least "
+                             f"{settings.voxel_spacing:g} (or null to keep it)")
     root = open_project(settings.config)
     names = run_names(root, settings.runs, where)
     if settings.picks is not None:
