@@ -72,7 +72,8 @@ else:
 HAS_TRUTH = SHEET is None and SIM["enabled"]  # simulated ground truth (picking evaluation)
 # which conditional readers of tomoclust/settings.py read their keys in this run
 MODES = ({"truth"} if HAS_TRUTH else set()) | ({"subtomograms"} if SUBTOMO_MODE else set()) | (
-    {"simulation"} if SHEET is None and not SUBTOMO_MODE else set())
+    {"simulation"} if SHEET is None and not SUBTOMO_MODE else set()) | (
+    {"copick"} if COPICK is not None else set())
 
 
 def section(rule, name):

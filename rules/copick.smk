@@ -61,7 +61,7 @@ rule copick_write:
         object=lambda wildcards: COPICK_PARAMS["object"],  # braces are not wildcards
         user_id=COPICK_PARAMS["write_user_id"],
         session_id=COPICK_PARAMS["write_session_id"],
-        radius=config["picking"]["particle_radius"],
+        radius=param("copick_write", "picking.particle_radius"),
     resources:
         mem_mb=2000,
         runtime=30,

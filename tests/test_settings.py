@@ -44,7 +44,8 @@ def test_every_schema_key_has_a_settings_field_with_the_same_default(repo):
 def test_every_key_is_read_by_a_rule_or_shapes_the_dag():
     for key, f in leaf_fields().items():
         meta = f.metadata
-        assert meta["shapes_dag"] or readers(key, {"truth", "simulation", "subtomograms"}), key
+        modes = {"truth", "simulation", "subtomograms", "copick"}
+        assert meta["shapes_dag"] or readers(key, modes), key
 
 
 def test_rule_params_hold_only_the_keys_the_rule_reads(config):

@@ -57,16 +57,18 @@ RENAMED = {
 
 def reads(default: Any, *rules: str, truth: tuple[str, ...] = (),
           simulation: tuple[str, ...] = (), subtomograms: tuple[str, ...] = (),
-          shapes_dag: bool = False) -> Any:
+          copick: tuple[str, ...] = (), shapes_dag: bool = False) -> Any:
     """A settings field: its default and the rules that read it.
 
     ``rules`` read it always; ``truth`` only when there is a ground truth (simulation, or
     class numbers in the input); ``simulation`` only in simulation mode; ``subtomograms`` only
-    when starting from subtomograms (external.subtomograms). ``shapes_dag``: the key decides
-    which jobs exist (it may also be read by rules).
+    when starting from subtomograms (external.subtomograms); ``copick`` only with a copick
+    project as the input. ``shapes_dag``: the key decides which jobs exist (it may also be
+    read by rules).
     """
     meta = {"rules": tuple(rules), "truth": tuple(truth), "simulation": tuple(simulation),
-            "subtomograms": tuple(subtomograms), "shapes_dag": shapes_dag}
+            "subtomograms": tuple(subtomograms), "copick": tuple(copick),
+            "shapes_dag": shapes_dag}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -162,7 +164,7 @@ class IngestSettings(_Section):
 @dataclass(frozen=True)
 class PickingSettings(_Section):
     SECTION: ClassVar[str] = "picking"
-    particle_radius: float = reads(100.0, "pick", "plot_picks")
+    particle_radius: float = reads(100.0, "pick", "plot_picks", "copick_write")
     sigma_scale: float = reads(0.577, "pick")
     sigma_ratio: float = reads(1.1, "pick")
     contrast: str = reads("dark", "pick")
@@ -213,6 +215,42 @@ class ExternalSettings(_Section):
         if self.tilt_min >= self.tilt_max:
             raise bad("external.tilt_min", f"{self.tilt_min} is not below external.tilt_max "
                       f"{self.tilt_max}")
+
+
+_COPICK_IN = ("copick_tomogram", "copick_picks")
+
+
+@dataclass(frozen=True)
+class CopickPicksSettings(_Section):
+    SECTION: ClassVar[str] = "copick.picks"
+    object: str | list = reads("", "copick_picks", shapes_dag=True)
+    user_id: str = reads("", "copick_picks")
+    session_id: str | int = reads("", "copick_picks")
+
+
+@dataclass(frozen=True)
+class CopickWriteSettings(_Section):
+    SECTION: ClassVar[str] = "copick.write"
+    enabled: bool = reads(True, shapes_dag=True)
+    methods: list = reads([], "copick_write", shapes_dag=True)
+    object: str = reads("{method}-{class}", "copick_write")
+    user_id: str = reads("tomoclust", "copick_write")
+    session_id: str | int = reads("0", "copick_write")
+
+
+@dataclass(frozen=True)
+class CopickConfigSettings(_Section):
+    """The ``copick`` section (parsed for the project by external.copick_project)."""
+
+    SECTION: ClassVar[str] = "copick"
+    config: str = reads("", *_COPICK_IN, "copick_write", shapes_dag=True)
+    voxel_spacing: float = reads(10.0, *_COPICK_IN)
+    tomo_type: str = reads("wbp", "copick_tomogram")
+    runs: list = reads([], "copick_write", shapes_dag=True)
+    tilt_min: float = reads(-60.0, copick=WEDGE_RULES)
+    tilt_max: float = reads(60.0, copick=WEDGE_RULES)
+    picks: CopickPicksSettings = field(default_factory=CopickPicksSettings)
+    write: CopickWriteSettings = field(default_factory=CopickWriteSettings)
 
 
 _DISCA = ("features_disca",)
@@ -434,8 +472,8 @@ class TransferConfigSettings(_Section):
 
 SECTIONS: tuple[type[_Section], ...] = (
     WorkflowSettings, SimulationSettings, IngestSettings, PickingSettings, ExtractionSettings,
-    EvaluationSettings, ExternalSettings, DiscaConfigSettings, InvariantSettings,
-    AutoencoderConfigSettings, FewshotConfigSettings, ClusteringSettings,
+    EvaluationSettings, ExternalSettings, CopickConfigSettings, DiscaConfigSettings,
+    InvariantSettings, AutoencoderConfigSettings, FewshotConfigSettings, ClusteringSettings,
     AveragingConfigSettings, TransferConfigSettings,
 )
 
@@ -465,10 +503,10 @@ def leaf_fields() -> dict[str, dataclasses.Field]:
 
 def readers(key: str, modes: frozenset[str] | set[str] = frozenset()) -> set[str]:
     """The rules that read ``key`` in the given modes ('truth', 'simulation',
-    'subtomograms')."""
+    'subtomograms', 'copick')."""
     meta = leaf_fields()[key].metadata
     out = set(meta["rules"])
-    for mode in ("truth", "simulation", "subtomograms"):
+    for mode in ("truth", "simulation", "subtomograms", "copick"):
         if mode in modes:
             out |= set(meta[mode])
     return out
@@ -544,6 +582,7 @@ class Settings:
     extraction: ExtractionSettings
     evaluation: EvaluationSettings
     external: ExternalSettings
+    copick: CopickConfigSettings
     disca: DiscaConfigSettings
     invariant: InvariantSettings
     autoencoder: AutoencoderConfigSettings
