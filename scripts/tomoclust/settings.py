@@ -181,6 +181,9 @@ _BOX_READERS = ("pick", "extract", "evaluate_picking", "import_coordinates", "im
 
 @dataclass(frozen=True)
 class ExtractionSettings(_Section):
+    """The ``extraction`` section. The ingest rule also checks that each tomogram holds one box
+    (box × voxel_size) but its output does not depend on them, so it is not a reader."""
+
     SECTION: ClassVar[str] = "extraction"
     box: int = reads(32, *_BOX_READERS)
     voxel_size: float = reads(12.0, *_BOX_READERS, "fewshot_template_density",
