@@ -11,10 +11,11 @@ of a run, which saves Snakemake's start-up per key). "Rerun first" means a job w
 is changed params or a missing output (a cache keyed by the settings); jobs that rerun only
 because their input is rerun are downstream (Snakemake does not compare their params).
 Every rule that reruns first must be a declared reader, and every declared reader with a job
-in the run must rerun (first, or below another reader). The first check is exact per key: a
-key that reruns a rule it does not declare makes that rule appear in its group. The second
-holds per key by construction: a rule's params are built from the table (``section`` and
-``param`` in rules/common.smk), so a rule gets exactly the keys it declares.
+in the run must rerun (first, or below another reader; below a rerunning clustering
+checkpoint a dry run cannot list the averaging jobs, see AFTER_CHECKPOINT). The first check
+is exact per key: a key that reruns a rule it does not declare makes that rule appear in its
+group. The second holds per key by construction: a rule's params are built from the table
+(``section`` and ``param`` in rules/common.smk), so a rule gets exactly the keys it declares.
 
 Keys that decide which jobs exist (``shapes_dag``) are grouped apart; for them only "params
 changed" counts (new jobs are the point of changing them), and those rules must be declared
@@ -39,6 +40,11 @@ from tomoclust.settings import leaf_fields, readers, shapes_dag
 #: keys that select another workflow (input mode), not a rerun of this one
 MODE_SWITCHES = {"tomograms", "simulation.enabled", "external.coordinates",
                  "external.subtomograms"}
+
+#: rules whose jobs are known only from the `cluster` checkpoint's output (the classes to
+#: average, rules/average.smk): when the checkpoint itself reruns, a dry run cannot list them
+AFTER_CHECKPOINT = {"average_class", "truth_map", "average_summary", "averaging_table",
+                    "copick_write"}
 
 #: new values for keys whose generic change would make the configuration invalid or
 #: meaningless (dotted key -> value)
@@ -226,7 +232,8 @@ def check(repo: Path, workdir: Path, config: Path, keys: list[str], modes: set[s
         rerun = set().union(*reasons.values()) if reasons else set()
         wrong = {f"reruns undeclared {r}" for r in first - want}
         if not dag:
-            wrong |= {f"does not rerun declared {r}" for r in want - rerun}
+            unseen = AFTER_CHECKPOINT if "cluster" in rerun else set()
+            wrong |= {f"does not rerun declared {r}" for r in want - rerun - unseen}
         if wrong:
             problems[name] = wrong
     return problems
