@@ -125,6 +125,8 @@ def changed_value(repo: Path, key: str, value, config: dict):
         return {**value, "extra": {"n_per_class": 2, "box": 16, "voxel_size": 12.0}}
     if key == "fewshot.train_templates":
         return dict(list(config["templates"].items())[:2]) if not value else {}
+    if key in ("templates", "transfer.templates") and not value:
+        return {"extra": str(repo / "resources" / "structures" / "1bxn.pdb.gz")}
     if isinstance(value, dict) and value:  # a template library: one class fewer, or one more
         items = list(value.items())
         return dict(items[:-1]) if len(items) > 2 else {**value, "extra": items[0][1]}
