@@ -21,7 +21,7 @@ from tomoclust import TomoclustError
 from tomoclust.external.copick_project import (
     ClassPicks,
     CopickSettings,
-    PicksSpec,
+    PicksSettings,
     class_picks,
     get_run,
     open_project,
@@ -122,7 +122,7 @@ def test_tomogram_level0_is_the_written_volume(project):
 
 def test_picks_become_voxel_coordinates_with_classes(project):
     run = get_run(open_project(project), "TS_01", "test")
-    table = picks_table(run, PicksSpec(["ball", "dumbbell"], "curator"), VS, "test")
+    table = picks_table(run, PicksSettings(["ball", "dumbbell"], "curator"), VS, "test")
     cls = np.array(_classes())
     order = np.concatenate([np.flatnonzero(cls == 1), np.flatnonzero(cls == 2)])
     np.testing.assert_allclose(table[["rlnCoordinateZ", "rlnCoordinateY", "rlnCoordinateX"]],
@@ -131,7 +131,7 @@ def test_picks_become_voxel_coordinates_with_classes(project):
     assert set(table["tclCopickObject"]) == {"ball", "dumbbell"}
     assert (table["tclCopickUserId"] == "curator").all()
     assert table["tclCopickScore"].between(0.5, 1.0).all()
-    one = picks_table(run, PicksSpec(["dumbbell"]), VS, "test")
+    one = picks_table(run, PicksSettings(["dumbbell"]), VS, "test")
     assert "rlnClassNumber" not in one and len(one) == int((cls == 2).sum())
 
 

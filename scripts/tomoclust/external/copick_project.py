@@ -94,7 +94,7 @@ def import_copick():
 
 # ------------------------------------------------------------------------------ settings
 @dataclass
-class PicksSpec:
+class PicksSettings:
     objects: list[str]
     user_id: str | None = None
     session_id: str | None = None
@@ -106,7 +106,7 @@ class PicksSpec:
 
 
 @dataclass
-class WriteSpec:
+class WriteSettings:
     enabled: bool = True
     methods: list[str] = field(default_factory=list)
     object: str = "{method}-{class}"
@@ -122,8 +122,8 @@ class CopickSettings:
     runs: list[str]
     tilt_min: float = -60.0
     tilt_max: float = 60.0
-    picks: PicksSpec | None = None
-    write: WriteSpec = field(default_factory=WriteSpec)
+    picks: PicksSettings | None = None
+    write: WriteSettings = field(default_factory=WriteSettings)
 
     @classmethod
     def from_config(cls, section: Mapping) -> CopickSettings:
@@ -134,12 +134,12 @@ class CopickSettings:
         spec = None
         if objects:
             user, session = (str(picks.get(k, "")).strip() for k in ("user_id", "session_id"))
-            spec = PicksSpec([str(o) for o in objects], user or None, session or None)
+            spec = PicksSettings([str(o) for o in objects], user or None, session or None)
             dup = sorted({o for o in spec.objects if spec.objects.count(o) > 1})
             if dup:
                 raise TomoclustError(f"config copick.picks.object: {dup} listed twice")
         w = section.get("write") or {}
-        write = WriteSpec(bool(w.get("enabled", True)), list(w.get("methods") or []),
+        write = WriteSettings(bool(w.get("enabled", True)), list(w.get("methods") or []),
                           str(w.get("object", "{method}-{class}")),
                           str(w.get("user_id", "tomoclust")), str(w.get("session_id", "0")))
         return cls(Path(section["config"]), float(section["voxel_spacing"]),
@@ -276,7 +276,7 @@ def _describe(picks) -> str:
     return f"{picks.pickable_object_name}:{picks.user_id}/{picks.session_id}"
 
 
-def find_picks(run, spec: PicksSpec, where: str) -> dict[str, object]:
+def find_picks(run, spec: PicksSettings, where: str) -> dict[str, object]:
     """{object: CopickPicks} of one run for the spec's objects (objects without picks left
     out). Several pick sets of one object (more than one user or session) are an error."""
     out = {}
@@ -292,7 +292,7 @@ def find_picks(run, spec: PicksSpec, where: str) -> dict[str, object]:
     return out
 
 
-def picks_table(run, spec: PicksSpec, voxel_size: float, where: str) -> pd.DataFrame:
+def picks_table(run, spec: PicksSettings, voxel_size: float, where: str) -> pd.DataFrame:
     """The spec's picks of one run as a coordinate table that
     :func:`tomoclust.external.import_coordinates` reads: ``rlnCoordinateX/Y/Z`` in voxels of
     ``voxel_size`` (the copick tomogram's), RELION angles from the transforms (when the picks
