@@ -37,9 +37,11 @@ import yaml
 from snakemake.utils import validate
 from tomoclust.settings import leaf_fields, readers, shapes_dag
 
-#: keys that select another workflow (input mode), not a rerun of this one
+#: keys that select another workflow (input mode, or which of the three few-shot support
+#: sources is used: exactly one may be set), not a rerun of this one
 MODE_SWITCHES = {"tomograms", "simulation.enabled", "external.coordinates",
-                 "external.subtomograms"}
+                 "external.subtomograms", "copick.config", "fewshot.support",
+                 "fewshot.support_templates"}
 
 #: rules whose jobs are known only from the `cluster` checkpoint's output (the classes to
 #: average, rules/average.smk): when the checkpoint itself reruns, a dry run cannot list them
@@ -56,9 +58,10 @@ ALTERNATIVES = {
     "clustering.k": 3,
     "fewshot.class_names": {1: "first"},
     "fewshot.train_snr": [0.5],
-    "fewshot.support_templates": [],
     "external.image_root": "elsewhere",
     "transfer.cache": "other_cache",
+    "copick.runs": ["TS_01"],
+    "copick.write.methods": ["invariant"],
 }
 
 WORKER = r"""
