@@ -44,7 +44,17 @@ from . import TomoclustError
 from .augment import AUGMENT_MODES, augment, wedge_mask_torch
 from .cluster import compact_labels, gmm_bic, reduce_features
 from .nn import Yopo, YopoConfig
-from .train import Checkpoint, batches, infer, rng_state, set_rng_state, to_tensor, write_history
+from .train import (
+    Checkpoint,
+    MicroBatches,
+    batches,
+    check_finite,
+    infer,
+    rng_state,
+    set_rng_state,
+    to_tensor,
+    write_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +207,7 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
     opt = torch.optim.NAdam(model.parameters(), lr=params.lr)
     wedge = wedge_mask_torch(d, params.tilt_min, params.tilt_max, device)
     k_values = list(range(params.k_min, params.k_max + 1))
+    fit = MicroBatches("DISCA training", device)
 
     start, prev, history = 0, None, []
     best: dict = {"db": np.inf}
@@ -231,7 +242,8 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
         if from_invariants:
             feats, z = inv, z_inv
         else:
-            feats = infer(model.features, stack, device)
+            feats = infer(model.features, stack, device, what="DISCA features")
+            check_finite(feats, "the network features", "DISCA", f"iteration {it}")
             z = reduce_features(feats, params.pca_components, params.seed)
         gm, bic = gmm_bic(z, k_values, n_init=params.gmm_n_init, seed=params.seed + it,
                           warm_labels=prev)
@@ -262,18 +274,23 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
             alpha = params.smoothing * params.smoothing_decay**it
             model.train()
             losses = []
+
+            def step(part: np.ndarray, weight: float, it: int = it, k: int = k,
+                     alpha: float = alpha, labels: np.ndarray = labels) -> float:
+                x = to_tensor(stack, part, device)
+                x = torch.cat([x, augment(x, params.augment, rng, wedge)])
+                y = _smoothed(np.concatenate([labels[part], labels[part]]), k, alpha, device)
+                loss = _loss(model(x[:, None]), y, params.loss)
+                value = float(loss.detach())
+                check_finite(value, "the training loss", "DISCA", f"iteration {it}")
+                (loss * weight).backward()
+                return value
+
             for _ in range(params.epochs_per_iteration):
                 for idx in batches(n, params.batch_size, rng):
                     if len(idx) < 2:
                         continue
-                    x = to_tensor(stack, idx, device)
-                    x = torch.cat([x, augment(x, params.augment, rng, wedge)])
-                    y = _smoothed(np.concatenate([labels[idx], labels[idx]]), k, alpha, device)
-                    opt.zero_grad()
-                    loss = _loss(model(x[:, None]), y, params.loss)
-                    loss.backward()
-                    opt.step()
-                    losses.append(float(loss.detach()))
+                    losses.append(fit(opt, step, idx))
             for g in opt.param_groups:
                 g["lr"] *= params.lr_decay
             row["loss"] = float(np.mean(losses)) if losses else float("nan")
