@@ -233,6 +233,7 @@ def run_disca(stack: np.ndarray, params: DiscaParams, device: str | torch.device
         inv = invariant_features(stack, params.invariant_l_max, params.invariant_lowpass,
                                  radial=params.invariant_radial,
                                  spectrum_components=params.invariant_components, device=device)
+        check_finite(inv, "the invariant features of the first labels", "DISCA", "iteration 0")
         z_inv = reduce_features(inv, params.pca_components, params.seed)
     n_passes = params.iterations + (1 if params.init == "invariant" else 0)
     for it in range(start, n_passes):

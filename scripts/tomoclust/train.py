@@ -98,8 +98,8 @@ def check_finite(value: float | torch.Tensor | np.ndarray, what: str, method: st
         bad, total = (0 if math.isfinite(float(value)) else 1), 1
     if bad:
         raise TomoclustError(
-            f"{method}: {what} is not finite at {step} ({bad} of {total} values NaN or Inf); "
-            "training diverged (try a lower learning rate) or the input holds NaN/Inf")
+            f"{method}: NaN or Inf in {what} at {step} ({bad} of {total} values); training "
+            "diverged (try a lower learning rate) or the input holds NaN/Inf")
 
 
 class MicroBatches:
@@ -195,6 +195,14 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """Remove the checkpoint once the job's outputs are written: it exists to resume a
+        killed run, and a forced rerun of a finished job must train afresh, not hand back
+        the old model."""
+        if self.path.exists():
+            self.remove()
+            log.info("outputs written; checkpoint %s removed", self.path)
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
