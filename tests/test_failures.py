@@ -1,0 +1,112 @@
+"""Loud failures of the training methods: NaN/Inf in a loss or in features is an error naming
+the method and the epoch; GPU out of memory (simulated) shrinks the batch, logs it, and gives
+the same model."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from test_disca import planted_shapes
+from tomoclust import TomoclustError
+from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
+from tomoclust.disca import DiscaParams, run_disca
+from tomoclust.fewshot import FewShotParams, train_protonet
+from tomoclust.nn import AutoEncoder3D
+from tomoclust.transfer import train_transfer
+from tomoclust.transfer_config import TransferParams
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return planted_shapes(n_per=12, d=16)
+
+
+def _poisoned(stack: np.ndarray, value: float = np.nan) -> np.ndarray:
+    bad = stack.copy()
+    bad[3, 8, 8, 8] = value
+    return bad
+
+
+def test_autoencoder_nan_names_method_and_epoch(shapes):
+    with pytest.raises(TomoclustError, match=r"^autoencoder: NaN or Inf in the training loss at "
+                                             r"epoch 0"):
+        run_autoencoder(_poisoned(shapes[0]), AutoencoderParams(code_dim=4, channels=2,
+                                                                epochs=2, batch_size=8), "cpu")
+
+
+def test_autoencoder_diverging_names_the_epoch(shapes):
+    """A learning rate that blows the weights up: the error names the epoch where it happened."""
+    params = AutoencoderParams(code_dim=4, channels=2, epochs=6, batch_size=8, lr=1e12)
+    with pytest.raises(TomoclustError, match=r"^autoencoder: NaN or Inf in the training loss at "
+                                             r"epoch \d+ .*lower learning rate"):
+        run_autoencoder(shapes[0], params, "cpu")
+
+
+def test_disca_nan_names_method_and_iteration(shapes):
+    params = DiscaParams(preset="tiny", iterations=2, k_max=3, batch_size=16, pca_components=3,
+                         head_warmup_steps=5, init="random", seed=0)
+    with pytest.raises(TomoclustError, match=r"^DISCA: NaN or Inf in the network features at "
+                                             r"iteration 0"):
+        run_disca(_poisoned(shapes[0], np.inf), params, "cpu")
+    with pytest.raises(TomoclustError, match=r"^DISCA: NaN or Inf in the invariant features"):
+        run_disca(_poisoned(shapes[0]), DiscaParams(**{**params.__dict__, "init": "invariant"}),
+                  "cpu")
+
+
+def test_transfer_nan_names_method_and_epoch(shapes):
+    stack, truth = shapes
+    params = TransferParams(width=4, stages=2, hidden=8, epochs=2, batch_size=8, seed=0)
+    with pytest.raises(TomoclustError, match=r"^transfer: NaN or Inf in the training loss at "
+                                             r"epoch 0"):
+        train_transfer(_poisoned(stack), truth, ["ball", "rod"], params, "cpu")
+
+
+def test_fewshot_nan_names_method_and_epoch(shapes):
+    stack, truth = shapes
+    bad = stack.copy()
+    bad[:] = np.nan
+    params = FewShotParams(width=2, blocks=2, shot=2, query=2, epochs=2, episodes_per_epoch=2)
+    with pytest.raises(TomoclustError, match=r"^few-shot protonet3d: NaN or Inf in the training "
+                                             r"loss at epoch 0"):
+        train_protonet(bad, truth, params, "cpu")
+
+
+def test_autoencoder_out_of_memory_halves_the_batch(shapes, monkeypatch, caplog):
+    """The simulated GPU holds 4 boxes at a time: training goes on in micro-batches of 4
+    (logged), and since gradients add up over them the model is that of the full batches."""
+    stack = shapes[0]
+    params = AutoencoderParams(code_dim=4, channels=2, epochs=2, batch_size=16)
+    reference = run_autoencoder(stack, params, "cpu")
+    real_forward = AutoEncoder3D.forward
+    sizes: list[int] = []
+
+    def small_gpu(self, x):
+        sizes.append(len(x))
+        if self.training and len(x) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_forward(self, x)
+
+    monkeypatch.setattr(AutoEncoder3D, "forward", small_gpu)
+    with caplog.at_level(logging.WARNING, logger="tomoclust"):
+        res = run_autoencoder(stack, params, "cpu")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "autoencoder training: out of memory on cpu with a batch of 16; retrying with 8",
+        "autoencoder training: out of memory on cpu with a batch of 8; retrying with 4"]
+    assert max(sizes[3:]) == 4  # after the two failures, never more than fits
+    np.testing.assert_allclose(res.features, reference.features, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.history["loss"], reference.history["loss"], rtol=1e-5)
+
+
+def test_out_of_memory_at_the_floor_stops_training(shapes, monkeypatch):
+    def no_memory(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(AutoEncoder3D, "forward", no_memory)
+    with pytest.raises(TomoclustError, match=r"autoencoder training: out of memory on cpu even "
+                                             r"with a batch of 2 \(the floor\)"):
+        run_autoencoder(shapes[0], AutoencoderParams(code_dim=4, channels=2, epochs=1,
+                                                     batch_size=16), "cpu")
