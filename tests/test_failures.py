@@ -1,6 +1,6 @@
-"""Loud failures of the training methods: NaN/Inf in a loss or in features is an error naming
-the method and the epoch; GPU out of memory (simulated) shrinks the batch, logs it, and gives
-the same model."""
+"""Loud failures: NaN/Inf in a loss or in features is an error naming the method and the
+epoch; GPU out of memory (simulated) shrinks the batch, logs it, and gives the same model; a
+clustering that collapses to one or two classes while the features spread wider is flagged."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from test_disca import planted_shapes
 from tomoclust import TomoclustError
 from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
+from tomoclust.cluster import collapse_warning, effective_dimension
 from tomoclust.disca import DiscaParams, run_disca
 from tomoclust.fewshot import FewShotParams, train_protonet
 from tomoclust.nn import AutoEncoder3D
@@ -110,3 +111,31 @@ def test_out_of_memory_at_the_floor_stops_training(shapes, monkeypatch):
                                              r"with a batch of 2 \(the floor\)"):
         run_autoencoder(shapes[0], AutoencoderParams(code_dim=4, channels=2, epochs=1,
                                                      batch_size=16), "cpu")
+
+
+# ---------------------------------------------------------------- collapsed clustering
+def test_effective_dimension_counts_spread_directions(rng):
+    iso = rng.standard_normal((4000, 6))
+    assert effective_dimension(iso) == pytest.approx(6.0, rel=0.05)
+    line = np.outer(rng.standard_normal(500), rng.standard_normal(5))
+    assert effective_dimension(line) == pytest.approx(1.0, abs=1e-6)
+    # constant (dead) columns are left out, the scale of a column does not matter
+    padded = np.hstack([iso[:, :3] * [1.0, 100.0, 0.01], np.ones((4000, 2))])
+    assert effective_dimension(padded) == pytest.approx(3.0, rel=0.05)
+    assert effective_dimension(np.ones((10, 4))) == 0.0
+    # chunked accumulation equals one pass
+    assert effective_dimension(iso, chunk=333) == pytest.approx(effective_dimension(iso),
+                                                                rel=1e-9)
+
+
+def test_collapse_warning_only_when_structure_is_left_unused(rng):
+    spread = rng.standard_normal((600, 8)).astype(np.float32)
+    msg = collapse_warning(spread, 2, 10, [550, 50])
+    assert msg is not None and "only 2 classes found (up to 10 allowed" in msg
+    assert "92%" in msg and "8.0 effective dimensions" in msg
+    assert "1 class found" in collapse_warning(spread, 1, 10, [600])
+    assert collapse_warning(spread, 3, 10, [200, 200, 200]) is None  # not collapsed
+    assert collapse_warning(spread, 2, 2, [300, 300]) is None  # K = 2 was all there was
+    assert collapse_warning(spread, 2, None, [300, 300]) is None
+    line = np.outer(rng.standard_normal(600), np.ones(8)).astype(np.float32)
+    assert collapse_warning(line, 2, 10, [300, 300]) is None  # the features hold no more

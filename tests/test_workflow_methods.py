@@ -73,6 +73,9 @@ def test_features_clusters_and_evaluation(methods_run):
         summary = json.loads((res / "cluster" / method / "summary.json").read_text())
         assert summary["k"] == k and sum(summary["class_sizes"]) == n
         assert summary["mixture_components"] >= k  # BIC components, before any merging
+        assert summary["effective_dimension"] > 0
+        log = (methods_run / "logs" / "cluster" / f"{method}.log").read_text()
+        assert (summary["collapse_warning"] is not None) == ("may have collapsed" in log)
         bic = pd.read_csv(res / "cluster" / method / "bic.tsv", sep="\t")
         assert set(bic["k"]) >= {2, 3, 4}
         assert (res / "cluster" / method / "bic.png").stat().st_size > 0

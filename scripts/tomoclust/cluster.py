@@ -64,6 +64,48 @@ def constant_columns(features: np.ndarray, rtol: float = 1e-6) -> int:
     return int((np.ptp(x, axis=0) <= rtol * scale).sum())
 
 
+def effective_dimension(features: np.ndarray, chunk: int = 65536) -> float:
+    """How many directions the standardised features spread over: the participation ratio
+    ``(Σλ)² / Σλ²`` of their correlation matrix's eigenvalues (constant columns left out). 1 for
+    features on a line, ``m`` for ``m`` uncorrelated columns; 0 when all are constant.
+    Accumulated over row chunks, so it needs no copy of the features."""
+    x = np.asarray(features)
+    n = x.shape[0]
+    if n < 2 or x.ndim != 2:
+        return 0.0
+    mean = x.mean(axis=0, dtype=np.float64)
+    gram = np.zeros((x.shape[1], x.shape[1]))
+    for a in range(0, n, chunk):
+        c = x[a:a + chunk].astype(np.float64) - mean
+        gram += c.T @ c
+    var = np.diag(gram) / n
+    keep = var > 0
+    if not keep.any():
+        return 0.0
+    sd = np.sqrt(var[keep])
+    corr = gram[np.ix_(keep, keep)] / n / np.outer(sd, sd)
+    lam = np.clip(np.linalg.eigvalsh(corr), 0.0, None)
+    return float(lam.sum() ** 2 / (lam**2).sum())
+
+
+def collapse_warning(features: np.ndarray, k: int, k_max: int | None, sizes: list[int],
+                     min_dimension: float = 3.0) -> str | None:
+    """A warning when the clustering found one or two classes although more were allowed and
+    the features spread over at least ``min_dimension`` effective dimensions
+    (:func:`effective_dimension`): the typical sign of a model or a clustering that collapsed,
+    not of a sample with two kinds of particle. ``None`` when there is nothing to say."""
+    if k > 2 or k_max is None or k_max <= k:
+        return None
+    dim = effective_dimension(features)
+    if dim < min_dimension:
+        return None
+    largest = 100.0 * max(sizes) / max(sum(sizes), 1) if sizes else 100.0
+    return (f"only {k} class{'es' if k != 1 else ''} found (up to {k_max} allowed; the largest "
+            f"holds {largest:.0f}% of the particles) although the features spread over "
+            f"{dim:.1f} effective dimensions: the clustering may have collapsed; check the BIC "
+            "curve and the feature map, and try a fixed K or another method")
+
+
 def reduce_features(features: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
     """Standardise ``(n, d)`` features and keep ``n_components`` principal components."""
     x = np.asarray(features, dtype=np.float64)
