@@ -12,7 +12,13 @@ import torch
 from test_disca import planted_shapes
 from tomoclust import TomoclustError
 from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
-from tomoclust.cluster import collapse_warning, effective_dimension
+from tomoclust.cluster import (
+    cluster_features,
+    collapse_warning,
+    constant_columns,
+    effective_dimension,
+    reduce_features,
+)
 from tomoclust.disca import DiscaParams, run_disca
 from tomoclust.fewshot import FewShotParams, train_protonet
 from tomoclust.nn import AutoEncoder3D
@@ -139,3 +145,44 @@ def test_collapse_warning_only_when_structure_is_left_unused(rng):
     assert collapse_warning(spread, 2, None, [300, 300]) is None
     line = np.outer(rng.standard_normal(600), np.ones(8)).astype(np.float32)
     assert collapse_warning(line, 2, 10, [300, 300]) is None  # the features hold no more
+
+
+# ------------------------------------------------------- clustering in one float32 copy
+def _reduce_reference(features: np.ndarray, k: int) -> np.ndarray:
+    """The float64 scikit-learn path (what the tall path replaces)."""
+    from sklearn.decomposition import PCA
+
+    x = features.astype(np.float64)
+    sd = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    z = PCA(n_components=k, random_state=0).fit_transform(x)
+    return z / z.std(axis=0)
+
+
+def test_tall_pca_matches_scikit_learn_and_clusters_alike(rng):
+    centres = rng.standard_normal((4, 40)) * 1.5
+    truth = rng.integers(0, 4, 6000)
+    feats = (centres[truth] + rng.standard_normal((6000, 40))
+             * rng.uniform(0.5, 3.0, 40)).astype(np.float32)
+    feats[:, 5] = 2.0  # a dead unit
+    z = reduce_features(feats, 8, chunk=1000)
+    ref = _reduce_reference(feats, 8)
+    assert z.shape == (6000, 8) and z.dtype == np.float64
+    np.testing.assert_allclose(z, ref, atol=2e-4)  # same axes, same signs
+    a = cluster_features(feats, "gmm", k_min=2, k_max=6, pca_components=8, seed=0)
+    assert a.k == 4
+    # the clustering of the reference scores
+    from tomoclust.cluster import _cluster
+    b = _cluster(ref, "gmm", None, 2, 6, 3, 0, 2, None, 2.0)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # small tables (n < 10·d) still go through scikit-learn, unchanged
+    np.testing.assert_array_equal(reduce_features(feats[:300], 8), _reduce_reference(
+        feats[:300], 8))
+
+
+def test_constant_columns_needs_no_float64_copy():
+    x = np.ones((5, 4), dtype=np.float32)
+    x[:, 1] = np.arange(5)
+    x[2, 3] = 1.0 + 1e-3
+    assert constant_columns(x) == 2
+    assert constant_columns(np.zeros((0, 3), np.float32)) == 0

@@ -59,9 +59,13 @@ def constant_columns(features: np.ndarray, rtol: float = 1e-6) -> int:
     """Number of feature columns that do not vary over the particles (spread at most ``rtol``
     times the largest absolute feature value): dead units of a network, say. They carry no
     information; when every column is constant, no clustering can separate anything."""
-    x = np.asarray(features, dtype=np.float64)
-    scale = max(float(np.abs(x).max(initial=0.0)), np.finfo(float).tiny)
-    return int((np.ptp(x, axis=0) <= rtol * scale).sum())
+    x = np.asarray(features)
+    if x.shape[0] == 0:
+        return 0
+    hi, lo = x.max(axis=0).astype(np.float64), x.min(axis=0).astype(np.float64)
+    scale = max(float(np.maximum(np.abs(hi), np.abs(lo)).max(initial=0.0)),
+                np.finfo(float).tiny)
+    return int((hi - lo <= rtol * scale).sum())
 
 
 def effective_dimension(features: np.ndarray, chunk: int = 65536) -> float:
@@ -106,14 +110,61 @@ def collapse_warning(features: np.ndarray, k: int, k_max: int | None, sizes: lis
             "curve and the feature map, and try a fixed K or another method")
 
 
-def reduce_features(features: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
-    """Standardise ``(n, d)`` features and keep ``n_components`` principal components."""
-    x = np.asarray(features, dtype=np.float64)
-    sd = x.std(axis=0)
-    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    k = int(min(n_components, x.shape[1], max(x.shape[0] - 1, 1)))
-    z = PCA(n_components=k, random_state=seed).fit_transform(x)
-    return z / np.where(z.std(axis=0) > 0, z.std(axis=0), 1.0)
+def reduce_features(features: np.ndarray, n_components: int, seed: int = 0,
+                    chunk: int = 65536) -> np.ndarray:
+    """Standardise ``(n, d)`` features and keep ``n_components`` principal components.
+
+    Returns ``(n, k)`` float64 scores, each scaled to unit variance. For tall feature tables
+    (``n ≥ 10·d``, ``d ≤ 1000``: every large particle set) the exact covariance
+    eigendecomposition, the solver scikit-learn's PCA itself picks for such shapes, is done
+    here on one float32 standardised copy with float64 sums over row chunks, so memory stays
+    near twice the float32 features instead of several float64 copies. Other shapes go to
+    scikit-learn's PCA in float64, as before.
+    """
+    x = np.asarray(features)
+    n, d = x.shape
+    k = int(min(n_components, d, max(n - 1, 1)))
+    if d <= 1000 and n >= 10 * d:
+        z = _pca_tall(x, k, chunk)
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        sd = x.std(axis=0)
+        x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        z = PCA(n_components=k, random_state=seed).fit_transform(x)
+    sd = z.std(axis=0)
+    z /= np.where(sd > 0, sd, 1.0)
+    return z
+
+
+def _pca_tall(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Scores on the ``k`` leading principal axes of the standardised columns of a tall
+    ``(n, d)`` array: covariance from float64 sums over row chunks, ``eigh``, signs as
+    scikit-learn fixes them (the largest loading of each axis positive)."""
+    n, d = x.shape
+    mean = x.mean(axis=0, dtype=np.float64)
+    sq = np.zeros(d)
+    for a in range(0, n, chunk):
+        c = x[a:a + chunk].astype(np.float64) - mean
+        sq += (c * c).sum(axis=0)
+    sd = np.sqrt(sq / n)
+    sd[sd == 0] = 1.0
+    xs = np.empty((n, d), dtype=np.float32)  # the one copy: standardised, float32
+    for a in range(0, n, chunk):
+        xs[a:a + chunk] = (x[a:a + chunk].astype(np.float64) - mean) / sd
+    m = xs.mean(axis=0, dtype=np.float64)
+    gram = np.zeros((d, d))
+    for a in range(0, n, chunk):
+        c = xs[a:a + chunk].astype(np.float64)
+        gram += c.T @ c
+    cov = (gram - n * np.outer(m, m)) / max(n - 1, 1)
+    _, vecs = np.linalg.eigh(cov)
+    axes = vecs[:, ::-1][:, :k].T  # (k, d), largest variance first
+    signs = np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])
+    axes *= np.where(signs == 0, 1.0, signs)[:, None]
+    z = np.empty((n, k))
+    for a in range(0, n, chunk):
+        z[a:a + chunk] = (xs[a:a + chunk].astype(np.float64) - m) @ axes.T
+    return z
 
 
 def gmm_bic(z: np.ndarray, k_values: list[int], n_init: int = 3, seed: int = 0,
