@@ -66,8 +66,9 @@ def _reset_peak(device: str) -> None:
 def _planted_stack(n_per_class: int, box: int, snr: float, seed: int = 0):
     """Two demo complexes as subtomograms (labels 0/1), for neutrality and training."""
     from common import DEMO_CLASSES
-    from tomoclust.density import template_density
-    from tomoclust.simulate import Template, simulate_subtomograms
+    from tomoclust.simulate.density import template_density
+    from tomoclust.simulate.subtomograms import simulate_subtomograms
+    from tomoclust.simulate.tomograms import Template
 
     names = ["6s47", "4v1w", "3cf3"]
     templates = [Template(nm, i + 1, template_density(REPO / DEMO_CLASSES[nm], 12.0, box=box))
@@ -79,19 +80,18 @@ def _planted_stack(n_per_class: int, box: int, snr: float, seed: int = 0):
 
 # ------------------------------------------------------------------------------ inference
 def _models(box: int):
-    from tomoclust.autoencoder import AutoEncoder3D
-    from tomoclust.fewshot import FewShotParams, ProtoNet
-    from tomoclust.nn import Yopo, YopoConfig
-    from tomoclust.transfer import TransferNet
-    from tomoclust.transfer_config import TransferParams
+    from tomoclust.features.fewshot import FewShotSettings, ProtoNet
+    from tomoclust.features.networks import AutoEncoder3D, Yopo, YopoSettings
+    from tomoclust.features.transfer import TransferNet
+    from tomoclust.features.transfer_settings import TransferSettings
 
     return {
-        "DISCA YOPO light (default)": (Yopo(YopoConfig.from_preset("light"), 5), "features"),
-        "DISCA YOPO published": (Yopo(YopoConfig.from_preset("published"), 5), "features"),
+        "DISCA YOPO light (default)": (Yopo(YopoSettings.from_preset("light"), 5), "features"),
+        "DISCA YOPO published": (Yopo(YopoSettings.from_preset("published"), 5), "features"),
         "autoencoder (32 ch, paper)": (AutoEncoder3D(box, 32, 32), "encode"),
-        "transfer (default)": (TransferNet(TransferParams().net_config(6)), "features"),
-        "few-shot protonet3d light": (ProtoNet(box, FewShotParams()), "embed"),
-        "few-shot protonet3d published": (ProtoNet(box, FewShotParams(preset="published")),
+        "transfer (default)": (TransferNet(TransferSettings().net_config(6)), "features"),
+        "few-shot protonet3d light": (ProtoNet(box, FewShotSettings()), "embed"),
+        "few-shot protonet3d published": (ProtoNet(box, FewShotSettings(preset="published")),
                                           "embed"),
     }
 
@@ -121,9 +121,9 @@ def _agreement(a: np.ndarray, b: np.ndarray, k: int, seed: int = 0) -> tuple[flo
 def cmd_inference(args) -> int:
     torch = _torch(args.device)
     dev = args.device
-    from tomoclust.invariants import shell_spectra
-    from tomoclust.nn import count_parameters
-    from tomoclust.train import infer
+    from tomoclust.features.invariant import shell_spectra
+    from tomoclust.features.networks import count_parameters
+    from tomoclust.features.train import infer
 
     torch.backends.cudnn.benchmark = True
     rng = np.random.default_rng(0)
@@ -175,7 +175,7 @@ def cmd_inference(args) -> int:
           f"Random {args.box}³ boxes, median of {args.repeats} passes over {args.n}, batch "
           f"{args.batch}, after a warm-up; networks at their random initialisation (speed does "
           "not depend on the weights). bf16 = autocast to bfloat16 "
-          "(`tomoclust.train.infer(precision='bf16')`); *neutral* when, on "
+          "(`tomoclust.features.train.infer(precision='bf16')`); *neutral* when, on "
           f"{3 * args.planted_per_class} simulated subtomograms of three complexes (SNR 0.5), "
           f"the features' relative error vs fp32 is ≤ {REL_ERR_MAX} and the bf16 features, "
           "assigned to the centroids of a k-means (3) of the fp32 features, keep their labels "
@@ -227,15 +227,15 @@ def cmd_training(args) -> int:
     torch = _torch(args.device)
     dev = args.device
     from sklearn.metrics import adjusted_rand_score
-    from tomoclust.disca import DiscaParams, run_disca
-    from tomoclust.fewshot import FewShotParams, evaluate_episodes, train_protonet
+    from tomoclust.features.disca import DiscaSettings, run_disca
+    from tomoclust.features.fewshot import FewShotSettings, evaluate_episodes, train_protonet
 
     torch.backends.cudnn.benchmark = True
     stack, labels = _planted_stack(args.per_class, 32, args.snr)
     rows, results = [], {}
 
     _reset_peak(dev)
-    params = DiscaParams(preset=args.preset, iterations=args.disca_iterations, k_min=2,
+    params = DiscaSettings(preset=args.preset, iterations=args.disca_iterations, k_min=2,
                          k_max=6, batch_size=args.disca_batch, seed=0)
     t0 = time.perf_counter()
     res = run_disca(stack, params, dev)
@@ -253,7 +253,7 @@ def cmd_training(args) -> int:
     log(f"DISCA {args.preset}: {wall:.1f} s, ARI {ari:.3f}")
 
     _reset_peak(dev)
-    fs = FewShotParams(preset=args.preset, epochs=args.fewshot_epochs, episodes_per_epoch=20,
+    fs = FewShotSettings(preset=args.preset, epochs=args.fewshot_epochs, episodes_per_epoch=20,
                        shot=5, query=10, seed=0)
     train = labels < 2
     t0 = time.perf_counter()

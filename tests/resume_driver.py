@@ -28,8 +28,8 @@ sys.path[:0] = [str(HERE.parent / "scripts"), str(HERE)]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from test_disca import planted_shapes  # noqa: E402
-from tomoclust import autoencoder, disca, fewshot, train, transfer  # noqa: E402
-from tomoclust.transfer_config import TransferParams  # noqa: E402
+from tomoclust.features import autoencoder, disca, fewshot, train, transfer  # noqa: E402
+from tomoclust.features.transfer_settings import TransferSettings  # noqa: E402
 
 MODULES = {"autoencoder": autoencoder, "disca": disca, "fewshot": fewshot, "transfer": transfer}
 
@@ -73,22 +73,22 @@ def main() -> None:
     ck = train.Checkpoint(args.checkpoint, f"resume-test-{args.method}")
     if args.method == "autoencoder":
         res = autoencoder.run_autoencoder(
-            stack, autoencoder.AutoencoderParams(code_dim=4, channels=4, epochs=5, batch_size=8),
+            stack, autoencoder.AutoencoderSettings(code_dim=4, channels=4, epochs=5, batch_size=8),
             "cpu", checkpoint=ck)
         feats, state, hist = res.features, res.state_dict, res.history
     elif args.method == "disca":
-        params = disca.DiscaParams(preset="tiny", iterations=3, k_max=3, batch_size=8,
+        params = disca.DiscaSettings(preset="tiny", iterations=3, k_max=3, batch_size=8,
                                    pca_components=3, head_warmup_steps=5, seed=0)
         res = disca.run_disca(stack, params, "cpu", checkpoint=ck)
         feats, state, hist = res.features, res.state_dict, res.history
     elif args.method == "fewshot":
-        params = fewshot.FewShotParams(variant="protonet_ce", width=4, blocks=2, shot=2, query=3,
+        params = fewshot.FewShotSettings(variant="protonet_ce", width=4, blocks=2, shot=2, query=3,
                                        epochs=4, episodes_per_epoch=3, lr_step=2, seed=3)
         res = fewshot.train_protonet(stack, truth, params, "cpu", checkpoint=ck)
         feats = fewshot.embed_stack(res.model, stack, "cpu").numpy()
         state, hist = res.model.state_dict(), res.history
     else:
-        params = TransferParams(width=4, stages=2, hidden=8, epochs=4, batch_size=8, seed=1)
+        params = TransferSettings(width=4, stages=2, hidden=8, epochs=4, batch_size=8, seed=1)
         res = transfer.train_transfer(stack, truth, ["ball", "rod"], params, "cpu",
                                       checkpoint=ck)
         feats = transfer.transfer_features(res.model, stack)[0]

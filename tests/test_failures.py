@@ -11,7 +11,6 @@ import pytest
 import torch
 from test_disca import planted_shapes
 from tomoclust import TomoclustError
-from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
 from tomoclust.cluster import (
     cluster_features,
     collapse_warning,
@@ -19,11 +18,12 @@ from tomoclust.cluster import (
     effective_dimension,
     reduce_features,
 )
-from tomoclust.disca import DiscaParams, run_disca
-from tomoclust.fewshot import FewShotParams, train_protonet
-from tomoclust.nn import AutoEncoder3D
-from tomoclust.transfer import train_transfer
-from tomoclust.transfer_config import TransferParams
+from tomoclust.features.autoencoder import AutoencoderSettings, run_autoencoder
+from tomoclust.features.disca import DiscaSettings, run_disca
+from tomoclust.features.fewshot import FewShotSettings, train_protonet
+from tomoclust.features.networks import AutoEncoder3D
+from tomoclust.features.transfer import train_transfer
+from tomoclust.features.transfer_settings import TransferSettings
 
 
 @pytest.fixture(scope="module")
@@ -40,32 +40,32 @@ def _poisoned(stack: np.ndarray, value: float = np.nan) -> np.ndarray:
 def test_autoencoder_nan_names_method_and_epoch(shapes):
     with pytest.raises(TomoclustError, match=r"^autoencoder: NaN or Inf in the training loss at "
                                              r"epoch 0"):
-        run_autoencoder(_poisoned(shapes[0]), AutoencoderParams(code_dim=4, channels=2,
+        run_autoencoder(_poisoned(shapes[0]), AutoencoderSettings(code_dim=4, channels=2,
                                                                 epochs=2, batch_size=8), "cpu")
 
 
 def test_autoencoder_diverging_names_the_epoch(shapes):
     """A learning rate that blows the weights up: the error names the epoch where it happened."""
-    params = AutoencoderParams(code_dim=4, channels=2, epochs=6, batch_size=8, lr=1e12)
+    params = AutoencoderSettings(code_dim=4, channels=2, epochs=6, batch_size=8, lr=1e12)
     with pytest.raises(TomoclustError, match=r"^autoencoder: NaN or Inf in the training loss at "
                                              r"epoch \d+ .*lower learning rate"):
         run_autoencoder(shapes[0], params, "cpu")
 
 
 def test_disca_nan_names_method_and_iteration(shapes):
-    params = DiscaParams(preset="tiny", iterations=2, k_max=3, batch_size=16, pca_components=3,
+    params = DiscaSettings(preset="tiny", iterations=2, k_max=3, batch_size=16, pca_components=3,
                          head_warmup_steps=5, init="random", seed=0)
     with pytest.raises(TomoclustError, match=r"^DISCA: NaN or Inf in the network features at "
                                              r"iteration 0"):
         run_disca(_poisoned(shapes[0], np.inf), params, "cpu")
     with pytest.raises(TomoclustError, match=r"^DISCA: NaN or Inf in the invariant features"):
-        run_disca(_poisoned(shapes[0]), DiscaParams(**{**params.__dict__, "init": "invariant"}),
+        run_disca(_poisoned(shapes[0]), DiscaSettings(**{**params.__dict__, "init": "invariant"}),
                   "cpu")
 
 
 def test_transfer_nan_names_method_and_epoch(shapes):
     stack, truth = shapes
-    params = TransferParams(width=4, stages=2, hidden=8, epochs=2, batch_size=8, seed=0)
+    params = TransferSettings(width=4, stages=2, hidden=8, epochs=2, batch_size=8, seed=0)
     with pytest.raises(TomoclustError, match=r"^transfer: NaN or Inf in the training loss at "
                                              r"epoch 0"):
         train_transfer(_poisoned(stack), truth, ["ball", "rod"], params, "cpu")
@@ -75,7 +75,7 @@ def test_fewshot_nan_names_method_and_epoch(shapes):
     stack, truth = shapes
     bad = stack.copy()
     bad[:] = np.nan
-    params = FewShotParams(width=2, blocks=2, shot=2, query=2, epochs=2, episodes_per_epoch=2)
+    params = FewShotSettings(width=2, blocks=2, shot=2, query=2, epochs=2, episodes_per_epoch=2)
     with pytest.raises(TomoclustError, match=r"^few-shot protonet3d: NaN or Inf in the training "
                                              r"loss at epoch 0"):
         train_protonet(bad, truth, params, "cpu")
@@ -85,7 +85,7 @@ def test_autoencoder_out_of_memory_halves_the_batch(shapes, monkeypatch, caplog)
     """The simulated GPU holds 4 boxes at a time: training goes on in micro-batches of 4
     (logged), and since gradients add up over them the model is that of the full batches."""
     stack = shapes[0]
-    params = AutoencoderParams(code_dim=4, channels=2, epochs=2, batch_size=16)
+    params = AutoencoderSettings(code_dim=4, channels=2, epochs=2, batch_size=16)
     reference = run_autoencoder(stack, params, "cpu")
     real_forward = AutoEncoder3D.forward
     sizes: list[int] = []
@@ -115,7 +115,7 @@ def test_out_of_memory_at_the_floor_stops_training(shapes, monkeypatch):
     monkeypatch.setattr(AutoEncoder3D, "forward", no_memory)
     with pytest.raises(TomoclustError, match=r"autoencoder training: out of memory on cpu even "
                                              r"with a batch of 2 \(the floor\)"):
-        run_autoencoder(shapes[0], AutoencoderParams(code_dim=4, channels=2, epochs=1,
+        run_autoencoder(shapes[0], AutoencoderSettings(code_dim=4, channels=2, epochs=1,
                                                      batch_size=16), "cpu")
 
 

@@ -1,4 +1,5 @@
-"""tomoclust.train: checkpoints (round trip, fingerprints, corrupt files), batches, inference,
+"""tomoclust.features.train: checkpoints (round trip, fingerprints, corrupt files), batches,
+inference,
 generator state."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import DEVICES
 from tomoclust import TomoclustError
-from tomoclust.train import (
+from tomoclust.features.train import (
     Checkpoint,
     MicroBatches,
     batches,
@@ -254,7 +255,7 @@ def test_micro_batches_give_the_full_batch_step_when_memory_runs_out(caplog):
         value = fit(opt, step, np.arange(12))
     assert fit.size == 3  # 12 -> 6 -> 3, kept for later steps
     assert sizes == [12, 6, 3, 3, 3, 3]
-    assert value == pytest.approx(float(full), rel=1e-6)
+    assert value == pytest.approx(float(full.detach()), rel=1e-6)
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert sum("out of memory" in r.getMessage() for r in caplog.records) == 2
