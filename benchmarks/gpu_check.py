@@ -308,7 +308,8 @@ def cmd_workflow(args) -> int:
     cfg["templates"] = {k: str(REPO / v) for k, v in cfg["templates"].items()}
     cfg["device"] = dev
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [str(snakemake) if snakemake.exists() else "snakemake", "--snakefile",
+    cmd = [*([str(snakemake)] if snakemake.exists() else [sys.executable, "-m", "snakemake"]),
+           "--snakefile",
            str(REPO / "Snakefile"), "--directory", str(work), "--cores", str(args.cores),
            "--configfile", str(work / "config.yaml")]
     t0 = time.perf_counter()

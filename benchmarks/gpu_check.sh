@@ -22,14 +22,15 @@
 #                                      installed with a CUDA build of torch (e.g. a project venv
 #                                      made on a GPU node);
 #   TOMOCLUST_VENV=/path/to/venv       the same, given as a virtual environment's folder;
-#   otherwise .gpu-venv/ is made here with --system-site-packages on top of ${PYTHON:-python3}
-#   (so the machine's CUDA torch is used, never replaced) and requirements-dev.txt minus torch
-#   is installed into it: from PyPI, or, on a machine without internet, from a folder of wheels
-#   given as TOMOCLUST_WHEELS (default .whl/ when it exists), e.g. made on a connected machine
-#   of the same platform with
-#     grep -v '^torch' requirements-dev.txt > /tmp/req.txt
-#     pip download -r /tmp/req.txt -d .whl --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
+#   otherwise ${PYTHON:-python3}, which must import a CUDA torch (a GPU image's Python): the
+#   packages of requirements-dev.txt it cannot import are installed, pinned, into .gpu-site/
+#   (put first on PYTHONPATH; torch is never replaced), from PyPI or, on a machine without
+#   internet, from a folder of wheels TOMOCLUST_WHEELS (default .whl/ when it exists), made on
+#   a connected machine for the GPU machine's Python and platform, e.g.
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
+#       snakemake==9.27.1 mrcfile==1.5.4 starfile==0.5.13 gemmi==0.7.5 ...
+#   (every package the GPU machine lacks, with the dependencies it lacks).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUDGET=${GPU_CHECK_BUDGET_S:-480}
@@ -55,22 +56,35 @@ if [ -n "${TOMOCLUST_PYTHON:-}" ]; then
 elif [ -n "${TOMOCLUST_VENV:-}" ]; then
     PY=$TOMOCLUST_VENV/bin/python
 else
-    PY=.gpu-venv/bin/python
-    if [ ! -x "$PY" ]; then
-        timeout 60 "${PYTHON:-python3}" -m venv --system-site-packages .gpu-venv \
-            || refuse "could not create .gpu-venv with ${PYTHON:-python3} -m venv"
-    fi
-    grep -v -E '^(torch|-r )' requirements.txt > .gpu-venv/requirements.txt
-    grep -v -E '^(torch|-r )' requirements-dev.txt >> .gpu-venv/requirements.txt
-    WHEELS=${TOMOCLUST_WHEELS:-}
-    if [ -z "$WHEELS" ] && [ -d .whl ]; then WHEELS=.whl; fi
-    PIP_SRC=()
-    if [ -n "$WHEELS" ]; then PIP_SRC=(--no-index --find-links "$WHEELS"); fi
-    if ! timeout 90 "$PY" -m pip install -q --disable-pip-version-check "${PIP_SRC[@]}" \
-            -r .gpu-venv/requirements.txt; then
-        echo "gpu_check: warning: could not install requirements-dev.txt into .gpu-venv" \
-             "(no internet? set TOMOCLUST_WHEELS or TOMOCLUST_PYTHON); steps whose packages" \
-             "are missing will fail" >&2
+    PY=${PYTHON:-python3}
+    export PYTHONPATH="$PWD/.gpu-site${PYTHONPATH:+:$PYTHONPATH}"
+    # the pinned requirements this interpreter cannot import (torch and ruff left out)
+    missing=$(timeout 60 "$PY" - <<'PYEOF' || true
+import importlib.util, re
+names = {"snakemake-executor-plugin-slurm": "snakemake_executor_plugin_slurm",
+         "scikit-image": "skimage", "scikit-learn": "sklearn", "pyyaml": "yaml"}
+for f in ("requirements.txt", "requirements-dev.txt"):
+    for line in open(f):
+        m = re.match(r"^([A-Za-z0-9_.-]+)==", line.strip())
+        if not m or m.group(1) in ("torch", "ruff"):
+            continue
+        mod = names.get(m.group(1), m.group(1).replace("-", "_"))
+        if importlib.util.find_spec(mod) is None:
+            print(line.strip())
+PYEOF
+)
+    if [ -n "$missing" ]; then
+        WHEELS=${TOMOCLUST_WHEELS:-}
+        if [ -z "$WHEELS" ] && [ -d .whl ]; then WHEELS=.whl; fi
+        PIP_SRC=()
+        if [ -n "$WHEELS" ]; then PIP_SRC=(--no-index --find-links "$WHEELS"); fi
+        echo "gpu_check: installing into .gpu-site: $(echo $missing)"
+        # shellcheck disable=SC2086
+        if ! timeout 90 "$PY" -m pip install -q --disable-pip-version-check --target .gpu-site \
+                "${PIP_SRC[@]}" $missing; then
+            echo "gpu_check: warning: could not install $(echo $missing) (no internet? set" \
+                 "TOMOCLUST_WHEELS or TOMOCLUST_PYTHON); steps that need them will fail" >&2
+        fi
     fi
 fi
 [ -x "$PY" ] || command -v "$PY" >/dev/null || refuse "no Python interpreter at $PY"

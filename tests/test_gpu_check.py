@@ -32,7 +32,7 @@ def _results_state() -> dict[str, int]:
 @no_gpu
 def test_refuses_without_nvidia_smi(tmp_path):
     before = _results_state()
-    had_venv = (REPO / ".gpu-venv").exists()
+    had_site = (REPO / ".gpu-site").exists()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     assert not any((Path(d) / "nvidia-smi").exists() for d in env["PATH"].split(":"))
     proc = _run(env)
@@ -41,7 +41,7 @@ def test_refuses_without_nvidia_smi(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gpu_check: no CUDA GPU visible")
     assert proc.stdout == ""
     assert _results_state() == before  # nothing written
-    assert (REPO / ".gpu-venv").exists() == had_venv  # no environment made for nothing
+    assert (REPO / ".gpu-site").exists() == had_site  # nothing installed for nothing
 
 
 @no_gpu
