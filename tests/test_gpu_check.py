@@ -107,3 +107,13 @@ def test_test_counts_and_summary(tmp_path):
     assert "skipped (out of time)" in md and "### CUDA test cases" in md  # parts included
     status.write_text("setup\tok\t3\t90\ntests\tok\t50\t100\n")
     assert _helper(tmp_path, "summary", str(status)).returncode == 0
+
+
+def test_helper_steps_run_on_the_cpu(tmp_path):
+    """The measuring code itself (imports, library calls) works; on the CPU only as a smoke
+    test of the script, never as GPU figures."""
+    proc = _helper(tmp_path, "--device", "cpu", "averaging", "--n", "4", "--iterations", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "gpu_averaging.json").read_text())
+    assert [r["n"] for r in out["runs"]] == [4, 4]
+    assert all(r["wall_s"] > 0 for r in out["runs"])
