@@ -59,6 +59,13 @@ def make_workdir(root: Path, n: int) -> tuple[Path, Path]:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["tomograms"] = str(sheet)
     cfg["simulation"]["enabled"] = False
+    # real data has no truth: the few-shot support set is simulated from two of the templates
+    cfg["fewshot"]["support_from_truth"] = 0
+    cfg["fewshot"]["support_templates"] = list(cfg["templates"])[:2]
+    for holder in (cfg, cfg["transfer"], cfg["fewshot"]):  # template paths relative to the repo
+        key = "train_templates" if holder is cfg["fewshot"] else "templates"
+        if holder.get(key):
+            holder[key] = {k: str(REPO / v) for k, v in holder[key].items()}
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return work, config

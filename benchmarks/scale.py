@@ -27,9 +27,12 @@ For every N, each stage runs in a fresh subprocess (so its peak memory is its ow
   the network sees 16³, as ``light`` does on the default 32³ box. Above ``--yopo-max``
   particles only the first ``--yopo-subset`` are inferred (a subset, labelled as such), and the
   full-pass time is extrapolated from that rate, also labelled.
-* ``cluster``: :func:`tomoclust.cluster.cluster_features` on the invariant features (GMM with
-  a fixed K = 3, PCA 8, n_init 3, the default stability check), with the adjusted Rand index
-  against the planted classes as a sanity check.
+* ``cluster``: what the cluster rule does with the invariant features: the constant-column
+  and collapse checks, then :func:`tomoclust.cluster.cluster_features` (GMM with a fixed K = 3,
+  PCA 8, n_init 3, the default stability check), with the adjusted Rand index against the
+  planted classes as a sanity check.
+* ``cluster_f64``: the previous clustering path (float64 copies, scikit-learn's PCA) on the
+  same features, for its memory and to show whether the labels agree with ``cluster``.
 
 Memory per stage: ``ru_maxrss`` of the child, and the peaks of its anonymous and file-backed
 resident memory sampled every 10 ms from ``/proc/self/status``. Pages of a memory-mapped file
@@ -58,7 +61,7 @@ import numpy as np
 from common import log, machine_info, machine_line, md_table, write_outputs
 
 PER_TOMOGRAM = 5000
-STAGES = ("write", "gather", "invariant", "yopo", "cluster")
+STAGES = ("write", "gather", "invariant", "yopo", "cluster", "cluster_f64")
 N_CLASSES = 3
 L_MAX, LOWPASS = 6, 1.0
 VOXEL = 12.0
@@ -206,17 +209,78 @@ def stage_yopo(d: Path, threads: int, n_max: int, n_subset: int) -> dict[str, An
 
 
 def stage_cluster(d: Path, k: int, algorithm: str) -> dict[str, Any]:
+    """What the cluster rule does with the features: the constant-column and collapse checks,
+    then :func:`tomoclust.cluster.cluster_features`."""
     from sklearn.metrics import adjusted_rand_score
-    from tomoclust.cluster import cluster_features
+    from tomoclust.cluster import (
+        cluster_features,
+        collapse_warning,
+        constant_columns,
+        effective_dimension,
+    )
 
     feats = np.load(d / "invariant.npy")
     t0 = time.perf_counter()
+    n_const = constant_columns(feats)
     res = cluster_features(feats, algorithm, k=k, pca_components=8, n_init=3, seed=0)
+    sizes = np.bincount(res.labels)[1:].tolist()
+    warning = collapse_warning(feats, res.k, k, sizes)
+    dim = effective_dimension(feats)
     dt = time.perf_counter() - t0
+    np.save(d / "labels.npy", res.labels)
     truth = np.load(d / "truth.npy")
     return {"seconds": dt, "n": len(feats), "k": res.k, "stability_ari": res.stability_ari,
             "ari_vs_planted": float(adjusted_rand_score(truth, res.labels)),
+            "feature_bytes": feats.nbytes, "constant_columns": n_const,
+            "effective_dimension": dim, "collapse_warning": warning}
+
+
+def stage_cluster_f64(d: Path, k: int, algorithm: str) -> dict[str, Any]:
+    """The previous clustering path, for comparison: standardised float64 copies and
+    scikit-learn's PCA, then the same mixture fits; agreement with the ``cluster`` stage."""
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+    from threadpoolctl import threadpool_limits
+    from tomoclust.cluster import _cluster
+
+    feats = np.load(d / "invariant.npy")
+    t0 = time.perf_counter()
+    x = np.asarray(feats, dtype=np.float64)
+    sd = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    z = PCA(n_components=8, random_state=0).fit_transform(x)
+    del x
+    z = z / np.where(z.std(axis=0) > 0, z.std(axis=0), 1.0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        res = _cluster(z, algorithm, k, 2, 10, 3, 0, 2, None, 2.0)
+    dt = time.perf_counter() - t0
+    truth = np.load(d / "truth.npy")
+    new = np.load(d / "labels.npy")
+    return {"seconds": dt, "n": len(feats), "k": res.k, "stability_ari": res.stability_ari,
+            "ari_vs_planted": float(adjusted_rand_score(truth, res.labels)),
+            "labels_equal_to_cluster_stage": bool(np.array_equal(new, res.labels)),
+            "ari_vs_cluster_stage": float(adjusted_rand_score(new, res.labels)),
             "feature_bytes": feats.nbytes}
+
+
+def synthetic_features(d: Path, n: int, seed: int, dim: int = 196) -> None:
+    """``invariant.npy`` (float32) and ``truth.npy`` for ``--cluster-only``: N_CLASSES planted
+    classes, class means apart by about one noise σ per column, noise of a different spread
+    in every column, some columns correlated (as shell spectra are); written in chunks."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((N_CLASSES, dim)) * 0.35
+    scale = rng.uniform(0.5, 2.0, dim)
+    mix = np.eye(dim) + 0.3 * rng.standard_normal((dim, dim)) / np.sqrt(dim)
+    truth = rng.integers(0, N_CLASSES, n)
+    out = np.lib.format.open_memmap(d / "invariant.npy", mode="w+", dtype=np.float32,
+                                    shape=(n, dim))
+    for a in range(0, n, 100_000):
+        t = truth[a:a + 100_000]
+        x = (rng.standard_normal((len(t), dim)) @ mix) * scale + means[t] * scale
+        out[a:a + len(t)] = x
+    out.flush()
+    del out
+    np.save(d / "truth.npy", truth)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -233,6 +297,8 @@ def child(args: argparse.Namespace) -> None:
             out = stage_yopo(d, args.threads, args.yopo_max, args.yopo_subset)
         elif args.stage == "cluster":
             out = stage_cluster(d, args.k, args.algorithm)
+        elif args.stage == "cluster_f64":
+            out = stage_cluster_f64(d, args.k, args.algorithm)
         else:
             raise ValueError(args.stage)
         out.setdefault("seconds", time.perf_counter() - t0)
@@ -276,7 +342,7 @@ def render(res: dict[str, Any]) -> str:
     rows = []
     for r in res["runs"]:
         n = r["n"]
-        for stage in STAGES:
+        for stage in [st for st in STAGES if st in r["stages"]]:
             s = r["stages"][stage]
             label = stage
             if stage == "yopo" and s["subset"]:
@@ -286,18 +352,26 @@ def render(res: dict[str, Any]) -> str:
                 data = f"stack {s['stack_bytes'] / 1e9:.2f} GB"
             if stage == "gather":
                 data += f", STAR {s['star_bytes'] / 1e6:.0f} MB"
-            if stage in ("invariant", "yopo", "cluster"):
+            if stage in ("invariant", "yopo", "cluster", "cluster_f64"):
                 data = f"features {s['feature_bytes'] / 1e6:.1f} MB"
+            if stage == "cluster_f64":
+                label = "cluster, previous float64 path"
             rate = n / s["seconds"] if stage == "write" else s["n"] / s["seconds"]
             rows.append([f"{n:,}", label, f"{s['seconds']:.1f}", f"{rate:,.0f}",
                          f"{s['ru_maxrss_mb']:,.0f}", f"{s['peak_rss_anon_mb']:,.0f}",
                          f"{s['peak_rss_file_mb']:,.0f}", data])
     extra = []
     for r in res["runs"]:
-        y = r["stages"]["yopo"]
+        y = r["stages"].get("yopo", {"subset": False})
         c = r["stages"]["cluster"]
         line = (f"- N = {r['n']:,}: clustering K = {c['k']}, ARI vs planted classes "
                 f"{c['ari_vs_planted']:.3f}, stability ARI {c['stability_ari']:.3f}")
+        f64 = r["stages"].get("cluster_f64")
+        if f64:
+            line += ("; the previous float64 path: labels "
+                     + ("identical" if f64["labels_equal_to_cluster_stage"] else
+                        f"differ (ARI {f64['ari_vs_cluster_stage']:.4f} between the two)")
+                     + f", ARI vs planted {f64['ari_vs_planted']:.3f}")
         if y["subset"]:
             line += (f"; YOPO full pass **extrapolated** from the subset rate: "
                      f"{r['yopo_full_pass_extrapolated_s']:,.0f} s "
@@ -343,6 +417,9 @@ def main() -> None:
                     help="end any stage whose anonymous memory passes this (a guard for a "
                     "shared machine)")
     ap.add_argument("--quick", action="store_true", help="smoke test: N = 2,000 and 6,000")
+    ap.add_argument("--cluster-only", action="store_true",
+                    help="only the clustering stages, on synthetic planted features of the "
+                    "invariant's width (196): minutes instead of the full pipeline's hour")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="scratch (default: a new temp directory)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch files")
@@ -365,15 +442,18 @@ def main() -> None:
             d = work / f"n{n}"
             d.mkdir()
             stages: dict[str, Any] = {}
-            for stage in STAGES:
+            if args.cluster_only:
+                log(f"N = {n:,}: synthetic features")
+                synthetic_features(d, n, args.seed)
+            for stage in (("cluster", "cluster_f64") if args.cluster_only else STAGES):
                 log(f"N = {n:,}: {stage}")
                 stages[stage] = run_stage(stage, d, args, n)
                 log(f"  {stages[stage]}")
                 if "aborted" in stages[stage]:
                     raise RuntimeError(f"N = {n:,}: {stage} {stages[stage]}")
-                if stage == "gather":  # keep one copy of the particles on disk
+                if stage == "gather" and not args.cluster_only:  # one copy on disk
                     shutil.rmtree(d / "subtomograms")
-            y = stages["yopo"]
+            y = stages.get("yopo", {"subset": False})
             runs.append({"n": n, "stages": stages,
                          "yopo_full_pass_extrapolated_s":
                              n * y["seconds"] / y["n"] if y["subset"] else None})
@@ -390,7 +470,8 @@ def main() -> None:
         return st["peak_rss_anon_mb"] - st.get("feature_bytes", 0) / 2**20
 
     summary = {st: [excess(r["stages"][st]) for r in runs]
-               for st in ("gather", "invariant", "yopo", "cluster")}
+               for st in ("gather", "invariant", "yopo", "cluster", "cluster_f64")
+               if all(st in r["stages"] for r in runs)}
     machine["load_average_at_end"] = list(os.getloadavg())
     res = {"machine": machine, "args": {k: v for k, v in vars(args).items()
                                         if k not in ("stage", "dir")},

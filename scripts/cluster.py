@@ -1,7 +1,12 @@
 """Rule cluster: GMM with BIC choice of K (or k-means with fixed K) on a method's features."""
 
 import numpy as np
-from tomoclust.cluster import cluster_features, constant_columns
+from tomoclust.cluster import (
+    cluster_features,
+    collapse_warning,
+    constant_columns,
+    effective_dimension,
+)
 from tomoclust.formats.atomic import write_json, write_tsv
 from tomoclust.formats.star import read_star, write_star
 from tomoclust.report.plots import plot_bic
@@ -33,13 +38,18 @@ def main(smk) -> None:
     write_tsv(smk.output.bic, res.bic)
     plot_bic(res.bic, res.k, smk.output.plot, title=smk.wildcards.method)
     sizes = np.bincount(res.labels)[1:].tolist()
+    collapsed = collapse_warning(feats, res.k, c["k"] or c["k_max"], sizes)
+    if collapsed:
+        log.warning("%s: %s", smk.wildcards.method, collapsed)
     write_json(smk.output.summary, {"method": smk.wildcards.method, "algorithm": c["algorithm"],
                                     "k": res.k, "class_sizes": sizes,
                                     "mixture_components": res.k_components,
                                     "stability_ari": res.stability_ari,
                                     "mean_probability": float(res.probability.mean()),
                                     "constant_feature_columns": n_const,
-                                    "feature_columns": int(feats.shape[1])})
+                                    "feature_columns": int(feats.shape[1]),
+                                    "effective_dimension": effective_dimension(feats),
+                                    "collapse_warning": collapsed})
     log.info("%s: K=%d, sizes %s, stability ARI %.3f", smk.wildcards.method, res.k, sizes,
              res.stability_ari)
 

@@ -29,6 +29,7 @@ def main(smk) -> None:
     save_features(smk.output.features, res.features, len(df))
     save_state_dict(smk.output.model, res.state_dict)
     write_info(smk.output.info, run_info(device, seconds=time.time() - t0, params=describe(params)))
+    ckpt.finish()
 
 
 run_rule(snakemake, main)

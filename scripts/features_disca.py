@@ -38,6 +38,7 @@ def main(smk) -> None:
                                          best_iteration=res.best_iteration,
                                          k=int(res.labels.max()), params=describe(params)))
     log.info("best iteration %d with K=%d", res.best_iteration, int(res.labels.max()))
+    ckpt.finish()
 
 
 run_rule(snakemake, main)

@@ -33,6 +33,7 @@ def main(smk) -> None:
         n_training=len(stack), training_classes={int(k): str(v) for k, v in names.items()},
         final_episode_accuracy=float(res.history["episode_accuracy"].iloc[-1])
         if len(res.history) else None))
+    ckpt.finish()
 
 
 run_rule(snakemake, main)

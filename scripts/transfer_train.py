@@ -30,9 +30,9 @@ def main(smk) -> None:
     log.info("training on %d boxes of %d classes, device %s, %s", len(df), len(names), device,
              params.as_dict())
     fp = fingerprint({"training": params.as_dict(), "set": set_info["params"]}, smk.input.stack)
+    ckpt = Checkpoint(smk.params.checkpoint, fp)
     t0 = time.time()
-    res = train_transfer(stack, labels, names, params, device,
-                         checkpoint=Checkpoint(smk.params.checkpoint, fp),
+    res = train_transfer(stack, labels, names, params, device, checkpoint=ckpt,
                          history_path=smk.output.history)
     last = res.history.iloc[-1]
     extra = {"box": int(stack.shape[-1]), "voxel_size": float(vs),
@@ -42,6 +42,7 @@ def main(smk) -> None:
     save_model(smk.output.model, res.model, names, extra)
     write_info(smk.output.info, run_info(device, seconds=time.time() - t0, class_names=names,
                                          **extra))
+    ckpt.finish()
 
 
 run_rule(snakemake, main)

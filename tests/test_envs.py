@@ -15,13 +15,23 @@ On clusters each rule runs in the conda env named by its ``conda:`` directive
   by the caller instead, each with its reason;
 * a new third-party module must be added to ``MODULE_TO_CONDA`` (its conda-forge name);
 * the pins agree with requirements.txt (the venv used locally and in CI) on major.minor, except
-  that pytorch may lag by one minor version (conda-forge's CUDA builds follow PyPI later).
+  that pytorch may lag by one minor version (conda-forge's CUDA builds follow PyPI later);
+  pip pins (``name==x.y.z``) agree exactly;
+* an env's ``pip:`` section is exactly its per-step requirements file,
+  ``envs/requirements-<step>.txt`` (``cpu``, ``report``, ``torch`` for ``torch-gpu.yaml``).
+
+And one check that needs the installs: tests/run.sh installs each per-step requirements file
+into its own fresh venv (``$TOMOCLUST_STEP_VENVS/<step>``) and ``test_step_venv_imports``
+imports there every module the step's rule scripts use, tomoclust's included. Without those
+venvs (a plain local pytest run) it is skipped; under CI it fails.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +55,7 @@ MODULE_TO_CONDA: dict[str, tuple[str, ...]] = {
     "sklearn": ("scikit-learn",),
     "threadpoolctl": ("threadpoolctl",),
     "yaml": ("pyyaml",),
-    "torch": ("pytorch",),
+    "torch": ("pytorch", "torch"),
     "matplotlib": ("matplotlib-base", "matplotlib"),
     "PIL": ("pillow",),
     "h5py": ("h5py",),
@@ -295,3 +305,79 @@ def test_checker_sees_function_level_and_optional_imports(tmp_path):
     found = third_party_imports(src)
     # rule.py brings the file formats (mrcfile, starfile, pandas) but not its guarded torch
     assert set(found) == {"numpy", "sklearn", "pandas", "mrcfile", "starfile"}, found
+
+
+# ----------------------------------------------------- per-step requirements and their venvs
+STEP_OF_ENV = {"cpu.yaml": "cpu", "report.yaml": "report", "torch-gpu.yaml": "torch"}
+# envs whose pins are checked elsewhere (copick.yaml: tests/test_copick.py, against
+# requirements-copick.txt); they still take numpy & co. from conda-forge
+OTHER_ENVS = {"copick.yaml"}
+
+
+def _step_requirements(step: str) -> list[str]:
+    text = (REPO / "envs" / f"requirements-{step}.txt").read_text()
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_every_env_has_a_step_requirements_file():
+    assert sorted(p.name for p in ENVS if p.name not in OTHER_ENVS) == sorted(STEP_OF_ENV)
+    files = sorted(p.name for p in (REPO / "envs").glob("requirements-*.txt"))
+    assert files == sorted(f"requirements-{s}.txt" for s in STEP_OF_ENV.values())
+
+
+@pytest.mark.parametrize("env", [e for e in ENVS if e.name in STEP_OF_ENV], ids=lambda p: p.name)
+def test_env_takes_only_python_from_conda_and_its_requirements_by_pip(env):
+    data = yaml.safe_load(env.read_text())
+    conda = [d for d in data["dependencies"] if not isinstance(d, dict)]
+    pips = [d["pip"] for d in data["dependencies"] if isinstance(d, dict)]
+    names = {re.match(r"^[A-Za-z0-9_.\-]+", str(d)).group(0) for d in conda}
+    assert names <= {"python", "pip", "cuda-version"}, f"{env.name}: from conda: {names}"
+    assert len(pips) == 1, f"{env.name}: one pip: section"
+    assert pips[0] == _step_requirements(STEP_OF_ENV[env.name]), \
+        f"{env.name}: its pip: section differs from envs/requirements-{STEP_OF_ENV[env.name]}.txt"
+
+
+@pytest.mark.parametrize("step", sorted(set(STEP_OF_ENV.values())))
+def test_step_requirements_equal_requirements_txt(step):
+    req = _requirements()
+    for line in _step_requirements(step):
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==([\w.+]+)$", line)
+        assert m, f"requirements-{step}.txt: {line!r} is not an exact pin (name==version)"
+        name, version = m.group(1).lower(), m.group(2)
+        assert req.get(name) == version, \
+            f"requirements-{step}.txt: {name}=={version} but requirements.txt has {req.get(name)}"
+
+
+def step_imports(step: str) -> tuple[list[str], list[str]]:
+    """(third-party modules, tomoclust modules) used by the rule scripts of a step's env."""
+    third, own = set(), set()
+    for rule in ACTION_RULES:
+        if not rule.script or STEP_OF_ENV.get(rule.env_path.name) != step:
+            continue
+        third |= set(third_party_imports(rule.script_path))
+        for name, _ in _imports(rule.script_path, None):
+            if name.split(".")[0] == PACKAGE and _module_file(name) is not None:
+                own.add(name)
+    return sorted(third), sorted(own)
+
+
+@pytest.mark.parametrize("step", sorted(set(STEP_OF_ENV.values())))
+def test_step_venv_imports(step):
+    root = os.environ.get("TOMOCLUST_STEP_VENVS")
+    python = Path(root or "/nonexistent") / step / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no venv for step {step} at {python} (tests/run.sh makes them)")
+        pytest.skip("per-step venvs not made (tests/run.sh makes them, TOMOCLUST_STEP_VENVS)")
+    third, own = step_imports(step)
+    assert third and own, (third, own)
+    code = ("import importlib, sys\n"
+            f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
+            f"for m in {third + own!r}:\n"
+            "    importlib.import_module(m)\n"
+            "print('imported', len(sys.modules))\n")
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                          timeout=300, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    assert proc.returncode == 0, f"step {step}: {proc.stderr[-3000:]}"
+    assert proc.stdout.startswith("imported")

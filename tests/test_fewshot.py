@@ -460,7 +460,7 @@ def test_workflow_outputs(fewshot_run):
         assert hist["epoch"].tolist() == [0, 1]
         state = torch.load(d / "model.pt", weights_only=True)
         assert ("attention.q.weight" in state) == (v == "protonet_ce")
-        assert (res / "checkpoints" / f"{v}.pt").is_file()
+        assert not (res / "checkpoints" / f"{v}.pt").exists()  # removed once finished
         clusters = read_star(res / "cluster" / v / "clusters.star")
         assert len(clusters) == n
         m = pd.read_csv(res / "evaluation" / v / "fewshot_metrics.tsv", sep="\t")
@@ -507,7 +507,9 @@ def test_workflow_reruns(fewshot_run, repo):
 
 
 @pytest.mark.slow
-def test_forced_training_resumes_from_checkpoint(fewshot_run, repo):
+def test_forced_training_trains_afresh(fewshot_run, repo):
+    """The finished job removed its checkpoint, so a forced rerun trains again (the same
+    model on the CPU) instead of resuming."""
     res = fewshot_run / "results"
     config = str(fewshot_run / "tiny_fewshot.yaml")
     before = torch.load(res / "features" / "protonet_ce" / "model.pt", weights_only=True)
@@ -516,7 +518,8 @@ def test_forced_training_resumes_from_checkpoint(fewshot_run, repo):
     try:
         assert proc.returncode == 0, _out(proc)[-5000:]
         log = (fewshot_run / "logs" / "features" / "protonet_ce_training.log").read_text()
-        assert "resuming few-shot training from checkpoint after epoch 1" in log, log
+        assert "resuming few-shot training" not in log, log
+        assert "few-shot protonet_ce epoch 0" in log, log
         after = torch.load(res / "features" / "protonet_ce" / "model.pt", weights_only=True)
         for k in before:
             torch.testing.assert_close(before[k], after[k])

@@ -190,8 +190,10 @@ def test_cluster_summary_rows_and_bad_files(tmp_path):
                              "mean_probability": 0.95}))
     b = tmp_path / "b.json"
     b.write_text(json.dumps({"method": "ae", "algorithm": "kmeans", "k": 2,
-                             "class_sizes": [6, 4], "stability_ari": float("nan")}))
+                             "class_sizes": [6, 4], "stability_ari": float("nan"),
+                             "collapse_warning": "only 2 classes found"}))
     df = cluster_summary([a, b])
+    assert df["warning"].tolist() == ["", "only 2 classes found"]  # shown in the report
     assert df["method"].tolist() == ["inv", "ae"]
     assert df["K"].tolist() == [3, 2] and df["particles"].tolist() == [10, 10]
     assert df["class sizes"].iloc[0] == "5 / 3 / 2"

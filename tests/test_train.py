@@ -4,6 +4,7 @@ generator state."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -12,9 +13,12 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DEVICES
+from tomoclust import TomoclustError
 from tomoclust.features.train import (
     Checkpoint,
+    MicroBatches,
     batches,
+    check_finite,
     fingerprint,
     infer,
     rng_state,
@@ -181,3 +185,105 @@ def test_write_history(tmp_path):
     df = pd.read_csv(tmp_path / "h" / "history.tsv", sep="\t")
     assert df.to_dict("records") == rows
     write_history(None, rows)  # no path: nothing happens, no error
+
+
+# ------------------------------------------------------------------- loud failures
+def _oom_above(limit: int, calls: list[int]):
+    """A feature function that runs out of (simulated) GPU memory above ``limit`` rows."""
+    def fn(x):
+        calls.append(len(x))
+        if len(x) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x.flatten(1)[:, :2] * 3
+    return fn
+
+
+def test_infer_halves_the_batch_when_out_of_memory(rng, caplog):
+    data = rng.standard_normal((21, 4, 4, 4)).astype(np.float32)
+    calls: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="tomoclust"):
+        out = infer(_oom_above(5, calls), data, "cpu", batch_size=16, what="YOPO features")
+    np.testing.assert_allclose(out, 3 * data.reshape(21, -1)[:, :2], rtol=1e-6)
+    assert calls[:3] == [16, 8, 4]  # halved twice, then kept
+    assert set(calls[3:]) <= {4, 1}
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(msgs) == 2
+    assert "YOPO features: out of memory on cpu with a batch of 16; retrying with 8" in msgs[0]
+
+
+def test_infer_out_of_memory_at_the_floor_is_a_clear_error(rng):
+    data = rng.standard_normal((6, 4, 4, 4)).astype(np.float32)
+    calls: list[int] = []
+    with pytest.raises(TomoclustError, match=r"autoencoder features: out of memory on cpu even "
+                                             r"with a batch of 2 \(the floor\).*CUDA out of"):
+        infer(_oom_above(1, calls), data, "cpu", batch_size=8, min_batch=2,
+              what="autoencoder features")
+    assert calls == [6, 4, 2]  # batch 8 (6 rows left), then 4, then the floor 2
+
+
+def _linear_problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 3, generator=g)
+    y = torch.randn(12, 1, generator=g)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 1)
+    return x, y, model
+
+
+def test_micro_batches_give_the_full_batch_step_when_memory_runs_out(caplog):
+    x, y, model = _linear_problem()
+    ref = copy.deepcopy(model)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_ref.zero_grad()
+    full = torch.nn.functional.mse_loss(ref(x), y)
+    full.backward()
+    opt_ref.step()
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sizes: list[int] = []
+
+    def step(part, weight):
+        sizes.append(len(part))
+        if len(part) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        loss = torch.nn.functional.mse_loss(model(x[part]), y[part])
+        (loss * weight).backward()
+        return float(loss.detach())
+
+    fit = MicroBatches("test training", "cpu", min_batch=2)
+    with caplog.at_level(logging.WARNING, logger="tomoclust"):
+        value = fit(opt, step, np.arange(12))
+    assert fit.size == 3  # 12 -> 6 -> 3, kept for later steps
+    assert sizes == [12, 6, 3, 3, 3, 3]
+    assert value == pytest.approx(float(full.detach()), rel=1e-6)
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert sum("out of memory" in r.getMessage() for r in caplog.records) == 2
+    sizes.clear()
+    fit(opt, step, np.arange(12))  # the next step starts at the size that fitted
+    assert sizes == [3, 3, 3, 3]
+
+
+def test_micro_batches_floor_is_a_clear_error():
+    _, _, model = _linear_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def step(part, weight):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(TomoclustError, match="DISCA training: out of memory on cpu even with a "
+                                             "batch of 2"):
+        MicroBatches("DISCA training", "cpu", min_batch=2)(opt, step, np.arange(8))
+    for a, b in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(a, b)  # no step was taken
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), np.array([1.0, np.nan]),
+                                   torch.tensor([[0.0, float("-inf")]])])
+def test_check_finite_names_method_and_step(value):
+    with pytest.raises(TomoclustError, match=r"autoencoder: NaN or Inf in the training loss at "
+                                             r"epoch 3 \(1 of \d values\)"):
+        check_finite(value, "the training loss", "autoencoder", "epoch 3")
+    check_finite(1.5, "the training loss", "autoencoder", "epoch 3")
+    check_finite(np.ones(3), "the features", "DISCA", "iteration 0")

@@ -1,7 +1,7 @@
 """End to end with every feature method: invariant, DISCA and the autoencoder on the tiny
 simulation, the shared clustering, the classification evaluation, the class averages; rerun
-triggers of the method, clustering and averaging settings; the DISCA checkpoint seen from the
-workflow; lint.
+triggers of the method, clustering and averaging settings; a forced DISCA job trains afresh;
+lint.
 
 The run (tests/data/tiny_methods.yaml) takes about a minute on 2 busy cores; the dry runs
 after it reuse its working directory.
@@ -75,6 +75,9 @@ def test_features_clusters_and_evaluation(methods_run):
         summary = json.loads((res / "cluster" / method / "summary.json").read_text())
         assert summary["k"] == k and sum(summary["class_sizes"]) == n
         assert summary["mixture_components"] >= k  # BIC components, before any merging
+        assert summary["effective_dimension"] > 0
+        log = (methods_run / "logs" / "cluster" / f"{method}.log").read_text()
+        assert (summary["collapse_warning"] is not None) == ("may have collapsed" in log)
         bic = pd.read_csv(res / "cluster" / method / "bic.tsv", sep="\t")
         assert set(bic["k"]) >= {2, 3, 4}
         assert (res / "cluster" / method / "bic.png").stat().st_size > 0
@@ -214,12 +217,13 @@ def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
                     "all": 1}, jobs
 
 
-def test_forced_disca_job_resumes_from_its_checkpoint(methods_run, repo):
-    """The checkpoint lives outside the job's outputs, so a rerun of the same settings on the
-    same particles (after a kill, or forced) picks it up instead of training again."""
+def test_forced_disca_job_trains_afresh(methods_run, repo):
+    """A finished job removes its checkpoint (it exists to resume a killed job), so
+    ``--forcerun features_disca`` trains again instead of handing back the old model; on the
+    CPU the retrained model is the same."""
     res = methods_run / "results"
-    assert (res / "checkpoints" / "disca.pt").is_file()
-    assert (res / "checkpoints" / "autoencoder.pt").is_file()
+    assert not (res / "checkpoints" / "disca.pt").exists()
+    assert not (res / "checkpoints" / "autoencoder.pt").exists()
     before = np.load(res / "features" / "disca" / "features.npy")
     config = str(methods_run / "tiny_methods.yaml")
     proc = _snakemake(repo, methods_run, "--configfile", config, "--forcerun",
@@ -227,9 +231,11 @@ def test_forced_disca_job_resumes_from_its_checkpoint(methods_run, repo):
     try:
         assert proc.returncode == 0, _output(proc)[-5000:]
         log = (methods_run / "logs" / "features" / "disca.log").read_text()
-        assert "resuming DISCA from checkpoint" in log, log
+        assert "resuming DISCA" not in log, log
+        assert "DISCA iteration 0" in log and "checkpoint" in log and "removed" in log, log
         np.testing.assert_array_equal(np.load(res / "features" / "disca" / "features.npy"),
                                       before)
+        assert not (res / "checkpoints" / "disca.pt").exists()
     finally:  # leave the working directory up to date for the other tests
         touch = _snakemake(repo, methods_run, "--configfile", config, "--touch")
         assert touch.returncode == 0, _output(touch)

@@ -59,19 +59,112 @@ def constant_columns(features: np.ndarray, rtol: float = 1e-6) -> int:
     """Number of feature columns that do not vary over the particles (spread at most ``rtol``
     times the largest absolute feature value): dead units of a network, say. They carry no
     information; when every column is constant, no clustering can separate anything."""
-    x = np.asarray(features, dtype=np.float64)
-    scale = max(float(np.abs(x).max(initial=0.0)), np.finfo(float).tiny)
-    return int((np.ptp(x, axis=0) <= rtol * scale).sum())
+    x = np.asarray(features)
+    if x.shape[0] == 0:
+        return 0
+    hi, lo = x.max(axis=0).astype(np.float64), x.min(axis=0).astype(np.float64)
+    scale = max(float(np.maximum(np.abs(hi), np.abs(lo)).max(initial=0.0)),
+                np.finfo(float).tiny)
+    return int((hi - lo <= rtol * scale).sum())
 
 
-def reduce_features(features: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
-    """Standardise ``(n, d)`` features and keep ``n_components`` principal components."""
-    x = np.asarray(features, dtype=np.float64)
-    sd = x.std(axis=0)
-    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    k = int(min(n_components, x.shape[1], max(x.shape[0] - 1, 1)))
-    z = PCA(n_components=k, random_state=seed).fit_transform(x)
-    return z / np.where(z.std(axis=0) > 0, z.std(axis=0), 1.0)
+def effective_dimension(features: np.ndarray, chunk: int = 65536) -> float:
+    """How many directions the standardised features spread over: the participation ratio
+    ``(Σλ)² / Σλ²`` of their correlation matrix's eigenvalues (constant columns left out). 1 for
+    features on a line, ``m`` for ``m`` uncorrelated columns; 0 when all are constant.
+    Accumulated over row chunks, so it needs no copy of the features."""
+    x = np.asarray(features)
+    n = x.shape[0]
+    if n < 2 or x.ndim != 2:
+        return 0.0
+    mean = x.mean(axis=0, dtype=np.float64)
+    gram = np.zeros((x.shape[1], x.shape[1]))
+    for a in range(0, n, chunk):
+        c = x[a:a + chunk].astype(np.float64) - mean
+        gram += c.T @ c
+    var = np.diag(gram) / n
+    keep = var > 0
+    if not keep.any():
+        return 0.0
+    sd = np.sqrt(var[keep])
+    corr = gram[np.ix_(keep, keep)] / n / np.outer(sd, sd)
+    lam = np.clip(np.linalg.eigvalsh(corr), 0.0, None)
+    return float(lam.sum() ** 2 / (lam**2).sum())
+
+
+def collapse_warning(features: np.ndarray, k: int, k_max: int | None, sizes: list[int],
+                     min_dimension: float = 3.0) -> str | None:
+    """A warning when the clustering found one or two classes although more were allowed and
+    the features spread over at least ``min_dimension`` effective dimensions
+    (:func:`effective_dimension`): the typical sign of a model or a clustering that collapsed,
+    not of a sample with two kinds of particle. ``None`` when there is nothing to say."""
+    if k > 2 or k_max is None or k_max <= k:
+        return None
+    dim = effective_dimension(features)
+    if dim < min_dimension:
+        return None
+    largest = 100.0 * max(sizes) / max(sum(sizes), 1) if sizes else 100.0
+    return (f"only {k} class{'es' if k != 1 else ''} found (up to {k_max} allowed; the largest "
+            f"holds {largest:.0f}% of the particles) although the features spread over "
+            f"{dim:.1f} effective dimensions: the clustering may have collapsed; check the BIC "
+            "curve and the feature map, and try a fixed K or another method")
+
+
+def reduce_features(features: np.ndarray, n_components: int, seed: int = 0,
+                    chunk: int = 65536) -> np.ndarray:
+    """Standardise ``(n, d)`` features and keep ``n_components`` principal components.
+
+    Returns ``(n, k)`` float64 scores, each scaled to unit variance. For tall feature tables
+    (``n ≥ 10·d``, ``d ≤ 1000``: every large particle set) the exact covariance
+    eigendecomposition, the solver scikit-learn's PCA itself picks for such shapes, is done
+    here on one float32 standardised copy with float64 sums over row chunks, so memory stays
+    near twice the float32 features instead of several float64 copies. Other shapes go to
+    scikit-learn's PCA in float64, as before.
+    """
+    x = np.asarray(features)
+    n, d = x.shape
+    k = int(min(n_components, d, max(n - 1, 1)))
+    if d <= 1000 and n >= 10 * d:
+        z = _pca_tall(x, k, chunk)
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        sd = x.std(axis=0)
+        x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        z = PCA(n_components=k, random_state=seed).fit_transform(x)
+    sd = z.std(axis=0)
+    z /= np.where(sd > 0, sd, 1.0)
+    return z
+
+
+def _pca_tall(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Scores on the ``k`` leading principal axes of the standardised columns of a tall
+    ``(n, d)`` array: covariance from float64 sums over row chunks, ``eigh``, signs as
+    scikit-learn fixes them (the largest loading of each axis positive)."""
+    n, d = x.shape
+    mean = x.mean(axis=0, dtype=np.float64)
+    sq = np.zeros(d)
+    for a in range(0, n, chunk):
+        c = x[a:a + chunk].astype(np.float64) - mean
+        sq += (c * c).sum(axis=0)
+    sd = np.sqrt(sq / n)
+    sd[sd == 0] = 1.0
+    xs = np.empty((n, d), dtype=np.float32)  # the one copy: standardised, float32
+    for a in range(0, n, chunk):
+        xs[a:a + chunk] = (x[a:a + chunk].astype(np.float64) - mean) / sd
+    m = xs.mean(axis=0, dtype=np.float64)
+    gram = np.zeros((d, d))
+    for a in range(0, n, chunk):
+        c = xs[a:a + chunk].astype(np.float64)
+        gram += c.T @ c
+    cov = (gram - n * np.outer(m, m)) / max(n - 1, 1)
+    _, vecs = np.linalg.eigh(cov)
+    axes = vecs[:, ::-1][:, :k].T  # (k, d), largest variance first
+    signs = np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])
+    axes *= np.where(signs == 0, 1.0, signs)[:, None]
+    z = np.empty((n, k))
+    for a in range(0, n, chunk):
+        z[a:a + chunk] = (xs[a:a + chunk].astype(np.float64) - m) @ axes.T
+    return z
 
 
 def gmm_bic(z: np.ndarray, k_values: list[int], n_init: int = 3, seed: int = 0,

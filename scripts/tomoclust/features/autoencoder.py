@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from .networks import AutoEncoder3D
 from .train import (
     Checkpoint,
+    MicroBatches,
     batches,
+    check_finite,
     infer,
     resume_epochs,
     rng_state,
@@ -60,18 +62,23 @@ def run_autoencoder(stack: np.ndarray, params: AutoencoderSettings, device,
     start, history, state = resume_epochs(checkpoint, device, model, opt, rng)
     if state is not None:
         log.info("resuming autoencoder from checkpoint after epoch %d", start - 1)
+    fit = MicroBatches("autoencoder training", device)
     for ep in range(start, params.epochs):
         t0 = time.time()
         model.train()
         tot, cnt = 0.0, 0
-        for idx in batches(n, params.batch_size, rng):
-            x = to_tensor(stack, idx, device)[:, None]
-            opt.zero_grad()
+
+        def step(part: np.ndarray, weight: float, ep: int = ep) -> float:
+            x = to_tensor(stack, part, device)[:, None]
             recon, code = model(x)
             loss = F.mse_loss(recon, x) + params.l1_activity * code.abs().mean()
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(idx)
+            value = float(loss.detach())
+            check_finite(value, "the training loss", "autoencoder", f"epoch {ep}")
+            (loss * weight).backward()
+            return value
+
+        for idx in batches(n, params.batch_size, rng):
+            tot += fit(opt, step, idx) * len(idx)
             cnt += len(idx)
         history.append({"epoch": ep, "loss": tot / max(cnt, 1), "seconds": time.time() - t0})
         log.info("autoencoder epoch %d: loss %.4f (%.1f s)", ep, history[-1]["loss"],
@@ -85,7 +92,8 @@ def run_autoencoder(stack: np.ndarray, params: AutoencoderSettings, device,
             on_epoch(ep)
     write_history(history_path, history)  # also when a resumed run had nothing left to do
     model.eval()
-    feats = infer(model.encode, stack, device)
+    feats = infer(model.encode, stack, device, what="autoencoder features")
+    check_finite(feats, "the features", "autoencoder", f"epoch {params.epochs - 1}")
     return AutoencoderResult(feats, model.state_dict(), pd.DataFrame(history))
 
 

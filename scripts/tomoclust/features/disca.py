@@ -46,7 +46,9 @@ from .augment import AUGMENT_MODES, augment, wedge_mask_torch
 from .networks import Yopo, YopoSettings
 from .train import (
     Checkpoint,
+    MicroBatches,
     batches,
+    check_finite,
     infer,
     rng_state,
     set_rng_state,
@@ -205,6 +207,7 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
     opt = torch.optim.NAdam(model.parameters(), lr=params.lr)
     wedge = wedge_mask_torch(d, params.tilt_min, params.tilt_max, device)
     k_values = list(range(params.k_min, params.k_max + 1))
+    fit = MicroBatches("DISCA training", device)
 
     start, prev, history = 0, None, []
     best: dict = {"db": np.inf}
@@ -230,6 +233,7 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
         inv = invariant_features(stack, params.invariant_l_max, params.invariant_lowpass,
                                  radial=params.invariant_radial,
                                  spectrum_components=params.invariant_components, device=device)
+        check_finite(inv, "the invariant features of the first labels", "DISCA", "iteration 0")
         z_inv = reduce_features(inv, params.pca_components, params.seed)
     n_passes = params.iterations + (1 if params.init == "invariant" else 0)
     for it in range(start, n_passes):
@@ -239,7 +243,8 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
         if from_invariants:
             feats, z = inv, z_inv
         else:
-            feats = infer(model.features, stack, device)
+            feats = infer(model.features, stack, device, what="DISCA features")
+            check_finite(feats, "the network features", "DISCA", f"iteration {it}")
             z = reduce_features(feats, params.pca_components, params.seed)
         gm, bic = gmm_bic(z, k_values, n_init=params.gmm_n_init, seed=params.seed + it,
                           warm_labels=prev)
@@ -270,18 +275,23 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
             alpha = params.smoothing * params.smoothing_decay**it
             model.train()
             losses = []
+
+            def step(part: np.ndarray, weight: float, it: int = it, k: int = k,
+                     alpha: float = alpha, labels: np.ndarray = labels) -> float:
+                x = to_tensor(stack, part, device)
+                x = torch.cat([x, augment(x, params.augment, rng, wedge)])
+                y = _smoothed(np.concatenate([labels[part], labels[part]]), k, alpha, device)
+                loss = _loss(model(x[:, None]), y, params.loss)
+                value = float(loss.detach())
+                check_finite(value, "the training loss", "DISCA", f"iteration {it}")
+                (loss * weight).backward()
+                return value
+
             for _ in range(params.epochs_per_iteration):
                 for idx in batches(n, params.batch_size, rng):
                     if len(idx) < 2:
                         continue
-                    x = to_tensor(stack, idx, device)
-                    x = torch.cat([x, augment(x, params.augment, rng, wedge)])
-                    y = _smoothed(np.concatenate([labels[idx], labels[idx]]), k, alpha, device)
-                    opt.zero_grad()
-                    loss = _loss(model(x[:, None]), y, params.loss)
-                    loss.backward()
-                    opt.step()
-                    losses.append(float(loss.detach()))
+                    losses.append(fit(opt, step, idx))
             for g in opt.param_groups:
                 g["lr"] *= params.lr_decay
             row["loss"] = float(np.mean(losses)) if losses else float("nan")

@@ -43,7 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import TomoclustError
-from .train import Checkpoint, resume_epochs, rng_state, to_tensor, write_history
+from .train import (
+    Checkpoint,
+    check_finite,
+    resume_epochs,
+    rng_state,
+    to_tensor,
+    write_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +310,8 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotSetting
             opt.zero_grad()
             logits = model.episode_logits(xs, ys, way, xq)
             loss = F.cross_entropy(logits, yq)
+            check_finite(float(loss.detach()), "the training loss", f"few-shot {params.variant}",
+                         f"epoch {ep}")
             loss.backward()
             opt.step()
             tot_loss += float(loss.detach())

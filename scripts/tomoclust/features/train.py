@@ -1,9 +1,12 @@
 """Shared training plumbing: batches from a memory-mapped stack, feature inference, resumable
-checkpoints and per-epoch logs.
+checkpoints, per-epoch logs and the loud failures of training (GPU out of memory, NaN/Inf).
 
 A checkpoint carries a *fingerprint* of everything that determines the run (parameters and the
 input stack's identity); a checkpoint whose fingerprint differs is ignored, so a job resumes
-only the run it was part of, never a run with other settings or data.
+only the run it was part of, never a run with other settings or data. It also carries every
+random generator that decides what happens next (numpy's, which draws the data order of each
+epoch and the augmentations; torch's CPU generator; and each CUDA device's generator when a
+GPU is in use), so a resumed run continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import TomoclustError
 from ..formats.atomic import atomic_output, write_tsv
 
 log = logging.getLogger(__name__)
@@ -48,16 +53,116 @@ def to_tensor(stack: np.ndarray, idx: np.ndarray, device: str | torch.device) ->
     return torch.as_tensor(np.ascontiguousarray(stack[idx], dtype=np.float32), device=device)
 
 
+#: The exception torch raises when a GPU allocation fails (``torch.cuda.OutOfMemoryError`` is
+#: the same class).
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
+
+#: Inference precisions: ``fp32``, or ``bf16`` (autocast to bfloat16 on the data's device).
+PRECISIONS = ("fp32", "bf16")
+
+
+def free_device_memory(device: str | torch.device) -> None:
+    """Return cached blocks of a CUDA device to the driver (after an out-of-memory error)."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def halved_batch(batch_size: int, min_batch: int, what: str, device: str | torch.device,
+                 exc: BaseException) -> int:
+    """The batch size to retry with after ``exc`` (out of memory), logged; raises a clear
+    :class:`~tomoclust.TomoclustError` when the batch is already at the floor ``min_batch``."""
+    free_device_memory(device)
+    if batch_size <= min_batch:
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise TomoclustError(
+            f"{what}: out of memory on {device} even with a batch of {batch_size} (the floor); "
+            "free the GPU (other jobs on it?), use a smaller network preset or box, or run on "
+            f"the CPU (device: cpu). The error was: {first}") from exc
+    new = max(batch_size // 2, min_batch)
+    log.warning("%s: out of memory on %s with a batch of %d; retrying with %d", what, device,
+                batch_size, new)
+    return new
+
+
+def check_finite(value: float | torch.Tensor | np.ndarray, what: str, method: str,
+                 step: str) -> None:
+    """Raise a :class:`~tomoclust.TomoclustError` naming ``method`` and ``step`` (e.g.
+    ``"epoch 3"``) when ``value`` (a loss or a feature array) holds NaN or Inf."""
+    if isinstance(value, torch.Tensor):
+        bad = int((~torch.isfinite(value.detach())).sum())
+        total = value.numel()
+    elif isinstance(value, np.ndarray):
+        bad = int((~np.isfinite(value)).sum())
+        total = value.size
+    else:
+        bad, total = (0 if math.isfinite(float(value)) else 1), 1
+    if bad:
+        raise TomoclustError(
+            f"{method}: NaN or Inf in {what} at {step} ({bad} of {total} values); training "
+            "diverged (try a lower learning rate) or the input holds NaN/Inf")
+
+
+class MicroBatches:
+    """One optimizer step over a batch, in micro-batches that shrink when the GPU runs out of
+    memory.
+
+    ``step(idx, weight)`` computes the loss of rows ``idx``, calls ``backward()`` on
+    ``weight · loss`` and returns the float loss; gradients add up over the micro-batches, so
+    the optimizer sees the loss of the whole batch, whatever size of micro-batch fits. Out of
+    memory, the micro-batch is halved (logged, and kept for the rest of the run) and the step
+    redone, down to ``min_batch``; then a clear error. On the CPU the batch is one piece.
+    """
+
+    def __init__(self, what: str, device: str | torch.device, min_batch: int = 2):
+        self.what, self.device, self.min_batch = what, device, min_batch
+        self.size: int | None = None  # current micro-batch size; None: the whole batch
+
+    def __call__(self, optimizer: torch.optim.Optimizer,
+                 step: Callable[[np.ndarray, float], float], idx: np.ndarray) -> float:
+        while True:
+            size = len(idx) if self.size is None else min(self.size, len(idx))
+            optimizer.zero_grad()
+            try:
+                total = 0.0
+                for a in range(0, len(idx), size):
+                    part = idx[a:a + size]
+                    total += step(part, len(part) / len(idx)) * len(part) / len(idx)
+            except OOM_ERRORS as exc:
+                optimizer.zero_grad()
+                self.size = halved_batch(size, self.min_batch, self.what, self.device, exc)
+                continue
+            optimizer.step()
+            return total
+
+
 @torch.inference_mode()
 def infer(fn: Callable[[torch.Tensor], torch.Tensor], stack: np.ndarray,
-          device: str | torch.device, batch_size: int = 256) -> np.ndarray:
-    """Apply ``fn`` to ``(b, 1, d, d, d)`` batches of the stack; returns ``(n, k)`` float32."""
+          device: str | torch.device, batch_size: int = 256, min_batch: int = 1,
+          precision: str = "fp32", what: str = "feature inference") -> np.ndarray:
+    """Apply ``fn`` to ``(b, 1, d, d, d)`` batches of the stack; returns ``(n, k)`` float32.
+
+    Out of GPU memory, the batch is halved (logged) and the failed batch retried, down to
+    ``min_batch``; then a clear error. ``precision="bf16"`` runs ``fn`` under bfloat16
+    autocast on the device's type (outputs are returned as float32 either way).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    dev_type = torch.device(device).type
     out = []
-    for idx in batches(len(stack), batch_size):
-        out.append(fn(to_tensor(stack, idx, device)[:, None]).float().cpu().numpy())
+    a, n = 0, len(stack)
+    while a < n:
+        idx = np.arange(a, min(a + batch_size, n))
+        try:
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                y = fn(to_tensor(stack, idx, device)[:, None])
+            out.append(y.float().cpu().numpy())
+        except OOM_ERRORS as exc:
+            batch_size = halved_batch(batch_size, min_batch, what, device, exc)
+            continue
+        a += len(idx)
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out).astype(np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 class Checkpoint:
@@ -91,17 +196,44 @@ class Checkpoint:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    def finish(self) -> None:
+        """Remove the checkpoint once the job's outputs are written: it exists to resume a
+        killed run, and a forced rerun of a finished job must train afresh, not hand back
+        the old model."""
+        if self.path.exists():
+            self.remove()
+            log.info("outputs written; checkpoint %s removed", self.path)
+
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    """A numpy Generator's state as a weights_only-loadable dict (JSON text)."""
-    return {"numpy": json.dumps(rng.bit_generator.state), "torch": torch.get_rng_state()}
+    """Every generator a training loop draws from, as a weights_only-loadable dict: the numpy
+    Generator (JSON text), torch's CPU generator and, when CUDA is initialised, each CUDA
+    device's generator."""
+    state: dict[str, Any] = {"numpy": json.dumps(rng.bit_generator.state),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
 
 
 def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = json.loads(state["numpy"])
-    # a checkpoint loaded with map_location="cuda" brings this tensor to the GPU, but
+    # a checkpoint loaded with map_location="cuda" brings these tensors to the GPU, but
     # torch.set_rng_state takes only a CPU ByteTensor
     torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda:
+        if not torch.cuda.is_available():
+            log.warning("checkpoint holds CUDA generator states but no GPU is visible; the "
+                        "resumed run's GPU random draws cannot continue the saved ones")
+        elif len(cuda) != torch.cuda.device_count():
+            log.warning("checkpoint holds %d CUDA generator states, %d GPUs are visible; "
+                        "restoring the first %d", len(cuda), torch.cuda.device_count(),
+                        min(len(cuda), torch.cuda.device_count()))
+            for i, s in enumerate(cuda[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s.cpu(), i)
+        else:
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def resume_epochs(checkpoint: Checkpoint | None, device: str | torch.device,

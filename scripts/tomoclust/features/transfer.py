@@ -38,7 +38,9 @@ from ..simulate.subtomograms import simulate_subtomograms
 from ..simulate.tomograms import CtfSettings, Template
 from .train import (
     Checkpoint,
+    MicroBatches,
     batches,
+    check_finite,
     infer,
     resume_epochs,
     rng_state,
@@ -297,6 +299,7 @@ def train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[
                              f"minimum {model.min_box()} (input_binning · 2^stages)")
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     train_idx, val_idx = split_validation(labels, params.val_fraction, params.seed)
+    fit = MicroBatches("transfer training", device)
     start, history, state = resume_epochs(checkpoint, device, model, opt, rng)
     if state is not None:
         gen.set_state(state["augment_rng"].cpu())
@@ -307,23 +310,28 @@ def train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
-        tot, correct, cnt = 0.0, 0, 0
-        for bi in batches(len(train_idx), params.batch_size, rng):
-            if len(bi) < 2:  # BatchNorm needs two samples
-                continue
-            idx = train_idx[bi]
+        tot, cnt = 0.0, 0
+        hit = np.zeros(len(labels), dtype=bool)  # per box, so a retried step counts once
+
+        def step(idx: np.ndarray, weight: float, ep: int = ep, hit: np.ndarray = hit) -> float:
             x = to_tensor(stack, idx, device)[:, None]
             if params.augment:
                 x = wedge_preserving_turn(x, gen)
             y = torch.as_tensor(labels[idx], device=device)
-            opt.zero_grad()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            cnt += len(idx)
+            value = float(loss.detach())
+            check_finite(value, "the training loss", "transfer", f"epoch {ep}")
+            (loss * weight).backward()
+            hit[idx] = (logits.detach().argmax(1) == y).cpu().numpy()
+            return value
+
+        for bi in batches(len(train_idx), params.batch_size, rng):
+            if len(bi) < 2:  # BatchNorm needs two samples
+                continue
+            tot += fit(opt, step, train_idx[bi]) * len(bi)
+            cnt += len(bi)
+        correct = int(hit.sum())
         val_loss, val_acc = _evaluate(model, stack, labels, val_idx, device, 2 * params.batch_size)
         history.append({"epoch": ep, "lr": lr, "loss": tot / max(cnt, 1),
                         "train_accuracy": correct / max(cnt, 1), "val_loss": val_loss,

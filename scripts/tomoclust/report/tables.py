@@ -103,6 +103,7 @@ def cluster_summary(paths: list[str | Path]) -> pd.DataFrame:
             "smallest class %": 100.0 * min(sizes) / max(1, sum(sizes)) if sizes else np.nan,
             "stability ARI": s.get("stability_ari", np.nan),
             "mean probability": s.get("mean_probability", np.nan),
+            "warning": s.get("collapse_warning") or "",
         })
     return pd.DataFrame(rows)
 
