@@ -22,6 +22,7 @@ include: "rules/evaluate.smk"
 include: "rules/external.smk"
 include: "rules/report.smk"
 include: "rules/average.smk"
+include: "rules/relion.smk"
 
 
 rule all:

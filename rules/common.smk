@@ -250,6 +250,26 @@ def average_class_inputs(wildcards):
     return inputs
 
 
+# --------------------------------------------------------------------------- RELION 5 export
+RELION_EXPORT = config["relion"]["export"] and not SUBTOMO_MODE
+
+
+def relion_export_inputs(wildcards):
+    """A method's classes, every tomogram's ingest record and the averaged classes' refined
+    particles (angles, origins), when averaging is on."""
+    inputs = {
+        "clusters": f"results/cluster/{wildcards.method}/clusters.star",
+        "ingest": expand("results/tomograms/{tomo}/ingest.json", tomo=TOMOGRAMS),
+    }
+    if AVERAGING["enabled"]:
+        inputs["averaged"] = expand("results/average/{method}/class{k}/particles.star",
+                                    method=wildcards.method,
+                                    k=averaged_classes(wildcards.method))
+    if config["relion"]["tomograms_star"]:
+        inputs["project"] = config["relion"]["tomograms_star"]
+    return inputs
+
+
 # ---------------------------------------------------------------------------------- targets
 def all_targets():
     targets = [
@@ -267,6 +287,8 @@ def all_targets():
     if AVERAGING["enabled"]:
         targets += expand("results/average/{method}/summary.{ext}", method=METHODS,
                           ext=["tsv", "html"])
+    if RELION_EXPORT:
+        targets += expand("results/relion/{method}", method=METHODS)
     targets += expand(
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),
