@@ -27,7 +27,9 @@ def main(smk) -> None:
     metrics, matched = evaluate_picking(picks, truth[keep], smk.params.tolerance,
                                         smk.params.challenge_tolerance)
     log.info("picking:\n%s", metrics.to_string(index=False))
-    write_tsv(smk.output.metrics, metrics)
+    # "NA", not an empty field, where a value does not exist (a class has no precision), so
+    # tools that merge empty fields (column -t) keep every value under its header
+    write_tsv(smk.output.metrics, metrics, na_rep="NA")
     write_star(smk.output.matched, matched)
     plot_picking(metrics, smk.output.plot)
     if np.isfinite(metrics.loc[0, "f1"]):

@@ -191,3 +191,21 @@ def test_embedding_colours_follow_the_matching():
     assert len(set(cls.values())) == len(cls)
     clu_only, _, _ = embedding_colours(clusters, None)
     assert len(set(clu_only.values())) == 4
+
+
+def test_metrics_tsv_keeps_every_value_under_its_header(tmp_path):
+    """Missing values are written as NA, so no field is empty (``column -t`` and similar
+    tools merge empty fields and shift the class rows' values left)."""
+    from tomoclust.io import write_tsv
+
+    truth = _table("A", [[0, 0, 0], [200, 0, 0]], classes=[1, 2], names=["a", "b"])
+    metrics, _ = evaluate_picking(_table("A", [[5, 0, 0]]), truth, 30.0, 12.0)
+    write_tsv(tmp_path / "m.tsv", metrics, na_rep="NA")
+    lines = (tmp_path / "m.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    for line in lines[1:]:
+        fields = line.split("\t")
+        assert len(fields) == len(header) and all(fields), line
+    back = pd.read_csv(tmp_path / "m.tsv", sep="\t")
+    assert back.loc[back["scope"] == "class", "n_picked"].isna().all()
+    assert back.loc[back["name"] == "1:a", "recall"].item() == 1.0

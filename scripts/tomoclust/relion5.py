@@ -157,8 +157,8 @@ def particles_table(particles: pd.DataFrame, tomos: Mapping[str, SourceTomogram]
     ``particles`` has ``rlnTomoName`` and ``rlnCoordinateX/Y/Z`` (voxels of the working
     tomogram, whose first voxel's centre is the sheet tomogram's); other columns (class,
     angles, origins) are kept. In the output, ``rlnCenteredCoordinate*Angst`` are RELION 5's
-    and ``rlnCoordinate*`` RELION 4's (tilt-series pixels from the first voxel's centre). ``tomograms`` is :func:`tomograms_table`'s: one optics group
-    per tilt-series pixel size.
+    and ``rlnCoordinate*`` RELION 4's (tilt-series pixels from the first voxel's centre).
+    ``tomograms`` is :func:`tomograms_table`'s: one optics group per tilt-series pixel size.
     """
     df = particles.reset_index(drop=True).copy()
     unknown = sorted(set(df["rlnTomoName"]) - set(tomos))
