@@ -202,7 +202,7 @@ def report_targets():
         targets.append("results/picks/summary.html")
     targets += expand("results/report/{method}/embedding.png", method=METHODS)
     if METHODS:
-        targets.append("results/cluster/summary.html")
+        targets += ["results/cluster/summary.html", "results/report/overview.html"]
     if HAS_TRUTH:
         targets += [
             "results/report/simulation/templates.png",
@@ -250,6 +250,20 @@ def average_class_inputs(wildcards):
     return inputs
 
 
+def overview_inputs(wildcards):
+    """The report's first page: every method's clustering summary, class-average table and
+    averages, and the classification table when there is ground truth."""
+    inputs = {"summaries": expand("results/cluster/{method}/summary.json", method=METHODS)}
+    if AVERAGING["enabled"]:
+        inputs["averages"] = expand("results/average/{method}/summary.tsv", method=METHODS)
+        for m in METHODS:
+            inputs["averages"] += expand("results/average/{method}/class{k}/average.mrc",
+                                         method=m, k=averaged_classes(m))
+    if HAS_TRUTH or EXTERNAL_TRUTH:
+        inputs["classification"] = "results/evaluation/classification.tsv"
+    return inputs
+
+
 # --------------------------------------------------------------------------- RELION 5 export
 RELION_EXPORT = config["relion"]["export"] and not SUBTOMO_MODE
 
@@ -277,6 +291,7 @@ def all_targets():
         "results/particles/particles.mrcs",
     ]
     targets += expand("results/cluster/{method}/clusters.star", method=METHODS)
+    targets += expand("results/embedding/{method}/embedding.tsv", method=METHODS)
     if HAS_TRUTH:
         targets += [
             "results/evaluation/picking/metrics.tsv",

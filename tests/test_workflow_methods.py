@@ -10,6 +10,7 @@ after it reuse its working directory.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -178,7 +179,8 @@ def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, c
     # (the class averages of the new classes appear once the `cluster` checkpoint has run)
     assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
                     "plot_embedding": 3, "summarise_clusters": 1, "classification_table": 1,
-                    "average_summary": 3, "averaging_table": 3, "all": 1}, jobs
+                    "average_summary": 3, "averaging_table": 3, "export_embedding": 3,
+                    "export_relion": 3, "report_overview": 1, "all": 1}, jobs
     assert not {"features_invariant", "features_disca", "features_autoencoder"} & set(jobs)
     assert not UPSTREAM & set(jobs)
 
@@ -189,6 +191,7 @@ def test_disca_change_reruns_only_disca(methods_run, repo):
     assert jobs == {"features_disca": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
                     "classification_table": 1, "average_summary": 1, "averaging_table": 1,
+                    "export_embedding": 1, "export_relion": 1, "report_overview": 1,
                     "all": 1}, jobs
 
 
@@ -197,6 +200,7 @@ def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
     assert jobs == {"features_autoencoder": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
                     "classification_table": 1, "average_summary": 1, "averaging_table": 1,
+                    "export_embedding": 1, "export_relion": 1, "report_overview": 1,
                     "all": 1}, jobs
 
 
@@ -232,16 +236,21 @@ def test_lint_is_clean_with_every_method(repo, tmp_path):
 
 
 # ------------------------------------------------------------------------- the HTML report
-def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
+@pytest.fixture(scope="module")
+def simulation_report(methods_run, repo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    proc = _snakemake(repo, methods_run, "--configfile", str(methods_run / "tiny_methods.yaml"),
+                      "--report", str(out))
+    assert proc.returncode == 0, _output(proc)[-5000:]
+    return out
+
+
+def test_report_of_the_simulation_has_every_stage(methods_run, simulation_report):
     """`snakemake --report` on the simulation: a category per stage, a figure per method in
     each, the tables, and captions rendered for the wildcards of each figure."""
     from test_report import png_size, read_report, result_bytes, table_cells
 
-    out = tmp_path / "report.html"
-    proc = _snakemake(repo, methods_run, "--configfile", str(methods_run / "tiny_methods.yaml"),
-                      "--report", str(out))
-    assert proc.returncode == 0, _output(proc)[-5000:]
-    rep = read_report(out)
+    rep = read_report(simulation_report)
     cats, results = rep["categories"], rep["results"]
     assert {"0. Simulation", "1. Picking", "2. Features", "3. Clustering", "4. Evaluation",
             "5. Averaging"} <= set(cats), cats
@@ -288,3 +297,76 @@ def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
                        .read_text())["k"]
         assert row[0] == method and row[2] == str(k)
     assert "2 simulated tomograms" in rep["workflow_desc"]
+
+
+def _averaged(methods_run: Path, method: str) -> list[int]:
+    avg = methods_run / "results" / "average" / method
+    return sorted(int(p.parent.name[5:]) for p in avg.glob("class*/average.mrc"))
+
+
+def test_report_first_page_answers(methods_run, simulation_report):
+    """The page the report opens on starts with the answer: per method (the most accurate
+    first) K, class sizes, central slices and FSC 0.143 of each average, stability, accuracy."""
+    from test_report import read_report
+
+    desc = read_report(simulation_report)["workflow_desc"]
+    table = pd.read_csv(methods_run / "results" / "evaluation" / "classification.tsv", sep="\t")
+    best = table.loc[table["accuracy"].idxmax(), "method"]
+    assert desc.index("tomoclust-overview") < desc.index("How it was found")
+    order = [desc.index(f'data-method="{m}"') for m in METHODS]
+    assert order.index(min(order)) == METHODS.index(best)
+    assert f"Recommended: {best}" in desc
+    for method in METHODS:
+        k = json.loads((methods_run / "results" / "cluster" / method / "summary.json")
+                       .read_text())["k"]
+        block = desc[desc.index(f'data-method="{method}"'):]
+        block = block[:block.index("</table>")]
+        assert block.count("<tr><td>") == k
+        assert block.count('class="tc-slices"') == len(_averaged(methods_run, method))
+        acc = table.set_index("method").loc[method, "accuracy"]
+        assert f"accuracy {acc:.2f}" in block and "stability ARI" in block
+        summary = pd.read_csv(methods_run / "results" / "average" / method / "summary.tsv",
+                              sep="\t")
+        for res in summary["resolution_0143_angst"].dropna():
+            assert f"{res:.0f} Å" in block
+
+
+def test_report_renders_in_a_browser(methods_run, simulation_report, tmp_path):
+    """Debian's chromium, headless: the answer is on the first screen, every class average's
+    slices are loaded images, and the screenshot is not blank."""
+    from browser import render
+    from matplotlib import image
+
+    script = """() => {
+      const ov = document.querySelector('#tomoclust-overview');
+      if (!ov) return null;
+      const r = ov.getBoundingClientRect();
+      return {top: r.top, width: r.width, height: r.height,
+              lead: ov.querySelector('.tc-lead').innerText,
+              methods: [...ov.querySelectorAll('.tc-method')].map(d => ({
+                method: d.dataset.method, head: d.querySelector('h3').innerText,
+                rows: d.querySelectorAll('tbody tr').length,
+                imgs: [...d.querySelectorAll('img.tc-slices')].map(
+                  i => [i.complete, i.naturalWidth, i.getBoundingClientRect().height])}))};
+    }"""
+    shot = tmp_path / "report.png"
+    dom, errors = render(simulation_report, shot, script=script)
+    assert not errors, errors
+    assert dom is not None, "no overview on the report's first page"
+    assert dom["width"] > 200 and dom["height"] > 100 and 0 <= dom["top"] < 1000, dom
+    assert dom["lead"].startswith("Recommended:"), dom["lead"]
+    assert {m["method"] for m in dom["methods"]} == set(METHODS)
+    for m in dom["methods"]:
+        k = json.loads((methods_run / "results" / "cluster" / m["method"] / "summary.json")
+                       .read_text())["k"]
+        assert m["rows"] == k and f"{k} class" in m["head"] and "accuracy" in m["head"], m
+        assert len(m["imgs"]) == len(_averaged(methods_run, m["method"])), m
+        for complete, natural, height in m["imgs"]:
+            assert complete and natural > 0 and height > 20, m
+    pixels = image.imread(shot)[..., :3]
+    assert pixels.std() > 0.05, "blank screenshot"
+    assert (pixels.mean(axis=2) < 0.5).mean() > 0.005, "almost no dark pixels (text, images)"
+    keep = Path(os.environ.get("TOMOCLUST_SCREENSHOT_DIR", tmp_path))
+    keep.mkdir(parents=True, exist_ok=True)
+    if keep != tmp_path:
+        (keep / "report_first_page.png").write_bytes(shot.read_bytes())
