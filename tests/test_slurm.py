@@ -362,3 +362,30 @@ def test_tiny_workflow_on_slurm(slurm_cluster, tmp_path):
     # (their success above); pick says so in its log
     for log in sorted((work / "logs" / "pick").glob("*.log")):
         assert re.search(r"backend (numpy|torch/cpu)", log.read_text()), log.read_text()
+
+    # ------------------------------------------------------------------------------------
+    # the other request form: profiles/slurm-gres (sites that reject --gpus) on the same
+    # cluster, one GPU job rerun in the same working directory
+    gres = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+            "--profile", str(REPO / "profiles" / "slurm-gres"), "--configfile",
+            str(work / "tiny.yaml")]
+    gpu_rule, target = "features_autoencoder", "results/features/autoencoder/features.npy"
+    res = _run(["timeout", "--foreground", "-s", "INT", "-k", "60", str(RUN_LIMIT_S), *gres,
+                "--forcerun", gpu_rule, "--verbose", target], env, timeout=RUN_LIMIT_S + 90,
+               cwd=work)
+    out = res.stdout + res.stderr
+    (tmp_path / "snakemake_gres.log").write_text(out)
+    assert res.returncode == 0, f"slurm-gres run failed ({res.returncode}):\n{out[-6000:]}"
+    calls = _sbatch_calls(out)
+    assert set(calls) == {gpu_rule}, calls
+    for call in calls[gpu_rule]:
+        assert "--gres=gpu:1" in call and "--gpus" not in call, call
+    run_uuid = re.search(r"--job-name '?([\w-]+)", calls[gpu_rule][0]).group(1)
+    sq = _run(["squeue", "--states=all", "--noheader", "--name", run_uuid,
+               "-O", "JobID:20,tres-per-node:40,State:20"], env, timeout=30)
+    assert sq.returncode == 0, sq.stderr
+    rows = [line.split() for line in sq.stdout.splitlines()]
+    assert rows and all(st == "COMPLETED" and "gpu" in tres for _, tres, st in rows), sq.stdout
+    seen = {line.split()[0]: line for line in (state / "task_env.log").read_text().splitlines()}
+    for jobid, _, _ in rows:
+        assert "CUDA_VISIBLE_DEVICES=unset" not in seen[jobid], seen.get(jobid)
