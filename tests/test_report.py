@@ -370,3 +370,20 @@ def test_report_from_a_venv_of_requirements_txt(real_data_run, tmp_path, repo):
     rep = read_report(out)
     assert "results/report/picks/TS_01.jpg" in {r for cat in rep["categories"].values()
                                                 for sub in cat.values() for r in sub}
+
+
+def test_embedding_table_rows_and_columns():
+    from tomoclust.report import embedding_table
+
+    clusters = pd.DataFrame({"rlnTomoName": ["A", "B"], "rlnCoordinateX": [1.0, 2.0],
+                             "rlnCoordinateY": [3.0, 4.0], "rlnCoordinateZ": [5.0, 6.0],
+                             "rlnClassNumber": [2, 1], "tclClassProbability": [0.9, 0.6],
+                             "tclStackIndex": [0, 1], "tclOther": ["x", "y"]})
+    feats = np.array([[0.5, -1.0, 2.0], [1.5, 0.0, -2.0]], np.float32)
+    t = embedding_table(clusters, feats)
+    assert list(t.columns) == ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY",
+                               "rlnCoordinateZ", "rlnClassNumber", "tclClassProbability",
+                               "tclStackIndex", "f0", "f1", "f2"]
+    np.testing.assert_array_equal(t[["f0", "f1", "f2"]].to_numpy(), feats)
+    with pytest.raises(TomoclustError):
+        embedding_table(clusters, feats[:1])

@@ -370,3 +370,43 @@ def test_report_renders_in_a_browser(methods_run, simulation_report, tmp_path):
     keep.mkdir(parents=True, exist_ok=True)
     if keep != tmp_path:
         (keep / "report_first_page.png").write_bytes(shot.read_bytes())
+
+
+def test_relion_and_embedding_exports(methods_run):
+    """Per method: the embedding table (features, place, class, probability) and the RELION 5
+    set (tomograms.star; particles.star per class, centred Å from size / 2, angles and origins
+    where the class was averaged)."""
+    from tomoclust.io import read_star_blocks
+
+    res = methods_run / "results"
+    particles = read_star(res / "particles" / "particles.star")
+    for method in METHODS:
+        clusters = read_star(res / "cluster" / method / "clusters.star")
+        emb = pd.read_csv(res / "embedding" / method / "embedding.tsv", sep="\t")
+        feats = np.load(res / "features" / method / "features.npy")
+        assert len(emb) == len(particles)
+        np.testing.assert_allclose(emb[[f"f{i}" for i in range(feats.shape[1])]], feats,
+                                   rtol=1e-6, atol=1e-6)
+        assert emb["rlnClassNumber"].tolist() == clusters["rlnClassNumber"].tolist()
+        assert emb["tclClassProbability"].between(0, 1).all()
+        assert emb["rlnTomoName"].tolist() == particles["rlnTomoName"].tolist()
+
+        out = res / "relion" / method
+        tomos = read_star_blocks(out / "tomograms.star")["global"]
+        assert sorted(tomos["rlnTomoName"]) == ["sim01", "sim02"]
+        # the simulation: 96 x 96 x 48 at 10 Å, no tilt-series pixel size given: binning 1
+        assert tomos[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].values.tolist() == \
+            [[96, 96, 48]] * 2
+        blocks = read_star_blocks(out / "particles.star")
+        assert blocks["optics"]["rlnTomoTiltSeriesPixelSize"].tolist() == [10.0]
+        allp = blocks["particles"]
+        assert len(allp) == len(clusters)
+        np.testing.assert_allclose(allp["rlnCenteredCoordinateXAngst"],
+                                   particles["rlnCoordinateX"] * 10.0 - 480.0, atol=1e-6)
+        np.testing.assert_allclose(allp["rlnCenteredCoordinateZAngst"],
+                                   particles["rlnCoordinateZ"] * 10.0 - 240.0, atol=1e-6)
+        for k in _averaged(methods_run, method):
+            cls = read_star_blocks(out / f"class{k}" / "particles.star")["particles"]
+            assert (cls["rlnClassNumber"] == k).all()
+            assert {"rlnAngleRot", "rlnOriginXAngst", "rlnRandomSubset"} <= set(cls.columns)
+            assert cls["rlnAngleRot"].notna().all()
