@@ -341,7 +341,9 @@ def test_report_renders_in_a_browser(methods_run, simulation_report, tmp_path):
       const ov = document.querySelector('#tomoclust-overview');
       if (!ov) return null;
       const r = ov.getBoundingClientRect();
+      const title = document.querySelector('.prose h1, .prose .title');
       return {top: r.top, width: r.width, height: r.height,
+              title: title ? [title.innerText, title.getBoundingClientRect().top] : null,
               lead: ov.querySelector('.tc-lead').innerText,
               methods: [...ov.querySelectorAll('.tc-method')].map(d => ({
                 method: d.dataset.method, head: d.querySelector('h3').innerText,
@@ -354,6 +356,8 @@ def test_report_renders_in_a_browser(methods_run, simulation_report, tmp_path):
     assert not errors, errors
     assert dom is not None, "no overview on the report's first page"
     assert dom["width"] > 200 and dom["height"] > 100 and 0 <= dom["top"] < 1000, dom
+    # the title above it is on screen too (the landing page is not cut off at the top)
+    assert dom["title"] and dom["title"][0].startswith("tomoclust") and dom["title"][1] >= 0
     assert dom["lead"].startswith("Recommended:"), dom["lead"]
     assert {m["method"] for m in dom["methods"]} == set(METHODS)
     for m in dom["methods"]:

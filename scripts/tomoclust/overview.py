@@ -145,5 +145,10 @@ def overview_html(methods: pd.DataFrame, classes: Mapping[str, pd.DataFrame],
              "padding:2px 6px;text-align:right}.tomoclust-overview th{background:#f2f2f2}"
              ".tomoclust-overview h3.tc-head{font-size:1em;margin:10px 0 2px 0;font-weight:"
              "normal}.tomoclust-overview img.tc-slices{height:48px;image-rendering:pixelated;"
-             "margin:0}.tomoclust-overview .tc-lead{margin:4px 0}</style>")
+             "margin:0}.tomoclust-overview .tc-lead{margin:4px 0}"
+             # Snakemake's report centres its landing page vertically in a scrolling box, so
+             # a page taller than the window loses its top (title and this overview) out of
+             # reach of the scroll bar; start it at the top instead
+             ".overflow-auto.items-center:has(#tomoclust-overview){align-items:flex-start}"
+             "</style>")
     return style + "\n".join(out) + "\n"
