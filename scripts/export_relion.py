@@ -27,7 +27,8 @@ def main(smk) -> None:
     for path in smk.input.ingest:
         info = json.loads(Path(path).read_text())
         tomos[info["name"]] = SourceTomogram(
-            name=info["name"], path=info["path"],
+            # absolute: RELION reads paths relative to its own project directory
+            name=info["name"], path=str(Path(info["path"]).resolve()),
             shape_xyz=tuple(int(v) for v in info["shape_in_zyx"][::-1]),
             voxel_size=float(info["voxel_size_in"]),
             working_voxel_size=float(info["voxel_size_out"]))
