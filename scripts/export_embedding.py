@@ -2,9 +2,10 @@
 probability, as one TSV table (pandas, napari)."""
 
 import numpy as np
-from tomoclust.io import read_star, write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.report import embedding_table
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.formats.star import read_star
+from tomoclust.report.tables import embedding_table
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from tomoclust.io import read_star, read_star_blocks, write_star, write_text
-from tomoclust.logs import log, run_rule
-from tomoclust.relion5 import SourceTomogram, particles_table, tomograms_table
+from tomoclust.formats.atomic import write_text
+from tomoclust.formats.relion5 import SourceTomogram, particles_table, tomograms_table
+from tomoclust.formats.star import read_star, read_star_blocks, write_star
+from tomoclust.rule import log, run_rule
 
 # what goes to RELION from clusters.star (and, for averaged classes, their refinement)
 KEEP = ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnClassNumber",

@@ -6,9 +6,14 @@ import re
 
 import mrcfile
 import pandas as pd
-from tomoclust.io import write_text
-from tomoclust.logs import log, run_rule
-from tomoclust.overview import central_slices_png, method_rows, overview_html, recommend
+from tomoclust.formats.atomic import write_text
+from tomoclust.report.overview import (
+    central_slices_png,
+    method_rows,
+    overview_html,
+    recommend,
+)
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -180,7 +180,7 @@ def test_within_edge():
 
 def test_embedding_colours_follow_the_matching():
     """A cluster and the true class it is matched to share a colour, whatever the numbers."""
-    from tomoclust.plots import embedding_colours
+    from tomoclust.report.plots import embedding_colours
 
     truth = np.array([1, 1, 1, 2, 2, 2, 3, 3, 0, 0])
     clusters = np.array([3, 3, 3, 1, 1, 1, 2, 2, 4, 4])  # 3 -> 1, 1 -> 2, 2 -> 3, 4 -> none
@@ -196,7 +196,7 @@ def test_embedding_colours_follow_the_matching():
 def test_metrics_tsv_keeps_every_value_under_its_header(tmp_path):
     """Missing values are written as NA, so no field is empty (``column -t`` and similar
     tools merge empty fields and shift the class rows' values left)."""
-    from tomoclust.io import write_tsv
+    from tomoclust.formats.atomic import write_tsv
 
     truth = _table("A", [[0, 0, 0], [200, 0, 0]], classes=[1, 2], names=["a", "b"])
     metrics, _ = evaluate_picking(_table("A", [[5, 0, 0]]), truth, 30.0, 12.0)

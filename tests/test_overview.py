@@ -1,4 +1,4 @@
-"""The report's first page (tomoclust.overview): the recommendation rule, the per-method
+"""The report's first page (tomoclust.report.overview): the recommendation rule, the per-method
 blocks, the slice thumbnails."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from tomoclust import TomoclustError
-from tomoclust.overview import central_slices_png, method_rows, overview_html, recommend
+from tomoclust.report.overview import central_slices_png, method_rows, overview_html, recommend
 
 
 def _methods(acc=(np.nan, np.nan, np.nan), stab=(0.9, 0.95, 0.99), k=(3, 2, 1)):

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import DEVICES
-from tomoclust.io import open_mrc, write_mrc
+from tomoclust.formats.mrc import open_mrc, write_mrc
 from tomoclust.pick import (
-    DogParams,
+    DogSettings,
     dog_pick,
     gaussian_kernel,
     params_from_angst,
@@ -182,7 +182,7 @@ def test_no_picks_gives_empty_table_with_columns(planted):
     assert len(picks) == 0
     assert list(picks.columns) == COLUMNS
     # a constant volume has no robust spread: nothing passes
-    flat = dog_pick(np.ones(SHAPE, dtype=np.float32), DogParams(sigma=2.0, threshold=1.0))
+    flat = dog_pick(np.ones(SHAPE, dtype=np.float32), DogSettings(sigma=2.0, threshold=1.0))
     assert len(flat) == 0 and list(flat.columns) == COLUMNS
 
 
@@ -283,9 +283,9 @@ def test_coarse_score_map_equals_the_full_resolution_one(rng, b):
     from tomoclust.pick import _dog_numpy
 
     vol = ndimage.gaussian_filter(rng.standard_normal((48, 60, 54)), 2.0).astype(np.float32)
-    p = DogParams(sigma=4.0, ratio=1.1)
+    p = DogSettings(sigma=4.0, ratio=1.1)
     fine, _, _ = _dog_numpy(vol, p)
-    coarse, peaks, mag = _dog_numpy(vol, DogParams(sigma=4.0, ratio=1.1, bin=b))
+    coarse, peaks, mag = _dog_numpy(vol, DogSettings(sigma=4.0, ratio=1.1, bin=b))
     assert mag == pytest.approx(float(np.abs(vol).max()), rel=0.5)
     # fine map at the block centres (linear interpolation for half-voxel centres)
     pos = [b * np.arange(m) + (b - 1) / 2 for m in coarse.shape]
@@ -347,7 +347,7 @@ def test_refine_picks_keeps_the_dog_peak_and_merges_converged_picks(rng):
     vol = _blobs(rng, (40, 40, 40), [(20.0, 20.0, 20.0)], 5.0, 0.05)
     picks = pd.DataFrame({"x": [18.0, 22.5], "y": [20.0, 20.0], "z": [20.0, 20.0],
                           "score": [2.0, 1.0], "zscore": [5.0, 4.0]})
-    params = DogParams(sigma=3.0, min_distance=3.0)
+    params = DogSettings(sigma=3.0, min_distance=3.0)
     out, moved = refine_picks(vol, picks, params, 5.0)
     assert len(out) == 1 and moved.all()  # both converged on the ball: the stronger stays
     assert out.loc[0, "dog_x"] == 18.0 and abs(out.loc[0, "x"] - 20.0) < 0.2

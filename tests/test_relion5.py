@@ -1,4 +1,4 @@
-"""RELION 5 export (tomoclust.relion5): RELION 5.0.1's centre convention for odd and even
+"""RELION 5 export (tomoclust.formats.relion5): RELION 5.0.1's centre convention for odd and even
 sizes, binning round trips through the tomogram sheet, the tomograms.star, agreement with our
 own importer (mode 1) and with copick 1.31's RELION reader."""
 
@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from tomoclust import TomoclustError
-from tomoclust.external import import_coordinates
+from tomoclust.external.coordinates import import_coordinates
 from tomoclust.extract import plan_resampling
-from tomoclust.io import read_star_blocks, write_star
-from tomoclust.relion5 import (
+from tomoclust.formats.relion5 import (
     SourceTomogram,
     binning,
     centred_angst,
@@ -20,6 +19,7 @@ from tomoclust.relion5 import (
     tomogram_centre_angst,
     tomograms_table,
 )
+from tomoclust.formats.star import read_star_blocks, write_star
 
 OPTICS = {"voltage": 300.0, "spherical_aberration": 2.7, "amplitude_contrast": 0.1}
 

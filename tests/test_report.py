@@ -29,15 +29,15 @@ import yaml
 from test_workflow import _job_stats, _output, _snakemake
 from test_workflow import _write_config as _write_tiny_config
 from tomoclust import TomoclustError
-from tomoclust.io import read_star
-from tomoclust.plots import (
+from tomoclust.formats.star import read_star
+from tomoclust.report.plots import (
     in_slab,
     plot_central_slices,
     plot_embedding,
     plot_picks,
     slab_bounds,
 )
-from tomoclust.report import cluster_summary, html_table, picks_summary, write_html_table
+from tomoclust.report.tables import cluster_summary, html_table, picks_summary, write_html_table
 
 
 # ------------------------------------------------------------------ reading a built report
@@ -373,7 +373,7 @@ def test_report_from_a_venv_of_requirements_txt(real_data_run, tmp_path, repo):
 
 
 def test_embedding_table_rows_and_columns():
-    from tomoclust.report import embedding_table
+    from tomoclust.report.tables import embedding_table
 
     clusters = pd.DataFrame({"rlnTomoName": ["A", "B"], "rlnCoordinateX": [1.0, 2.0],
                              "rlnCoordinateY": [3.0, 4.0], "rlnCoordinateZ": [5.0, 6.0],

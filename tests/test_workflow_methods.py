@@ -20,7 +20,8 @@ import pytest
 import torch
 from test_workflow import SNAKEMAKE, _job_stats, _output, _snakemake
 from test_workflow import _write_config as _write_tiny_config
-from tomoclust.io import read_mrc, read_star
+from tomoclust.formats.mrc import read_mrc
+from tomoclust.formats.star import read_star
 
 pytestmark = pytest.mark.slow
 
@@ -380,7 +381,7 @@ def test_relion_and_embedding_exports(methods_run):
     """Per method: the embedding table (features, place, class, probability) and the RELION 5
     set (tomograms.star; particles.star per class, centred Å from size / 2, angles and origins
     where the class was averaged)."""
-    from tomoclust.io import read_star_blocks
+    from tomoclust.formats.star import read_star_blocks
 
     res = methods_run / "results"
     particles = read_star(res / "particles" / "particles.star")
