@@ -23,6 +23,7 @@ include: "rules/external.smk"
 include: "rules/copick.smk"
 include: "rules/report.smk"
 include: "rules/average.smk"
+include: "rules/relion.smk"
 
 
 rule all:

@@ -27,3 +27,17 @@ checkpoint cluster:
         "../envs/cpu.yaml"
     script:
         "../scripts/cluster.py"
+
+
+rule export_embedding:
+    input:
+        features="results/features/{method}/features.npy",
+        clusters="results/cluster/{method}/clusters.star",
+    output:
+        "results/embedding/{method}/embedding.tsv",
+    log:
+        "logs/embedding/{method}.log",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/export_embedding.py"

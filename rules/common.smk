@@ -244,7 +244,7 @@ def report_targets():
         targets.append("results/picks/summary.html")
     targets += expand("results/report/{method}/embedding.png", method=METHODS)
     if METHODS:
-        targets.append("results/cluster/summary.html")
+        targets += ["results/cluster/summary.html", "results/report/overview.html"]
     if HAS_TRUTH:
         targets += [
             "results/report/simulation/templates.png",
@@ -292,6 +292,40 @@ def average_class_inputs(wildcards):
     return inputs
 
 
+def overview_inputs(wildcards):
+    """The report's first page: every method's clustering summary, class-average table and
+    averages, and the classification table when there is ground truth."""
+    inputs = {"summaries": expand("results/cluster/{method}/summary.json", method=METHODS)}
+    if AVERAGING["enabled"]:
+        inputs["averages"] = expand("results/average/{method}/summary.tsv", method=METHODS)
+        for m in METHODS:
+            inputs["averages"] += expand("results/average/{method}/class{k}/average.mrc",
+                                         method=m, k=averaged_classes(m))
+    if HAS_TRUTH or EXTERNAL_TRUTH:
+        inputs["classification"] = "results/evaluation/classification.tsv"
+    return inputs
+
+
+# --------------------------------------------------------------------------- RELION 5 export
+RELION_EXPORT = config["relion"]["export"] and not SUBTOMO_MODE
+
+
+def relion_export_inputs(wildcards):
+    """A method's classes, every tomogram's ingest record and the averaged classes' refined
+    particles (angles, origins), when averaging is on."""
+    inputs = {
+        "clusters": f"results/cluster/{wildcards.method}/clusters.star",
+        "ingest": expand("results/tomograms/{tomo}/ingest.json", tomo=TOMOGRAMS),
+    }
+    if AVERAGING["enabled"]:
+        inputs["averaged"] = expand("results/average/{method}/class{k}/particles.star",
+                                    method=wildcards.method,
+                                    k=averaged_classes(wildcards.method))
+    if config["relion"]["tomograms_star"]:
+        inputs["project"] = config["relion"]["tomograms_star"]
+    return inputs
+
+
 # ---------------------------------------------------------------------------------- targets
 def all_targets():
     targets = [
@@ -299,6 +333,7 @@ def all_targets():
         "results/particles/particles.mrcs",
     ]
     targets += expand("results/cluster/{method}/clusters.star", method=METHODS)
+    targets += expand("results/embedding/{method}/embedding.tsv", method=METHODS)
     if HAS_TRUTH:
         targets += [
             "results/evaluation/picking/metrics.tsv",
@@ -309,6 +344,8 @@ def all_targets():
     if AVERAGING["enabled"]:
         targets += expand("results/average/{method}/summary.{ext}", method=METHODS,
                           ext=["tsv", "html"])
+    if RELION_EXPORT:
+        targets += expand("results/relion/{method}", method=METHODS)
     targets += expand(
         "results/simulated_subtomograms/{subset}/particles.star",
         subset=list(config["subtomogram_sets"]),

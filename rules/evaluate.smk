@@ -17,6 +17,7 @@ rule evaluate_picking:
         "logs/evaluation/picking.log",
     params:
         tolerance=param("evaluate_picking", "evaluation.picking_tolerance"),
+        challenge_tolerance=0.5 * param("evaluate_picking", "picking.particle_radius"),
         extraction=section("evaluate_picking", "extraction"),
     conda:
         "../envs/cpu.yaml"
@@ -31,6 +32,7 @@ rule evaluate_classification:
     output:
         metrics="results/evaluation/{method}/metrics.tsv",
         confusion="results/evaluation/{method}/confusion.tsv",
+        challenge="results/evaluation/{method}/challenge.tsv",
         confusion_plot=report(
             "results/evaluation/{method}/confusion.png",
             caption="../report/confusion.rst",
@@ -42,6 +44,7 @@ rule evaluate_classification:
         "logs/evaluation/{method}.log",
     params:
         tolerance=param("evaluate_classification", "evaluation.picking_tolerance"),
+        challenge_tolerance=0.5 * param("evaluate_classification", "picking.particle_radius"),
     conda:
         "../envs/cpu.yaml"
     script:

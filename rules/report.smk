@@ -168,3 +168,16 @@ rule summarise_picks:
         "../envs/report.yaml"
     script:
         "../scripts/summarise_picks.py"
+
+
+rule report_overview:
+    input:
+        unpack(overview_inputs),
+    output:
+        "results/report/overview.html",
+    log:
+        "logs/report/overview.log",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report_overview.py"

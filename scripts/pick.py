@@ -1,9 +1,10 @@
 """Rule pick: difference-of-Gaussians picking in one tomogram."""
 
+import numpy as np
 from tomoclust.extract import edge_voxels, plan_resampling
 from tomoclust.formats.mrc import open_mrc
 from tomoclust.formats.star import particle_table, write_star
-from tomoclust.pick import dog_pick, params_from_angst
+from tomoclust.pick import dog_pick, params_from_angst, refine_picks
 from tomoclust.rule import log, resolve_device, run_rule
 
 
@@ -23,11 +24,24 @@ def main(smk) -> None:
         # the numpy backend on CPU, torch only where it brings a GPU
         picks = dog_pick(mrc.data, params, device=None if device == "cpu" else device)
         shape = mrc.data.shape
+        if cfg["refine"]:  # sub-voxel centres at full resolution (local centre of mass)
+            picks, moved = refine_picks(mrc.data, picks, params, cfg["particle_radius"] / vs)
+            shift = np.linalg.norm(picks[["x", "y", "z"]].to_numpy()
+                                   - picks[["dog_x", "dog_y", "dog_z"]].to_numpy(), axis=1) * vs
+            log.info("%s: centres refined for %d of %d picks (median shift %.1f Å)",
+                     smk.wildcards.tomo, int(moved.sum()), len(moved),
+                     float(np.median(shift)) if len(shift) else 0.0)
+        else:
+            for a in "xyz":
+                picks[f"dog_{a}"] = picks[a]
     log.info("%s: %d picks (σ1 = %.2f voxels, backend %s)", smk.wildcards.tomo, len(picks),
              params.sigma, "numpy" if device == "cpu" else f"torch/{device}")
     df = particle_table(smk.wildcards.tomo, picks[["x", "y", "z"]].to_numpy(), shape, vs,
                         extra={"tclDogScore": picks["score"].to_numpy(),
-                               "tclDogZScore": picks["zscore"].to_numpy()})
+                               "tclDogZScore": picks["zscore"].to_numpy(),
+                               # the DoG peak itself (voxels), before centre refinement
+                               **{f"tclDogCoordinate{a.upper()}": picks[f"dog_{a}"].to_numpy()
+                                  for a in "xyz"}})
     write_star(smk.output[0], df)
 
 

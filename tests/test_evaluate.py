@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from tomoclust.evaluate import evaluate_picking, match_points, within_edge
+from tomoclust.evaluate import (
+    challenge_scores,
+    evaluate_picking,
+    fbeta,
+    match_points,
+    within_edge,
+)
 
 CEN = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
 
@@ -90,6 +96,59 @@ def test_evaluate_picking_hand_made_example():
     assert np.isnan(d[[1, 3, 5]]).all()
 
 
+def test_class_rows_have_counts_under_count_columns():
+    """Per-class rows: the count of true particles picked under ``tp``, the fraction under
+    ``recall``; nothing under ``n_picked``/precision (a pick has no class of its own)."""
+    truth = _table("A", [[0, 0, 0], [200, 0, 0], [0, 300, 0]], classes=[1, 1, 2],
+                   names=["ribo", "ribo", "prot"])
+    picks = _table("A", [[10, 0, 0], [0, 290, 20], [900, 900, 900]])
+    metrics, _ = evaluate_picking(picks, truth, 30.0, challenge_tolerance_angst=12.0)
+    m = metrics.set_index(["scope", "name"])
+    ribo = m.loc[("class", "1:ribo")]
+    assert ribo["n_true"] == 2 and ribo["tp"] == 1 and ribo["recall"] == pytest.approx(0.5)
+    assert pd.isna(ribo["n_picked"]) and pd.isna(ribo["precision"]) and pd.isna(ribo["f1"])
+    # within 12 Å (the challenge's half radius) only the 10 Å pick counts
+    assert ribo["tp_half_radius"] == 1 and m.loc[("class", "2:prot"), "tp_half_radius"] == 0
+    assert m.loc[("class", "2:prot"), "tp"] == 1
+    for col in ("n_true", "n_picked", "tp", "tp_half_radius"):
+        assert str(metrics[col].dtype) == "Int64", col
+    allrow = m.loc[("all", "all")]
+    assert allrow["tp"] == 2 and allrow["tp_half_radius"] == 1
+    # F-beta: TP 1, FP 2, FN 2 -> 17 / (17 + 16*2 + 2)
+    assert allrow["fbeta4_half_radius"] == pytest.approx(17 / (17 + 32 + 2))
+    assert allrow["recall_half_radius"] == pytest.approx(1 / 3)
+
+
+def test_fbeta_formula_and_limits():
+    assert fbeta(5, 5, 5) == 1.0
+    assert fbeta(5, 10, 5, beta=1) == pytest.approx(2 * 5 / (10 + 5))  # beta 1 is F1
+    # beta 4: recall weighs 16 times precision; halving recall costs far more than precision
+    assert fbeta(5, 10, 10) < fbeta(10, 20, 10)
+    assert fbeta(0, 3, 4) == 0.0
+    assert np.isnan(fbeta(0, 0, 0))
+    with pytest.raises(ValueError):
+        fbeta(3, 2, 5)
+
+
+def test_challenge_scores_per_class_and_weighted():
+    truth = _table("A", [[0, 0, 0], [100, 0, 0], [300, 0, 0], [0, 400, 0]],
+                   classes=[1, 1, 2, 3], names=["ribo", "ribo", "prot", "ferr"])
+    parts = _table("A", [[2, 0, 0], [100, 9, 0], [303, 0, 0], [0, 405, 0], [800, 0, 0]])
+    # picks: ribo hit, ribo at 9 Å (outside 5 Å), prot hit but called ribo, ferr hit, junk
+    pred = np.array([1, 1, 1, 3, 3])
+    out = challenge_scores(parts, pred, truth, 5.0, names={1: "ribo", 2: "prot", 3: "ferr"},
+                           weights={1: 1.0, 2: 2.0, 3: 1.0}).set_index("class")
+    assert out.loc["1", ["n_true", "n_predicted", "tp"]].tolist() == [2, 3, 1]
+    assert out.loc["1", "fbeta"] == pytest.approx(fbeta(1, 3, 2))
+    assert out.loc["2", "tp"] == 0 and out.loc["2", "fbeta"] == 0.0
+    assert out.loc["3", "fbeta"] == pytest.approx(fbeta(1, 2, 1))
+    w = (fbeta(1, 3, 2) + 2 * 0.0 + fbeta(1, 2, 1)) / 4
+    assert out.loc["weighted", "fbeta"] == pytest.approx(w)
+    assert out.loc["weighted", "tp"] == 2 and out.loc["2", "name"] == "prot"
+    with pytest.raises(ValueError):
+        challenge_scores(parts, pred[:2], truth, 5.0)
+
+
 def test_evaluate_picking_without_picks():
     truth = _table("A", [[0, 0, 0]], classes=[1])
     picks = _table("A", np.zeros((0, 3)))
@@ -117,3 +176,36 @@ def test_within_edge():
     zt = _table("T", [[0, 0, (2 - 10) * vs], [0, 0, (3 - 10) * vs], [0, 0, (17 - 10) * vs]])
     np.testing.assert_array_equal(within_edge(zt, {"T": shape}, {"T": vs}, {"T": 30.0}),
                                   [False, True, False])
+
+
+def test_embedding_colours_follow_the_matching():
+    """A cluster and the true class it is matched to share a colour, whatever the numbers."""
+    from tomoclust.report.plots import embedding_colours
+
+    truth = np.array([1, 1, 1, 2, 2, 2, 3, 3, 0, 0])
+    clusters = np.array([3, 3, 3, 1, 1, 1, 2, 2, 4, 4])  # 3 -> 1, 1 -> 2, 2 -> 3, 4 -> none
+    clu, cls, mapping = embedding_colours(clusters, truth)
+    assert mapping == {1: 2, 2: 3, 3: 1, 4: 0}
+    assert clu[3] == cls[1] and clu[1] == cls[2] and clu[2] == cls[3]
+    assert clu[4] not in cls.values()  # an unmatched cluster looks like no class
+    assert len(set(cls.values())) == len(cls)
+    clu_only, _, _ = embedding_colours(clusters, None)
+    assert len(set(clu_only.values())) == 4
+
+
+def test_metrics_tsv_keeps_every_value_under_its_header(tmp_path):
+    """Missing values are written as NA, so no field is empty (``column -t`` and similar
+    tools merge empty fields and shift the class rows' values left)."""
+    from tomoclust.formats.atomic import write_tsv
+
+    truth = _table("A", [[0, 0, 0], [200, 0, 0]], classes=[1, 2], names=["a", "b"])
+    metrics, _ = evaluate_picking(_table("A", [[5, 0, 0]]), truth, 30.0, 12.0)
+    write_tsv(tmp_path / "m.tsv", metrics, na_rep="NA")
+    lines = (tmp_path / "m.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    for line in lines[1:]:
+        fields = line.split("\t")
+        assert len(fields) == len(header) and all(fields), line
+    back = pd.read_csv(tmp_path / "m.tsv", sep="\t")
+    assert back.loc[back["scope"] == "class", "n_picked"].isna().all()
+    assert back.loc[back["name"] == "1:a", "recall"].item() == 1.0

@@ -495,7 +495,8 @@ def test_workflow_reruns(fewshot_run, repo):
                     # the report's figures and tables of the changed methods
                     "plot_embedding": 2, "summarise_clusters": 1,
                     "classification_table": 1, "average_summary": 2,
-                    "averaging_table": 2}, jobs
+                    "averaging_table": 2, "export_embedding": 2, "export_relion": 2,
+                    "report_overview": 1}, jobs
     # another training schedule: retrain both, same training set
     jobs = _jobs(repo, fewshot_run, "epochs.yaml", fewshot__epochs=3)
     assert jobs.get("train_fewshot") == 2 and "fewshot_training_set" not in jobs, jobs

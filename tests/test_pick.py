@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import DEVICES
 from tomoclust.formats.mrc import open_mrc, write_mrc
-from tomoclust.pick import DogSettings, dog_pick, gaussian_kernel, params_from_angst
+from tomoclust.pick import (
+    DogSettings,
+    dog_pick,
+    gaussian_kernel,
+    params_from_angst,
+    refine_centres,
+    refine_picks,
+)
 
 SHAPE = (40, 48, 48)
 COLUMNS = ["x", "y", "z", "score", "zscore"]
@@ -289,3 +297,57 @@ def test_coarse_score_map_equals_the_full_resolution_one(rng, b):
     assert err < {2: 0.04, 3: 0.02}[b], err
     assert np.corrcoef(coarse[inner].ravel(), want[inner].ravel())[0, 1] > 0.999
     assert peaks.dtype == bool and peaks.shape == coarse.shape
+
+
+def _blobs(rng, shape, centres, radius, noise, dark=True):
+    """Solid balls (soft edge) at sub-voxel centres (zyx) in Gaussian noise."""
+    grid = np.indices(shape, dtype=np.float64)
+    vol = np.zeros(shape)
+    for c in centres:
+        d = np.sqrt(sum((grid[a] - c[a]) ** 2 for a in range(3)))
+        vol += 1.0 / (1.0 + np.exp((d - radius) / 0.7))
+    vol = -vol if dark else vol
+    return (vol + rng.normal(0, noise, shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("contrast", ["dark", "bright"])
+def test_refined_centres_land_near_the_planted_sub_voxel_centres(rng, contrast):
+    """Picks off by up to 3.5 voxels (a coarse DoG grid's error) come back to within 0.5
+    voxel of the true sub-voxel centres of radius-5 balls at noise sd 0.5 (signal 1)."""
+    centres = [(20.3, 20.7, 20.1), (20.6, 44.2, 23.8), (44.5, 21.4, 45.9), (42.1, 44.9, 43.3)]
+    vol = _blobs(rng, (64, 64, 64), centres, 5.0, 0.5, dark=contrast == "dark")
+    true = np.array(centres)
+    start = true + rng.uniform(-2.0, 2.0, true.shape)
+    refined, moved = refine_centres(vol, start, 5.0, contrast=contrast)
+    assert moved.all()
+    before = np.linalg.norm(start - true, axis=1)
+    after = np.linalg.norm(refined - true, axis=1)
+    assert np.all(after < 0.5), (before, after)
+    assert after.mean() < 0.3 * before.mean()
+
+
+def test_refinement_keeps_picks_that_would_wander_or_reach_a_face(rng):
+    vol = _blobs(rng, (40, 40, 40), [(20.0, 20.0, 8.0)], 4.0, 0.1)
+    # one pick 6 voxels from the ball: it would move 6 > max_shift 3, so it stays
+    start = np.array([[20.0, 20.0, 14.0], [20.0, 20.0, 9.0]])
+    refined, moved = refine_centres(vol, start, 4.0, max_shift=3.0)
+    assert not moved[0] and np.array_equal(refined[0], start[0])
+    assert moved[1] and abs(refined[1, 2] - 8.0) < 0.3
+    # with a 10-voxel margin the ball's centre (x = 8) is too near the face: kept
+    refined, moved = refine_centres(vol, start[1:], 4.0, margin=10)
+    assert not moved[0] and np.array_equal(refined[0], start[1])
+    # no mass at all (a flat volume): nothing moves
+    refined, moved = refine_centres(np.zeros((20, 20, 20), np.float32), start[1:] / 2, 4.0)
+    assert not moved.any()
+    with pytest.raises(Exception, match="contrast"):
+        refine_centres(vol, start, 4.0, contrast="grey")
+
+
+def test_refine_picks_keeps_the_dog_peak_and_merges_converged_picks(rng):
+    vol = _blobs(rng, (40, 40, 40), [(20.0, 20.0, 20.0)], 5.0, 0.05)
+    picks = pd.DataFrame({"x": [18.0, 22.5], "y": [20.0, 20.0], "z": [20.0, 20.0],
+                          "score": [2.0, 1.0], "zscore": [5.0, 4.0]})
+    params = DogSettings(sigma=3.0, min_distance=3.0)
+    out, moved = refine_picks(vol, picks, params, 5.0)
+    assert len(out) == 1 and moved.all()  # both converged on the ball: the stronger stays
+    assert out.loc[0, "dog_x"] == 18.0 and abs(out.loc[0, "x"] - 20.0) < 0.2

@@ -9,9 +9,15 @@ checked in tests/test_workflow_methods.py on that module's run.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 import re
+import shutil
 import struct
+import subprocess
+import sys
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -320,3 +326,66 @@ def test_report_figures_rerun_alone(real_data_run, repo):
                       "--forcerun", *figures)
     assert proc.returncode == 0, _output(proc)
     assert _job_stats(_output(proc)) == {**figures, "all": 1}, _output(proc)
+
+
+# --------------------------------------------- the README's report command on a fresh venv
+# A virtual environment made from requirements.txt alone (nothing from requirements-dev.txt,
+# so nothing pytest pulls in by chance) must run `snakemake --report`. It is built once per
+# content of requirements.txt under the system's temporary directory
+# (tomoclust-venv-<hash>; TOMOCLUST_FRESH_VENV_DIR picks another parent): about 2 min on 2
+# cores from local wheels the first time, then seconds.
+
+
+def _fresh_venv() -> Path:
+    reqs = Path(__file__).resolve().parents[1] / "requirements.txt"
+    key = hashlib.sha256(reqs.read_bytes()).hexdigest()[:16]
+    parent = Path(os.environ.get("TOMOCLUST_FRESH_VENV_DIR", tempfile.gettempdir()))
+    venv = parent / f"tomoclust-venv-{key}"
+    done = venv / ".tomoclust-complete"
+    if done.exists():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)  # a build that was interrupted
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                           "--disable-pip-version-check", "-r", str(reqs)],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"pip install -r requirements.txt failed:\n{proc.stderr[-4000:]}"
+    done.write_text(reqs.read_text())
+    return venv
+
+
+@pytest.mark.slow
+def test_report_from_a_venv_of_requirements_txt(real_data_run, tmp_path, repo):
+    """`.venv/bin/snakemake --report report.html`, as the README says, with only
+    requirements.txt installed (snakemake needs pygments for it)."""
+    venv = _fresh_venv()
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list",
+                          "--format=freeze"], capture_output=True, text=True, check=True)
+    installed = {line.split("==")[0].lower() for line in pip.stdout.splitlines()}
+    assert "pytest" not in installed  # the venv really is requirements.txt alone
+    config = real_data_run / "real.yaml"
+    out = tmp_path / "report.html"
+    proc = subprocess.run([str(venv / "bin" / "snakemake"), "--snakefile", str(repo / "Snakefile"),
+                           "--configfile", str(config), "--report", str(out)],
+                          cwd=real_data_run, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rep = read_report(out)
+    assert "results/report/picks/TS_01.jpg" in {r for cat in rep["categories"].values()
+                                                for sub in cat.values() for r in sub}
+
+
+def test_embedding_table_rows_and_columns():
+    from tomoclust.report.tables import embedding_table
+
+    clusters = pd.DataFrame({"rlnTomoName": ["A", "B"], "rlnCoordinateX": [1.0, 2.0],
+                             "rlnCoordinateY": [3.0, 4.0], "rlnCoordinateZ": [5.0, 6.0],
+                             "rlnClassNumber": [2, 1], "tclClassProbability": [0.9, 0.6],
+                             "tclStackIndex": [0, 1], "tclOther": ["x", "y"]})
+    feats = np.array([[0.5, -1.0, 2.0], [1.5, 0.0, -2.0]], np.float32)
+    t = embedding_table(clusters, feats)
+    assert list(t.columns) == ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY",
+                               "rlnCoordinateZ", "rlnClassNumber", "tclClassProbability",
+                               "tclStackIndex", "f0", "f1", "f2"]
+    np.testing.assert_array_equal(t[["f0", "f1", "f2"]].to_numpy(), feats)
+    with pytest.raises(TomoclustError):
+        embedding_table(clusters, feats[:1])

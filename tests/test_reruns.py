@@ -42,7 +42,9 @@ _FINISHED = re.compile(r"Finished job(?:id:)? (\d+)")
 
 
 # the report's per-method figures and tables, remade whenever the clustering is
-REPORT_JOBS = {("plot_embedding", "method=invariant"), ("summarise_clusters", "")}
+REPORT_JOBS = {("plot_embedding", "method=invariant"), ("summarise_clusters", ""),
+               ("export_embedding", "method=invariant"), ("export_relion", "method=invariant"),
+               ("report_overview", "")}
 
 def _tomogram(seed: int) -> np.ndarray:
     """Dark blobs (alternately a ball and a dumbbell) in weak Gaussian noise."""
@@ -258,7 +260,9 @@ def test_clustering_change_reruns_only_cluster(killed_and_resumed, repo, change)
     proc = _snakemake(repo, s["workdir"], "-n", "--configfile", str(cfg))
     assert proc.returncode == 0, _output(proc)
     assert _job_stats(_output(proc)) == {"cluster": 1, "plot_embedding": 1,
-                                         "summarise_clusters": 1, "all": 1}, _output(proc)
+                                         "summarise_clusters": 1, "export_embedding": 1,
+                                         "export_relion": 1, "report_overview": 1,
+                                         "all": 1}, _output(proc)
     assert _job_set(_output(proc)) == {("cluster", "method=invariant"), ("all", "")} | REPORT_JOBS
 
 
@@ -281,7 +285,8 @@ def test_added_tomogram_is_processed_alone(killed_and_resumed, repo, tmp_path):
                                         "gather_particles": 1, "features_invariant": 1,
                                         "cluster": 1, "all": 1, "plot_picks": 1,
                                         "summarise_picks": 1, "plot_embedding": 1,
-                                        "summarise_clusters": 1}, _output(dry)
+                                        "summarise_clusters": 1, "export_embedding": 1,
+                                        "export_relion": 1, "report_overview": 1}, _output(dry)
     assert _job_set(_output(dry)) == expected, _output(dry)
 
     before = _mtimes(workdir, [p for t in ("TS_01", "TS_02")

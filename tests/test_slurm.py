@@ -107,6 +107,95 @@ def test_workflow_profile_keeps_slurm_settings(tmp_path, monkeypatch):
     assert not problems, "profiles/default overrides profiles/slurm:\n" + "\n".join(problems)
 
 
+def _gpu_rules_anywhere() -> set[str]:
+    """Rules of rules/*.smk (also those defined inside an ``if``) whose resources ask for a
+    GPU."""
+    out = set()
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        blocks = re.split(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:", smk.read_text(), flags=re.M)
+        for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
+            if re.search(r"\bgpu\s*=\s*[1-9]", body):
+                out.add(name)
+    return out
+
+
+def test_gres_profile_is_the_slurm_profile_with_gres_for_every_gpu_rule():
+    """profiles/slurm-gres: the same settings as profiles/slurm, except that every GPU rule
+    asks for `--gres=gpu:1` instead of `--gpus` (the plugin would send both if both were set,
+    and its partition selection rejects that pair)."""
+    gres = yaml.safe_load((REPO / "profiles" / "slurm-gres" / "config.yaml").read_text())
+    sets = gres.pop("set-resources")
+    assert gres == _profile()
+    gpu_rules = _gpu_rules_anywhere()
+    assert {"features_disca", "average_class", "transfer_train"} <= gpu_rules
+    assert set(sets) == gpu_rules
+    for rule, res in sets.items():
+        assert res["gpu"] == 0, rule
+        assert res["gres"] == "'gpu:1'", rule  # the inner quotes make it a string resource
+
+
+def _install(xdg: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(xdg)}
+    return subprocess.run(["bash", str(REPO / "profiles" / "install.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_install_links_the_profiles_once_and_never_clobbers(tmp_path):
+    xdg = tmp_path / "xdg"
+    res = _install(xdg, "--dry-run")
+    assert res.returncode == 0 and not (xdg / "snakemake").exists(), res.stderr
+    for _ in range(2):  # idempotent
+        res = _install(xdg)
+        assert res.returncode == 0, res.stderr
+        for name in ("slurm", "slurm-gres"):
+            link = xdg / "snakemake" / name
+            assert link.is_symlink() and link.resolve() == (REPO / "profiles" / name).resolve()
+    assert "already installed" in res.stdout
+    # someone else's profile of the same name: refused, nothing changed
+    own = tmp_path / "xdg2" / "snakemake" / "slurm"
+    own.mkdir(parents=True)
+    (own / "config.yaml").write_text("executor: slurm\n")
+    res = _install(tmp_path / "xdg2")
+    assert res.returncode == 1 and "not replacing" in res.stderr, res.stderr
+    assert not own.is_symlink() and (own / "config.yaml").read_text() == "executor: slurm\n"
+    assert not (tmp_path / "xdg2" / "snakemake" / "slurm-gres").exists()
+    # a link to another checkout: refused too
+    other = tmp_path / "other"
+    other.mkdir()
+    (xdg / "snakemake" / "slurm-gres").unlink()
+    (xdg / "snakemake" / "slurm-gres").symlink_to(other)
+    res = _install(xdg)
+    assert res.returncode == 1 and "already links to" in res.stderr, res.stderr
+    assert (xdg / "snakemake" / "slurm-gres").resolve() == other.resolve()
+
+
+def test_bare_profile_name_works_from_any_directory_after_install(tmp_path):
+    """`snakemake --profile slurm -n`, as facility staff type it, in a directory that is not
+    the repository, after `bash profiles/install.sh`."""
+    from test_workflow import _write_config
+
+    xdg = tmp_path / "xdg"
+    assert _install(xdg).returncode == 0
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    cfg = _write_config(REPO, work / "tiny.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+    env["XDG_CONFIG_HOME"] = str(xdg)
+    cmd = ["--snakefile", str(REPO / "Snakefile"), "--configfile", str(cfg)]
+    for name in ("slurm", "slurm-gres"):
+        res = subprocess.run([str(SNAKEMAKE), "--profile", name, "-n", *cmd], cwd=work,
+                             env=env, capture_output=True, text=True, timeout=300)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out[-3000:]
+        assert f"Using profiles {name} " in out, out[-3000:]  # the bare name, found
+        assert "Job stats" in out, out[-3000:]
+    # without the link the bare name is not found (what the install step fixes)
+    res = subprocess.run([str(SNAKEMAKE), "--profile", "slurm", "-n", *cmd], cwd=work,
+                         env={**env, "XDG_CONFIG_HOME": str(tmp_path / "none")},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+
+
 # ---------------------------------------------------------------------------- real cluster
 def _run(cmd: list[str], env: dict, timeout: float, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, timeout=timeout, text=True, capture_output=True, **kw)
@@ -273,3 +362,30 @@ def test_tiny_workflow_on_slurm(slurm_cluster, tmp_path):
     # (their success above); pick says so in its log
     for log in sorted((work / "logs" / "pick").glob("*.log")):
         assert re.search(r"backend (numpy|torch/cpu)", log.read_text()), log.read_text()
+
+    # ------------------------------------------------------------------------------------
+    # the other request form: profiles/slurm-gres (sites that reject --gpus) on the same
+    # cluster, one GPU job rerun in the same working directory
+    gres = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+            "--profile", str(REPO / "profiles" / "slurm-gres"), "--configfile",
+            str(work / "tiny.yaml")]
+    gpu_rule, target = "features_autoencoder", "results/features/autoencoder/features.npy"
+    res = _run(["timeout", "--foreground", "-s", "INT", "-k", "60", str(RUN_LIMIT_S), *gres,
+                "--forcerun", gpu_rule, "--verbose", target], env, timeout=RUN_LIMIT_S + 90,
+               cwd=work)
+    out = res.stdout + res.stderr
+    (tmp_path / "snakemake_gres.log").write_text(out)
+    assert res.returncode == 0, f"slurm-gres run failed ({res.returncode}):\n{out[-6000:]}"
+    calls = _sbatch_calls(out)
+    assert set(calls) == {gpu_rule}, calls
+    for call in calls[gpu_rule]:
+        assert "--gres=gpu:1" in call and "--gpus" not in call, call
+    run_uuid = re.search(r"--job-name '?([\w-]+)", calls[gpu_rule][0]).group(1)
+    sq = _run(["squeue", "--states=all", "--noheader", "--name", run_uuid,
+               "-O", "JobID:20,tres-per-node:40,State:20"], env, timeout=30)
+    assert sq.returncode == 0, sq.stderr
+    rows = [line.split() for line in sq.stdout.splitlines()]
+    assert rows and all(st == "COMPLETED" and "gpu" in tres for _, tres, st in rows), sq.stdout
+    seen = {line.split()[0]: line for line in (state / "task_env.log").read_text().splitlines()}
+    for jobid, _, _ in rows:
+        assert "CUDA_VISIBLE_DEVICES=unset" not in seen[jobid], seen.get(jobid)

@@ -10,6 +10,7 @@ after it reuse its working directory.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -195,7 +196,8 @@ def test_clustering_change_reruns_only_clustering_and_after(methods_run, repo, c
     # (the class averages of the new classes appear once the `cluster` checkpoint has run)
     assert jobs == {"cluster": 3, "evaluate_classification": 3, "summarise_classification": 1,
                     "plot_embedding": 3, "summarise_clusters": 1, "classification_table": 1,
-                    "average_summary": 3, "averaging_table": 3, "all": 1}, jobs
+                    "average_summary": 3, "averaging_table": 3, "export_embedding": 3,
+                    "export_relion": 3, "report_overview": 1, "all": 1}, jobs
     assert not {"features_invariant", "features_disca", "features_autoencoder"} & set(jobs)
     assert not UPSTREAM & set(jobs)
 
@@ -206,6 +208,7 @@ def test_disca_change_reruns_only_disca(methods_run, repo):
     assert jobs == {"features_disca": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
                     "classification_table": 1, "average_summary": 1, "averaging_table": 1,
+                    "export_embedding": 1, "export_relion": 1, "report_overview": 1,
                     "all": 1}, jobs
 
 
@@ -214,6 +217,7 @@ def test_autoencoder_change_reruns_only_autoencoder(methods_run, repo):
     assert jobs == {"features_autoencoder": 1, "cluster": 1, "evaluate_classification": 1,
                     "summarise_classification": 1, "plot_embedding": 1, "summarise_clusters": 1,
                     "classification_table": 1, "average_summary": 1, "averaging_table": 1,
+                    "export_embedding": 1, "export_relion": 1, "report_overview": 1,
                     "all": 1}, jobs
 
 
@@ -252,16 +256,21 @@ def test_lint_is_clean_with_every_method(repo, tmp_path):
 
 
 # ------------------------------------------------------------------------- the HTML report
-def test_report_of_the_simulation_has_every_stage(methods_run, repo, tmp_path):
+@pytest.fixture(scope="module")
+def simulation_report(methods_run, repo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    proc = _snakemake(repo, methods_run, "--configfile", str(methods_run / "tiny_methods.yaml"),
+                      "--report", str(out))
+    assert proc.returncode == 0, _output(proc)[-5000:]
+    return out
+
+
+def test_report_of_the_simulation_has_every_stage(methods_run, simulation_report):
     """`snakemake --report` on the simulation: a category per stage, a figure per method in
     each, the tables, and captions rendered for the wildcards of each figure."""
     from test_report import png_size, read_report, result_bytes, table_cells
 
-    out = tmp_path / "report.html"
-    proc = _snakemake(repo, methods_run, "--configfile", str(methods_run / "tiny_methods.yaml"),
-                      "--report", str(out))
-    assert proc.returncode == 0, _output(proc)[-5000:]
-    rep = read_report(out)
+    rep = read_report(simulation_report)
     cats, results = rep["categories"], rep["results"]
     assert {"0. Simulation", "1. Picking", "2. Features", "3. Clustering", "4. Evaluation",
             "5. Averaging"} <= set(cats), cats
@@ -318,3 +327,120 @@ def test_rerun_matrix(methods_run, repo):
     problems = check(repo, methods_run, methods_run / "tiny_methods.yaml", schema_leaf_keys(repo),
                      {"truth", "simulation"})
     assert not problems, problems
+
+
+def _averaged(methods_run: Path, method: str) -> list[int]:
+    avg = methods_run / "results" / "average" / method
+    return sorted(int(p.parent.name[5:]) for p in avg.glob("class*/average.mrc"))
+
+
+def test_report_first_page_answers(methods_run, simulation_report):
+    """The page the report opens on starts with the answer: per method (the most accurate
+    first) K, class sizes, central slices and FSC 0.143 of each average, stability, accuracy."""
+    from test_report import read_report
+
+    desc = read_report(simulation_report)["workflow_desc"]
+    table = pd.read_csv(methods_run / "results" / "evaluation" / "classification.tsv", sep="\t")
+    best = table.loc[table["accuracy"].idxmax(), "method"]
+    assert desc.index("tomoclust-overview") < desc.index("How it was found")
+    order = [desc.index(f'data-method="{m}"') for m in METHODS]
+    assert order.index(min(order)) == METHODS.index(best)
+    assert f"Recommended: {best}" in desc
+    for method in METHODS:
+        k = json.loads((methods_run / "results" / "cluster" / method / "summary.json")
+                       .read_text())["k"]
+        block = desc[desc.index(f'data-method="{method}"'):]
+        block = block[:block.index("</table>")]
+        assert block.count("<tr><td>") == k
+        assert block.count('class="tc-slices"') == len(_averaged(methods_run, method))
+        acc = table.set_index("method").loc[method, "accuracy"]
+        assert f"accuracy {acc:.2f}" in block and "stability ARI" in block
+        summary = pd.read_csv(methods_run / "results" / "average" / method / "summary.tsv",
+                              sep="\t")
+        for res in summary["resolution_0143_angst"].dropna():
+            assert f"{res:.0f} Å" in block
+
+
+def test_report_renders_in_a_browser(methods_run, simulation_report, tmp_path):
+    """Debian's chromium, headless: the answer is on the first screen, every class average's
+    slices are loaded images, and the screenshot is not blank."""
+    from browser import render
+    from matplotlib import image
+
+    script = """() => {
+      const ov = document.querySelector('#tomoclust-overview');
+      if (!ov) return null;
+      const r = ov.getBoundingClientRect();
+      const title = document.querySelector('.prose h1, .prose .title');
+      return {top: r.top, width: r.width, height: r.height,
+              title: title ? [title.innerText, title.getBoundingClientRect().top] : null,
+              lead: ov.querySelector('.tc-lead').innerText,
+              methods: [...ov.querySelectorAll('.tc-method')].map(d => ({
+                method: d.dataset.method, head: d.querySelector('h3').innerText,
+                rows: d.querySelectorAll('tbody tr').length,
+                imgs: [...d.querySelectorAll('img.tc-slices')].map(
+                  i => [i.complete, i.naturalWidth, i.getBoundingClientRect().height])}))};
+    }"""
+    shot = tmp_path / "report.png"
+    dom, errors = render(simulation_report, shot, script=script)
+    assert not errors, errors
+    assert dom is not None, "no overview on the report's first page"
+    assert dom["width"] > 200 and dom["height"] > 100 and 0 <= dom["top"] < 1000, dom
+    # the title above it is on screen too (the landing page is not cut off at the top)
+    assert dom["title"] and dom["title"][0].startswith("tomoclust") and dom["title"][1] >= 0
+    assert dom["lead"].startswith("Recommended:"), dom["lead"]
+    assert {m["method"] for m in dom["methods"]} == set(METHODS)
+    for m in dom["methods"]:
+        k = json.loads((methods_run / "results" / "cluster" / m["method"] / "summary.json")
+                       .read_text())["k"]
+        assert m["rows"] == k and f"{k} class" in m["head"] and "accuracy" in m["head"], m
+        assert len(m["imgs"]) == len(_averaged(methods_run, m["method"])), m
+        for complete, natural, height in m["imgs"]:
+            assert complete and natural > 0 and height > 20, m
+    pixels = image.imread(shot)[..., :3]
+    assert pixels.std() > 0.05, "blank screenshot"
+    assert (pixels.mean(axis=2) < 0.5).mean() > 0.005, "almost no dark pixels (text, images)"
+    keep = Path(os.environ.get("TOMOCLUST_SCREENSHOT_DIR", tmp_path))
+    keep.mkdir(parents=True, exist_ok=True)
+    if keep != tmp_path:
+        (keep / "report_first_page.png").write_bytes(shot.read_bytes())
+
+
+def test_relion_and_embedding_exports(methods_run):
+    """Per method: the embedding table (features, place, class, probability) and the RELION 5
+    set (tomograms.star; particles.star per class, centred Å from size / 2, angles and origins
+    where the class was averaged)."""
+    from tomoclust.formats.star import read_star_blocks
+
+    res = methods_run / "results"
+    particles = read_star(res / "particles" / "particles.star")
+    for method in METHODS:
+        clusters = read_star(res / "cluster" / method / "clusters.star")
+        emb = pd.read_csv(res / "embedding" / method / "embedding.tsv", sep="\t")
+        feats = np.load(res / "features" / method / "features.npy")
+        assert len(emb) == len(particles)
+        np.testing.assert_allclose(emb[[f"f{i}" for i in range(feats.shape[1])]], feats,
+                                   rtol=1e-6, atol=1e-6)
+        assert emb["rlnClassNumber"].tolist() == clusters["rlnClassNumber"].tolist()
+        assert emb["tclClassProbability"].between(0, 1).all()
+        assert emb["rlnTomoName"].tolist() == particles["rlnTomoName"].tolist()
+
+        out = res / "relion" / method
+        tomos = read_star_blocks(out / "tomograms.star")["global"]
+        assert sorted(tomos["rlnTomoName"]) == ["sim01", "sim02"]
+        # the simulation: 96 x 96 x 48 at 10 Å, no tilt-series pixel size given: binning 1
+        assert tomos[["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"]].values.tolist() == \
+            [[96, 96, 48]] * 2
+        blocks = read_star_blocks(out / "particles.star")
+        assert blocks["optics"]["rlnTomoTiltSeriesPixelSize"].tolist() == [10.0]
+        allp = blocks["particles"]
+        assert len(allp) == len(clusters)
+        np.testing.assert_allclose(allp["rlnCenteredCoordinateXAngst"],
+                                   particles["rlnCoordinateX"] * 10.0 - 480.0, atol=1e-6)
+        np.testing.assert_allclose(allp["rlnCenteredCoordinateZAngst"],
+                                   particles["rlnCoordinateZ"] * 10.0 - 240.0, atol=1e-6)
+        for k in _averaged(methods_run, method):
+            cls = read_star_blocks(out / f"class{k}" / "particles.star")["particles"]
+            assert (cls["rlnClassNumber"] == k).all()
+            assert {"rlnAngleRot", "rlnOriginXAngst", "rlnRandomSubset"} <= set(cls.columns)
+            assert cls["rlnAngleRot"].notna().all()

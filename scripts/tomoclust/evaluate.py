@@ -1,8 +1,16 @@
-"""Evaluation against ground truth: picking precision / recall / F1.
+"""Evaluation against ground truth: picking precision / recall / F1, and the cryo-ET
+particle-picking challenge's F-beta.
 
 Picks are matched one-to-one to true particles of the same tomogram within a distance
 tolerance by a minimum-total-distance assignment (Hungarian algorithm on the candidate pairs),
 so a true particle is never counted twice.
+
+The challenge metric (CZ Imaging Institute's 2024-25 cryo-ET object identification challenge)
+is F-beta with beta = 4 (recall weighs 16 times as much as precision), a pick counting only
+within half the particle radius of a true particle; per class and as a weighted mean over
+classes. Picks have no class of their own here, so the per-class challenge score needs a
+classification: :func:`challenge_scores` takes each particle's predicted class (a method's
+clusters mapped to true classes by the Hungarian matching).
 """
 
 from __future__ import annotations
@@ -39,11 +47,26 @@ def match_points(picks: np.ndarray, truth: np.ndarray, tolerance: float
     return ip[r[ok]], it[c[ok]]
 
 
+CHALLENGE_BETA = 4.0
+CHALLENGE_RADIUS_FRACTION = 0.5
+
+
 def _prf(tp: int, n_pred: int, n_true: int) -> tuple[float, float, float]:
     precision = tp / n_pred if n_pred else float("nan")
     recall = tp / n_true if n_true else float("nan")
     f1 = 2 * tp / (n_pred + n_true) if (n_pred + n_true) else float("nan")
     return precision, recall, f1
+
+
+def fbeta(tp: int, n_pred: int, n_true: int, beta: float = CHALLENGE_BETA) -> float:
+    """F-beta from counts: ``(1 + β²) TP / ((1 + β²) TP + β² FN + FP)``; NaN when there is
+    neither a prediction nor a true particle. β = 4 is the challenge's (recall-heavy)."""
+    fn, fp = n_true - tp, n_pred - tp
+    if min(tp, fn, fp) < 0:
+        raise ValueError(f"inconsistent counts: tp={tp}, n_pred={n_pred}, n_true={n_true}")
+    b2 = beta * beta
+    den = (1 + b2) * tp + b2 * fn + fp
+    return (1 + b2) * tp / den if den else float("nan")
 
 
 def within_edge(table: pd.DataFrame, shapes: dict[str, tuple[int, ...]],
@@ -67,21 +90,31 @@ def within_edge(table: pd.DataFrame, shapes: dict[str, tuple[int, ...]],
     return keep
 
 
-def evaluate_picking(picks: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: float
+METRIC_COLUMNS = ["scope", "name", "n_true", "n_picked", "tp", "precision", "recall", "f1",
+                  "tp_half_radius", "precision_half_radius", "recall_half_radius",
+                  "fbeta4_half_radius"]
+
+
+def evaluate_picking(picks: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: float,
+                     challenge_tolerance_angst: float | None = None
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Precision, recall and F1 of picks against truth, per tomogram, per class and overall.
+    """Precision, recall and F1 of picks against truth, per tomogram, per class and overall,
+    and the same counts at the challenge's tolerance with its F-beta (β = 4).
 
     Both tables use RELION-5 columns: ``rlnTomoName`` and ``rlnCenteredCoordinate*Angst``
     (so picks and truth may come from different voxel sizes); truth carries
-    ``rlnClassNumber`` (and optionally ``tclTemplateName``).
+    ``rlnClassNumber`` (and optionally ``tclTemplateName``). ``challenge_tolerance_angst``
+    is half the particle radius (the challenge's rule); ``None`` leaves those columns NaN.
 
     Returns
     -------
     (metrics, annotated)
-        ``metrics``: rows ``scope`` (``all``, ``tomogram``, ``class``), ``name``, ``n_true``,
-        ``n_picked``, ``tp``, ``precision``, ``recall``, ``f1``. Per-class rows have recall
-        only (a pick has no class until it is matched). ``annotated``: the picks with
-        ``tclTruthClass`` (0 when unmatched) and ``tclTruthDistanceAngst``.
+        ``metrics``: :data:`METRIC_COLUMNS`; rows ``scope`` ``all``, ``tomogram`` and
+        ``class``. A pick has no class until it is classified, so class rows have
+        ``n_true``, ``tp`` (true particles of the class picked) and ``recall`` (and their
+        half-radius twins); ``n_picked``, precision, F1 and F-beta are empty there (per-class
+        F-beta is a classification score: :func:`challenge_scores`). ``annotated``: the picks
+        with ``tclTruthClass`` (0 when unmatched) and ``tclTruthDistanceAngst``.
     """
     cols = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
     picks = picks.reset_index(drop=True).copy()
@@ -89,26 +122,87 @@ def evaluate_picking(picks: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: 
     picks["tclTruthDistanceAngst"] = np.nan
     truth = truth.reset_index(drop=True)
     truth_hit = np.zeros(len(truth), dtype=bool)
+    half = challenge_tolerance_angst
+    truth_half = np.zeros(len(truth), dtype=bool)
     rows = []
+    nan = float("nan")
+
+    def challenge(tp_h: int, n_pred: int, n_true: int) -> tuple:
+        if half is None:
+            return nan, nan, nan, nan
+        p, r, _ = _prf(tp_h, n_pred, n_true)
+        return tp_h, p, r, fbeta(tp_h, n_pred, n_true)
+
+    half_by_tomo = {}
+    if half is not None:
+        for tomo, _pi, ti, a, b in _match_by_tomogram(picks, truth, half):
+            truth_half[ti[b]] = True
+            half_by_tomo[tomo] = len(a)
     for tomo, pi, ti, a, b in _match_by_tomogram(picks, truth, tolerance_angst):
         truth_hit[ti[b]] = True
         picks.loc[pi[a], "tclTruthClass"] = truth.loc[ti[b], "rlnClassNumber"].to_numpy()
         d = np.linalg.norm(picks.loc[pi[a], cols].to_numpy() - truth.loc[ti[b], cols].to_numpy(),
                            axis=1)
         picks.loc[pi[a], "tclTruthDistanceAngst"] = d
-        rows.append(("tomogram", tomo, len(ti), len(pi), len(a), *_prf(len(a), len(pi), len(ti))))
+        rows.append(("tomogram", tomo, len(ti), len(pi), len(a), *_prf(len(a), len(pi), len(ti)),
+                     *challenge(half_by_tomo.get(tomo, 0), len(pi), len(ti))))
     tp = int(truth_hit.sum())
-    rows.insert(0, ("all", "all", len(truth), len(picks), tp, *_prf(tp, len(picks), len(truth))))
+    rows.insert(0, ("all", "all", len(truth), len(picks), tp, *_prf(tp, len(picks), len(truth)),
+                    *challenge(int(truth_half.sum()), len(picks), len(truth))))
     label = truth.get("tclTemplateName", truth["rlnClassNumber"].astype(str))
     for cls in sorted(truth["rlnClassNumber"].unique()):
         sel = truth["rlnClassNumber"].to_numpy() == cls
-        name = f"{int(cls)}:{label[sel].iloc[0]}"
-        rec = truth_hit[sel].mean()
-        rows.append(("class", name, int(sel.sum()), np.nan, int(truth_hit[sel].sum()),
-                     np.nan, float(rec), np.nan))
-    metrics = pd.DataFrame(rows, columns=["scope", "name", "n_true", "n_picked", "tp",
-                                          "precision", "recall", "f1"])
+        n_true, hit, hit_h = int(sel.sum()), int(truth_hit[sel].sum()), int(truth_half[sel].sum())
+        rows.append(("class", f"{int(cls)}:{label[sel].iloc[0]}", n_true, nan, hit, nan,
+                     hit / n_true, nan,
+                     *((hit_h, nan, hit_h / n_true, nan) if half is not None else (nan,) * 4)))
+    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    for c in ("n_true", "n_picked", "tp", "tp_half_radius"):
+        metrics[c] = metrics[c].astype("Int64")
     return metrics, picks
+
+
+def challenge_scores(particles: pd.DataFrame, predicted: np.ndarray, truth: pd.DataFrame,
+                     tolerance_angst: float, names: dict[int, str] | None = None,
+                     weights: dict[int, float] | None = None,
+                     beta: float = CHALLENGE_BETA) -> pd.DataFrame:
+    """The challenge's per-class F-beta and its weighted mean, for classified particles.
+
+    ``particles`` (``rlnTomoName``, ``rlnCenteredCoordinate*Angst``) are every pick, each
+    with ``predicted`` true-class number (0 = assigned to no class). Per class c, the picks
+    predicted c are matched one-to-one to the true particles of class c within
+    ``tolerance_angst`` (half the particle radius); TP, FP = predicted − TP, FN = true − TP.
+    ``weights`` per class (default 1 each) give the ``weighted`` row: Σ w·Fβ / Σ w, as the
+    challenge weighs its particle kinds.
+
+    Returns rows ``class`` (number or ``weighted``), ``name``, ``n_true``, ``n_predicted``,
+    ``tp``, ``precision``, ``recall``, ``fbeta`` and ``weight``.
+    """
+    predicted = np.asarray(predicted)
+    if len(predicted) != len(particles):
+        raise ValueError(f"{len(predicted)} predictions for {len(particles)} particles")
+    particles = particles.reset_index(drop=True)
+    truth = truth.reset_index(drop=True)
+    rows = []
+    for cls in sorted(int(c) for c in truth["rlnClassNumber"].unique()):
+        pred_c = particles[predicted == cls]
+        true_c = truth[truth["rlnClassNumber"].to_numpy() == cls]
+        tp = sum(len(a) for *_, a, _b in _match_by_tomogram(pred_c, true_c, tolerance_angst))
+        p, r, _ = _prf(tp, len(pred_c), len(true_c))
+        w = 1.0 if weights is None else float(weights.get(cls, 1.0))
+        rows.append((str(cls), (names or {}).get(cls, str(cls)), len(true_c), len(pred_c), tp,
+                     p, r, fbeta(tp, len(pred_c), len(true_c), beta), w))
+    out = pd.DataFrame(rows, columns=["class", "name", "n_true", "n_predicted", "tp",
+                                      "precision", "recall", "fbeta", "weight"])
+    ok = out["fbeta"].notna() & (out["weight"] > 0)
+    wsum = float(out.loc[ok, "weight"].sum())
+    weighted = float((out.loc[ok, "fbeta"] * out.loc[ok, "weight"]).sum() / wsum) if wsum \
+        else float("nan")
+    tot = out[["n_true", "n_predicted", "tp"]].sum()
+    p, r, _ = _prf(int(tot["tp"]), int(tot["n_predicted"]), int(tot["n_true"]))
+    out.loc[len(out)] = ["weighted", "all classes", int(tot["n_true"]), int(tot["n_predicted"]),
+                         int(tot["tp"]), p, r, weighted, wsum]
+    return out
 
 
 def truth_classes(particles: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: float

@@ -126,9 +126,13 @@ class SimulationCtfSettings(_Section):
     _READERS: ClassVar[tuple] = ("simulate_tomogram", "simulate_subtomograms",
                                  "fewshot_training_set", "fewshot_support_set", *TRANSFER_SET)
     defocus_um: float = reads(5.0, *_READERS, truth=("average_class",))
-    voltage_kv: float = reads(300.0, *_READERS, truth=("average_class",))
-    cs_mm: float = reads(2.7, *_READERS, truth=("average_class",))
-    amplitude_contrast: float = reads(0.07, *_READERS, truth=("average_class",))
+    # the RELION export takes the simulated microscope's optics instead of relion.*
+    voltage_kv: float = reads(300.0, *_READERS, truth=("average_class",),
+                              simulation=("export_relion",))
+    cs_mm: float = reads(2.7, *_READERS, truth=("average_class",),
+                         simulation=("export_relion",))
+    amplitude_contrast: float = reads(0.07, *_READERS, truth=("average_class",),
+                                      simulation=("export_relion",))
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,9 @@ class IngestSettings(_Section):
 @dataclass(frozen=True)
 class PickingSettings(_Section):
     SECTION: ClassVar[str] = "picking"
-    particle_radius: float = reads(100.0, "pick", "plot_picks", "copick_write")
+    particle_radius: float = reads(100.0, "pick", "plot_picks", "copick_write",
+                                   # the challenge F-beta's match distance (half the radius)
+                                   "evaluate_picking", "evaluate_classification")
     sigma_scale: float = reads(0.577, "pick")
     sigma_ratio: float = reads(1.1, "pick")
     contrast: str = reads("dark", "pick")
@@ -173,6 +179,7 @@ class PickingSettings(_Section):
     max_count: int | None = reads(None, "pick")
     chunk_z: int = reads(128, "pick")
     bin: int = reads(2, "pick")
+    refine: bool = reads(True, "pick")
 
 
 _BOX_READERS = ("pick", "extract", "evaluate_picking", "import_coordinates", "import_subtomograms",
@@ -434,6 +441,23 @@ class AveragingConfigSettings(_Section):
                       f"averaging.angular_step {self.angular_step}°")
 
 
+_RELION = ("export_relion",)
+
+
+@dataclass(frozen=True)
+class RelionSettings(_Section):
+    """The RELION 5 export (formats/relion5.py)."""
+
+    SECTION: ClassVar[str] = "relion"
+    export: bool = reads(True, shapes_dag=True)
+    tilt_series_pixel_size: float | None = reads(None, *_RELION)
+    tomograms_star: str = reads("", *_RELION, shapes_dag=True)
+    voltage: float = reads(300.0, *_RELION)
+    spherical_aberration: float = reads(2.7, *_RELION)
+    amplitude_contrast: float = reads(0.1, *_RELION)
+    hand: float = reads(-1, *_RELION)
+
+
 _SET_AND_MODEL = TRANSFER_SET + TRANSFER_MODEL
 
 
@@ -477,7 +501,7 @@ SECTIONS: tuple[type[_Section], ...] = (
     WorkflowSettings, SimulationSettings, IngestSettings, PickingSettings, ExtractionSettings,
     EvaluationSettings, ExternalSettings, CopickConfigSettings, DiscaConfigSettings,
     InvariantSettings, AutoencoderConfigSettings, FewshotConfigSettings, ClusteringSettings,
-    AveragingConfigSettings, TransferConfigSettings,
+    AveragingConfigSettings, TransferConfigSettings, RelionSettings,
 )
 
 
@@ -593,6 +617,7 @@ class Settings:
     clustering: ClusteringSettings
     averaging: AveragingConfigSettings
     transfer: TransferConfigSettings
+    relion: RelionSettings
 
 
 def check_config(config: Mapping[str, Any]) -> Settings:

@@ -64,10 +64,10 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_tsv(path: PathLike, df: pd.DataFrame) -> None:
-    """Write a table as tab-separated text, atomically."""
+def write_tsv(path: PathLike, df: pd.DataFrame, na_rep: str = "") -> None:
+    """Write a table as tab-separated text, atomically (missing values as ``na_rep``)."""
     with atomic_output(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=False)
+        df.to_csv(tmp, sep="\t", index=False, na_rep=na_rep)
 
 
 def write_text(path: PathLike, text: str) -> None:

@@ -26,6 +26,17 @@ def hungarian_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(cm[r, c].sum() / max(cm.sum(), 1))
 
 
+def hungarian_mapping(truth: np.ndarray, pred: np.ndarray) -> dict[int, int]:
+    """{cluster: true class} of the best one-to-one matching (the one behind
+    :func:`hungarian_accuracy`); clusters left over map to 0 (no class)."""
+    cm = confusion(truth, pred)
+    r, c = linear_sum_assignment(-cm.to_numpy())
+    out = {int(k): 0 for k in cm.columns}
+    for i, j in zip(r, c, strict=True):
+        out[int(cm.columns[j])] = int(cm.index[i])
+    return out
+
+
 def clustering_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     truth = np.asarray(truth)
     pred = np.asarray(pred)

@@ -32,24 +32,37 @@ def _save(fig, path: str | Path) -> None:
 
 
 def plot_picking(metrics: pd.DataFrame, path: str | Path) -> None:
-    """Bar charts: precision/recall/F1 per tomogram and overall, and recall per class."""
+    """Bar charts: precision/recall/F1 (and the challenge's F-beta, within half a radius) per
+    tomogram and overall, and recall per class (within the tolerance and half a radius)."""
     plt = _pyplot()
     tomo = metrics[metrics["scope"].isin(["all", "tomogram"])]
     cls = metrics[metrics["scope"] == "class"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     x = np.arange(len(tomo))
-    for i, (col, colour) in enumerate([("precision", "#4C72B0"), ("recall", "#DD8452"),
-                                       ("f1", "#55A868")]):
-        axes[0].bar(x + (i - 1) * 0.27, tomo[col].to_numpy(dtype=float), 0.27, label=col,
-                    color=colour)
+    bars = [("precision", "#4C72B0"), ("recall", "#DD8452"), ("f1", "#55A868")]
+    if "fbeta4_half_radius" in tomo and tomo["fbeta4_half_radius"].notna().any():
+        bars.append(("fbeta4_half_radius", "#8172B3"))
+    w = 0.8 / len(bars)
+    for i, (col, colour) in enumerate(bars):
+        label = "F-beta 4, ½ radius" if col == "fbeta4_half_radius" else col
+        axes[0].bar(x + (i - (len(bars) - 1) / 2) * w, tomo[col].to_numpy(dtype=float), w,
+                    label=label, color=colour)
     axes[0].set_xticks(x, tomo["name"], rotation=45, ha="right")
     axes[0].set_ylim(0, 1.05)
     axes[0].set_xlabel("tomogram")
     axes[0].set_ylabel("score (1 = perfect)")
     axes[0].set_title("Picking against ground truth")
     axes[0].legend(loc="lower right", fontsize=8)
-    axes[1].bar(np.arange(len(cls)), cls["recall"].to_numpy(dtype=float), color="#DD8452")
-    axes[1].set_xticks(np.arange(len(cls)), cls["name"], rotation=45, ha="right")
+    xc = np.arange(len(cls))
+    half = "recall_half_radius" in cls and cls["recall_half_radius"].notna().any()
+    wc = 0.4 if half else 0.8
+    axes[1].bar(xc - (wc / 2 if half else 0), cls["recall"].to_numpy(dtype=float), wc,
+                color="#DD8452", label="within tolerance")
+    if half:
+        axes[1].bar(xc + wc / 2, cls["recall_half_radius"].to_numpy(dtype=float), wc,
+                    color="#8172B3", label="within ½ radius")
+        axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].set_xticks(xc, cls["name"], rotation=45, ha="right")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_xlabel("true class")
     axes[1].set_ylabel("recall")
@@ -124,19 +137,60 @@ def embed_2d(features: np.ndarray, seed: int = 0, max_points: int = 3000
     return xy, idx
 
 
+_GREY = "#9A9A9A"
+
+
+def embedding_colours(clusters: np.ndarray, truth: np.ndarray | None
+                      ) -> tuple[dict[int, str], dict[int, str], dict[int, int]]:
+    """Colours of clusters and true classes that agree: ``(cluster colours, class colours,
+    {cluster: matched class})``. True class c takes the c-th colour of matplotlib's
+    ``tab10`` cycle (0, junk, is grey); each cluster takes the colour of the class the
+    Hungarian matching (on particles with a class) gives it, and clusters left over take
+    colours no class uses. Without truth, cluster k takes the k-th colour."""
+    from matplotlib import colormaps
+
+    palette = [colormaps["tab10"](i) for i in range(10)] + \
+        [colormaps["tab20b"](i) for i in range(20)]
+    from matplotlib.colors import to_hex
+
+    hexes = [to_hex(c) for c in palette]
+    clusters = np.asarray(clusters).astype(int)
+    ks = sorted(set(clusters.tolist()))
+    if truth is None:
+        return {k: hexes[(k - 1) % len(hexes)] for k in ks}, {}, {}
+    from ..numerics.metrics import hungarian_mapping
+
+    truth = np.asarray(truth).astype(int)
+    classes = sorted(set(truth.tolist()))
+    cls_col = {c: (_GREY if c == 0 else hexes[(c - 1) % len(hexes)]) for c in classes}
+    ok = truth > 0
+    mapping = hungarian_mapping(truth[ok], clusters[ok]) if ok.any() else {}
+    mapping = {k: mapping.get(k, 0) for k in ks}
+    used = {cls_col[c] for c in classes}
+    spare = iter([h for h in hexes if h not in used] + hexes)
+    clu_col = {k: cls_col[mapping[k]] if mapping[k] > 0 else next(spare) for k in ks}
+    return clu_col, cls_col, mapping
+
+
 def plot_embedding(features: np.ndarray, clusters: np.ndarray, truth: np.ndarray | None,
                    path: str | Path, title: str = "", seed: int = 0) -> None:
-    """t-SNE of the features coloured by cluster and (when known) by true class."""
+    """t-SNE of the features coloured by cluster and (when known) by true class; a cluster
+    and the true class it is matched to (Hungarian) share a colour."""
     plt = _pyplot()
     xy, idx = embed_2d(features, seed)
-    panels = [("cluster", np.asarray(clusters)[idx])]
+    clu_col, cls_col, mapping = embedding_colours(clusters, truth)
+    panels = [("cluster", np.asarray(clusters)[idx], clu_col)]
     if truth is not None:
-        panels.append(("true class (0 = junk)", np.asarray(truth)[idx]))
+        panels.append(("true class (0 = junk)", np.asarray(truth)[idx], cls_col))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
-    for ax, (name, lab) in zip(axes[0], panels, strict=True):
+    for p, (ax, (name, lab, colours)) in enumerate(zip(axes[0], panels, strict=True)):
         for v in np.unique(lab):
             sel = lab == v
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, label=str(v), alpha=0.8)
+            text = str(v)
+            if p == 0 and mapping:
+                text = f"{v} → class {mapping[int(v)]}" if mapping[int(v)] else f"{v} (no class)"
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, label=text, alpha=0.8,
+                       color=colours[int(v)])
         ax.set_title(f"{title}: t-SNE by {name}" if title else f"t-SNE by {name}")
         ax.set_xticks([])
         ax.set_yticks([])

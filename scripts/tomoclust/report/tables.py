@@ -130,3 +130,23 @@ def picks_summary(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                         np.concatenate(all_z)))
     return pd.DataFrame(rows, columns=["tomogram", "picks", "lowest z-score", "median z-score",
                                        "highest z-score"])
+
+
+EMBEDDING_COLUMNS = ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ",
+                     "rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
+                     "rlnCenteredCoordinateZAngst", "rlnClassNumber", "tclClassProbability",
+                     "rlnImageName", "tclStackIndex"]
+
+
+def embedding_table(clusters: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
+    """One row per particle: where it is (tomogram, voxel and centred Å coordinates), its
+    class and class probability, its stack row, then its features ``f0 .. f{d-1}``; rows in
+    particles.star order. For pandas (``read_csv(sep="\\t")``) or napari (a points layer from
+    ``rlnCoordinateZ/Y/X``, coloured by ``rlnClassNumber``)."""
+    features = np.asarray(features)
+    if features.ndim != 2 or len(features) != len(clusters):
+        raise TomoclustError(f"{features.shape} features for {len(clusters)} particles")
+    out = clusters[[c for c in EMBEDDING_COLUMNS if c in clusters.columns]].reset_index(drop=True)
+    feats = pd.DataFrame(features.astype(np.float64),
+                         columns=[f"f{i}" for i in range(features.shape[1])])
+    return pd.concat([out, feats], axis=1)
