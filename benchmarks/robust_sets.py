@@ -171,8 +171,10 @@ def _band(shape, lo_angst: float, hi_angst: float) -> np.ndarray:
     return (hp * lp).astype(np.float32)
 
 
-def make_set(classes, condition, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Simulated labelled subtomograms (see module docstring)."""
+def make_set(classes, condition, n_per_class: int, seed: int, *, info: dict | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated labelled subtomograms (see module docstring). A dict passed as ``info``
+    receives the truth behind each box: ``shift_xyz`` (voxels), ``defocus_um``."""
     cond = parse_condition(condition)
     names = class_names(classes)
     rng = np.random.default_rng([seed, 977])
@@ -233,6 +235,9 @@ def make_set(classes, condition, n_per_class: int, seed: int) -> tuple[np.ndarra
         else:
             spec = f_sig + np.fft.rfftn(post) * (sigma / np.sqrt(2))
         out[i] = np.fft.irfftn(spec * wedge, s=shape)
+    if info is not None:
+        info.update(shift_xyz=np.where(labels[:, None] >= 0, shifts, np.nan), defocus_um=dfs,
+                    condition=asdict(cond), classes=names)
     out -= out.mean(axis=(1, 2, 3), keepdims=True)
     out /= np.maximum(out.std(axis=(1, 2, 3), keepdims=True), 1e-12)
     return out.astype(np.float32), labels.astype(np.int64)
