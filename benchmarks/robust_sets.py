@@ -247,5 +247,13 @@ def describe(condition) -> dict:
     return asdict(parse_condition(condition))
 
 
-__all__ = ["CLASS_SETS", "CONDITIONS", "Condition", "make_set", "parse_condition",
-           "pick_offsets", "describe", "field"]
+__all__ = [
+    "CLASS_SETS",
+    "CONDITIONS",
+    "Condition",
+    "describe",
+    "field",
+    "make_set",
+    "parse_condition",
+    "pick_offsets",
+]

@@ -40,7 +40,7 @@ from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 from tomoclust.cluster import cluster_features
 from tomoclust.invariants import invariant_features
-from tomoclust.metrics import clustering_metrics, hungarian_accuracy
+from tomoclust.metrics import clustering_metrics
 
 #: (class set, condition) cells of the default grid, most important first.
 GRID = (
@@ -136,6 +136,19 @@ def run_cell(classes: str, condition: str, seed: int, args, only_k: bool = False
     out["default_auto"] = {**clustering_metrics(lab[ok], auto.labels[ok]), "k": auto.k,
                            "k_components": auto.k_components,
                            "seconds": time.perf_counter() - t0}
+    # the previous defaults: no centring, lowest BIC + merging of touching components
+    old_feats = invariant_features(stack, 6, args.lowpass)
+    old = cluster_features(old_feats, "gmm", k_min=2, k_max=10,
+                           pca_components=args.pca_components, seed=seed, stability_seeds=0,
+                           merge_ratio=0.1, merge_gap=2.0, k_selection="bic")
+    out["previous_auto"] = {**clustering_metrics(lab[ok], old.labels[ok]), "k": old.k}
+    # this release's features with the previous K rule, and the reverse
+    bic_new = cluster_features(feats, "gmm", k_min=2, k_max=10,
+                               pca_components=args.pca_components, seed=seed,
+                               stability_seeds=0, merge_ratio=0.1, merge_gap=2.0,
+                               k_selection="bic")
+    out["centred_bic_merge"] = {**clustering_metrics(lab[ok], bic_new.labels[ok]),
+                                "k": bic_new.k}
     if not only_k:
         fixed = default_cluster(feats, k_true, seed, args)
         out["default_fixed"] = clustering_metrics(lab[ok], fixed.labels[ok])
@@ -154,7 +167,9 @@ def run_cell(classes: str, condition: str, seed: int, args, only_k: bool = False
                                                             1e-9)
     out["load_end"] = os.getloadavg()[0]
     msg = (f"{classes} {condition} seed {seed}: default auto K={auto.k} acc "
-           f"{out['default_auto']['accuracy']:.3f}")
+           f"{out['default_auto']['accuracy']:.3f} (BIC+merge on the same features K="
+           f"{bic_new.k} {out['centred_bic_merge']['accuracy']:.3f}; previous default K="
+           f"{old.k} {out['previous_auto']['accuracy']:.3f})")
     if not only_k:
         msg += (f", K given {out['default_fixed']['accuracy']:.3f}, PCA+k-means "
                 f"{out['pca_kmeans']['accuracy']:.3f}, supervised "
@@ -179,7 +194,9 @@ def render(payload: dict) -> str:
         if key not in cells:
             cells.append(key)
     header = ["classes", "condition", "seeds", "default, auto K", "K found", "ratio to ceiling",
-              "default, true K", "PCA + k-means (true K)", "supervised CNN (ceiling)"]
+              "default, true K", "PCA + k-means (true K)", "supervised CNN (ceiling)",
+              "same features, BIC + merge", "K (BIC + merge)", "previous default, auto K",
+              "K (previous)"]
     rows = []
     for cl, co in cells:
         rs = [r for r in runs if r["classes"] == cl and r["condition"] == co]
@@ -193,6 +210,10 @@ def render(payload: dict) -> str:
                     _ms([r["supervised"]["accuracy"] for r in full])]
         else:
             row += ["–"] * 4
+        row += [_ms([r["centred_bic_merge"]["accuracy"] for r in rs]),
+                ",".join(str(r["centred_bic_merge"]["k"]) for r in rs),
+                _ms([r["previous_auto"]["accuracy"] for r in rs]),
+                ",".join(str(r["previous_auto"]["k"]) for r in rs)]
         rows.append(row)
     md.append(md_table(header, rows))
     return "\n".join(md)
@@ -207,12 +228,12 @@ def main() -> None:
                     help="class_set:condition[@snr] cells (default: the built-in grid)")
     ap.add_argument("--only", choices=["all", "k"], default="all",
                     help="k: only the default method's automatic K (no ceiling, no floor)")
-    ap.add_argument("--centring", default="align", help="invariant centring (none|com|align)")
+    ap.add_argument("--centring", default="com", help="invariant centring (none|com|align)")
     ap.add_argument("--lowpass", type=float, default=1.0)
     ap.add_argument("--pca-components", type=int, default=6)
     ap.add_argument("--merge-ratio", type=float, default=0.1)
     ap.add_argument("--k-selection", default="consensus", help="bic | consensus")
-    ap.add_argument("--cnn-epochs", type=int, default=12)
+    ap.add_argument("--cnn-epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/robustness.json")

@@ -362,7 +362,7 @@ def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, s
     co = np.zeros((m, m))
     n_fits = 0
     for k in range(k_min, k_max + 1):
-        for r in range(runs):
+        for _ in range(runs):
             sub = rng.choice(n, size=max(int(subsample * n), k + 1), replace=False)
             gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, n_init=1,
                                  random_state=int(rng.integers(2**31)), max_iter=200)
