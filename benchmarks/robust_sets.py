@@ -182,7 +182,7 @@ def make_set(classes, condition, n_per_class: int, seed: int, *, info: dict | No
     radii = [bounding_radius(t) for t in temps]
     k = len(names)
     labels = np.repeat(np.arange(k), n_per_class)
-    n_false = int(round(cond.false_picks * len(labels) / max(1.0 - cond.false_picks, 1e-9)))
+    n_false = round(cond.false_picks * len(labels) / max(1.0 - cond.false_picks, 1e-9))
     labels = np.concatenate([labels, np.full(n_false, -1)])
     labels = labels[rng.permutation(len(labels))]
     n = len(labels)
