@@ -27,9 +27,12 @@ DIFFERENT = ("3jb9.cif.gz", "6s47.cif.gz", "3j9i.pdb.gz", "4v1w.cif.gz", "3cf3.p
 
 
 def _defaults(repo, section: str) -> dict:
+    """The settings a user gets: config.yaml over the schema's defaults."""
     schema = yaml.safe_load((repo / "schemas/config.schema.yaml").read_text())
     props = schema["properties"][section]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+    out = {k: v["default"] for k, v in props.items() if "default" in v}
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    return out | (config.get(section) or {})
 
 
 def _classify(repo, stack: np.ndarray):
