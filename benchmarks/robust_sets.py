@@ -39,10 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO / "scripts"))
 
-from tomoclust.ctf import ctf_grid  # noqa: E402
-from tomoclust.density import bounding_radius, template_density, template_potential  # noqa: E402
-from tomoclust.fourier import radial_freq, wedge_mask  # noqa: E402
-from tomoclust.rotation import random_rotations, rotate_volume  # noqa: E402
+from tomoclust.numerics.ctf import ctf_grid  # noqa: E402
+from tomoclust.numerics.fourier import radial_freq, wedge_mask  # noqa: E402
+from tomoclust.numerics.rotations import random_rotations, rotate_volume  # noqa: E402
+from tomoclust.simulate.density import (  # noqa: E402
+    bounding_radius,
+    template_density,
+    template_potential,
+)
 
 BOX, VOXEL = 32, 12.0
 
@@ -140,11 +144,11 @@ def pick_offsets(classes, seed: int = 0) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in json.loads(f.read_text())["offsets"].items()}
     from tomoclust.evaluate import match_points
     from tomoclust.pick import dog_pick, params_from_angst
-    from tomoclust.simulate import Template, TomogramSpec, simulate_tomogram
+    from tomoclust.simulate.tomograms import Template, TomogramSettings, simulate_tomogram
 
     temps = [Template(n, i + 1, template_density(REPO / STRUCTURES[n], 10.0))
              for i, n in enumerate(names)]
-    spec = TomogramSpec("offsets", (160, 320, 320), 10.0, {n: 40 for n in names}, snr=0.1,
+    spec = TomogramSettings("offsets", (160, 320, 320), 10.0, {n: 40 for n in names}, snr=0.1,
                         seed=seed)
     sim = simulate_tomogram(temps, spec)
     p = params_from_angst(10.0, 100.0, threshold=3.0, min_distance_angst=170.0,

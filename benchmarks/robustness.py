@@ -39,8 +39,8 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 from tomoclust.cluster import cluster_features
-from tomoclust.invariants import invariant_features
-from tomoclust.metrics import clustering_metrics
+from tomoclust.features.invariant import invariant_features
+from tomoclust.numerics.metrics import clustering_metrics
 
 #: (class set, condition) cells of the default grid, most important first.
 GRID = (

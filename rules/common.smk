@@ -6,8 +6,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from tomoclust import TomoclustError  # noqa: E402
-from tomoclust.sheet import NAME_PATTERN, coordinate_files, load_sheet  # noqa: E402
-from tomoclust.starhead import has_class_numbers  # noqa: E402
+from tomoclust.formats.sheet import NAME_PATTERN, coordinate_files, load_sheet  # noqa: E402
+from tomoclust.formats.starhead import has_class_numbers  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -222,7 +222,7 @@ def averaged_classes(method):
     checkpoint has run); the others are listed as skipped in the method's summary.tsv."""
     import json
 
-    from tomoclust.maps import classes_to_average
+    from tomoclust.numerics.class_maps import classes_to_average
 
     summary = checkpoints.cluster.get(method=method).output.summary
     info = json.loads(Path(summary).read_text())
@@ -389,19 +389,23 @@ def _transfer_setup():
     simulation and training settings), or None when the method is not enabled."""
     if "transfer" not in METHODS:
         return None
-    from tomoclust.transfer_config import (  # noqa: E402
-        TrainingSetParams, TransferParams, model_key, training_set_key)
+    from tomoclust.features.transfer_settings import (
+        TrainingSetSettings,
+        TransferSettings,
+        model_key,
+        training_set_key,
+    )
 
     t = config["transfer"]
     tilt_min, tilt_max = wedge_range()
-    set_params = TrainingSetParams(
+    set_params = TrainingSetSettings(
         box=config["extraction"]["box"], voxel_size=config["extraction"]["voxel_size"],
         n_per_class=t["n_per_class"], snr_min=t["snr_min"], snr_max=t["snr_max"],
         snr_groups=t["snr_groups"], convention=t["convention"], tilt_min=tilt_min,
         tilt_max=tilt_max, ctf=dict(SIM["ctf"]), no_particle=t["no_particle"],
         neighbour_fraction=t["neighbour_fraction"], max_shift_vox=t["max_shift"],
         seed=t["seed"])
-    train_params = TransferParams(**{k: t[k] for k in (
+    train_params = TransferSettings(**{k: t[k] for k in (
         "width", "stages", "feature_dim", "hidden", "input_binning", "dropout", "epochs",
         "batch_size", "lr", "weight_decay", "val_fraction", "augment", "seed")})
     try:

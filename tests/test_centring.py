@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tomoclust.centring import (
+from tomoclust.numerics.centring import (
     align_offsets,
     com_offsets,
     fourier_shift,

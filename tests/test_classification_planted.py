@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import yaml
 from tomoclust.cluster import cluster_features
-from tomoclust.density import template_density
-from tomoclust.invariants import invariant_features
-from tomoclust.metrics import hungarian_accuracy
-from tomoclust.simulate import Template, simulate_subtomograms
+from tomoclust.features.invariant import invariant_features
+from tomoclust.numerics.metrics import hungarian_accuracy
+from tomoclust.simulate.density import template_density
+from tomoclust.simulate.subtomograms import simulate_subtomograms
+from tomoclust.simulate.tomograms import Template
 
 SIMILAR = ("1bxn.pdb.gz", "1qvr.pdb.gz", "3cf3.pdb.gz", "1u6g.pdb.gz", "3d2f.pdb.gz")
 DIFFERENT = ("3jb9.cif.gz", "6s47.cif.gz", "3j9i.pdb.gz", "4v1w.cif.gz", "3cf3.pdb.gz")

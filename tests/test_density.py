@@ -1,4 +1,4 @@
-"""tomoclust.density: atoms and maps to density at a voxel size."""
+"""tomoclust.simulate.density: atoms and maps to density at a voxel size."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 from tomoclust import TomoclustError
-from tomoclust.density import (
+from tomoclust.formats.mrc import write_mrc
+from tomoclust.simulate.density import (
     atoms_to_density,
     bounding_radius,
     fit_box,
@@ -16,7 +17,6 @@ from tomoclust.density import (
     map_to_density,
     template_density,
 )
-from tomoclust.io import write_mrc
 
 
 def _com_zyx(vol):
@@ -150,7 +150,7 @@ def test_template_errors_name_the_file(tmp_path):
 
 # --------------------------------------------------- second convention: Peng et al. potential
 def test_peng_parameters_total_and_fallback():
-    from tomoclust.density import PENG_1996, peng_parameters
+    from tomoclust.simulate.density import PENG_1996, peng_parameters
 
     a, b = peng_parameters("C", 6)
     assert a.sum() == pytest.approx(2.5092, abs=1e-4)  # f_e(0) of carbon
@@ -161,7 +161,7 @@ def test_peng_parameters_total_and_fallback():
 
 
 def test_atoms_to_potential_conserves_scattering_and_centres_the_mass(rng):
-    from tomoclust.density import atoms_to_potential, peng_parameters
+    from tomoclust.simulate.density import atoms_to_potential, peng_parameters
 
     pos = rng.uniform(-25, 25, size=(300, 3)) + np.array([40.0, -10.0, 3.0])
     el = list(rng.choice(["C", "N", "O", "S"], size=300))
@@ -178,7 +178,7 @@ def test_atoms_to_potential_conserves_scattering_and_centres_the_mass(rng):
 
 
 def test_atoms_to_potential_of_a_symmetric_model_is_symmetric():
-    from tomoclust.density import atoms_to_potential
+    from tomoclust.simulate.density import atoms_to_potential
 
     base = np.array([[7.0, 3.0, 1.0], [2.0, 9.0, -4.0], [-5.0, 1.0, 6.0]])
     # 4-fold about z through the origin, plus the inversion: symmetric under both
@@ -195,7 +195,7 @@ def test_atoms_to_potential_of_a_symmetric_model_is_symmetric():
 
 
 def test_atoms_to_potential_b_factor_broadens_but_keeps_the_total():
-    from tomoclust.density import atoms_to_potential
+    from tomoclust.simulate.density import atoms_to_potential
 
     pos = np.zeros((1, 3))
     sharp = atoms_to_potential(pos, ["N"], np.array([7]), 1.0, box=16, bfactors=np.array([5.0]))
@@ -205,7 +205,7 @@ def test_atoms_to_potential_b_factor_broadens_but_keeps_the_total():
 
 
 def test_template_potential_of_a_real_model_matches_the_density_convention(repo):
-    from tomoclust.density import template_potential
+    from tomoclust.simulate.density import template_potential
 
     pot = template_potential(repo / "resources/structures/3d2f.pdb.gz", 12.0, box=32)
     dens = template_density(repo / "resources/structures/3d2f.pdb.gz", 12.0, box=32)

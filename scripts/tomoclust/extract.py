@@ -24,7 +24,8 @@ import scipy.fft
 from threadpoolctl import ThreadpoolController
 
 from . import TomoclustError
-from .io import StackWriter, open_stack, optics_table, read_star, write_star
+from .formats.stacks import StackWriter, open_stack
+from .formats.star import optics_table, read_star, write_star
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,8 @@ def resample_boxes(raw: np.ndarray, plan: ResamplePlan, normalise: bool = True,
 
 def extract_to_stack(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: ResamplePlan,
                      writer, batch: int = 256, normalise: bool = True, workers: int = 1) -> None:
-    """Extract (as :func:`extract_boxes`) straight into a :class:`tomoclust.io.StackWriter`.
+    """Extract (as :func:`extract_boxes`) straight into a
+    :class:`tomoclust.formats.stacks.StackWriter`.
 
     Boxes go into the writer in chunks of a few boxes, ``workers`` threads at a time; memory
     does not grow with the number of particles. ``batch`` only sets how often progress is
@@ -315,17 +317,17 @@ def extract_recentred(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: Resamp
                       writer, normalise: bool = True, workers: int = 1, chunk: int = 2048
                       ) -> np.ndarray:
     """Extract boxes chunk by chunk (:func:`extract_boxes`), move each particle's centre of
-    mass to the box centre (:func:`tomoclust.centring.recentre`, a periodic sub-voxel shift:
-    it keeps each box's mean, and its variance up to the energy at the Nyquist frequency, so
-    boxes are normalised again when ``normalise``), and write them as
-    ``writer[a:b] = boxes`` (a :class:`tomoclust.io.StackWriter` or an array).
+    mass to the box centre (:func:`tomoclust.numerics.centring.recentre`, a periodic
+    sub-voxel shift: it keeps each box's mean, and its variance up to the energy at the
+    Nyquist frequency, so boxes are normalised again when ``normalise``), and write them as
+    ``writer[a:b] = boxes`` (a :class:`tomoclust.formats.stacks.StackWriter` or an array).
 
     Returns the RELION origins ``(n, 3)``, xyz Å at ``plan.voxel_size_out``: the particle's
     centre lies at the pick coordinate minus its origin.
     """
     import torch
 
-    from .centring import recentre
+    from .numerics.centring import recentre
 
     torch.set_num_threads(max(int(workers), 1))
     origins = np.zeros((len(coords_zyx), 3))
