@@ -15,14 +15,31 @@ SIM = config["simulation"]
 TEMPLATES = list(config["templates"])
 EXT = config["external"]
 SUBTOMO_MODE = bool(EXT["subtomograms"])  # mode 2: subtomograms in (see rules/external.smk)
+COPICK = None  # a copick project as the input (rules/copick.smk)
+if config["copick"]["config"]:
+    from tomoclust.external.copick_project import CopickSettings, tomogram_sheet  # noqa: E402
+
+    try:
+        COPICK = CopickSettings.from_config(config["copick"])
+    except TomoclustError as exc:
+        raise WorkflowError(str(exc))
 
 
 def _tomogram_table():
     if SUBTOMO_MODE:
-        if config["tomograms"] or SIM["enabled"] or EXT["coordinates"]:
+        if config["tomograms"] or SIM["enabled"] or EXT["coordinates"] or COPICK:
             raise WorkflowError("config: 'external.subtomograms' replaces the tomograms; unset "
-                                "'tomograms', 'external.coordinates' and 'simulation.enabled'")
+                                "'tomograms', 'copick.config', 'external.coordinates' and "
+                                "'simulation.enabled'")
         return None
+    if COPICK is not None:
+        if config["tomograms"] or SIM["enabled"]:
+            raise WorkflowError("config: set one input: 'copick.config' (a copick project), "
+                                "'tomograms' (a sheet) or 'simulation.enabled: true'")
+        try:
+            return tomogram_sheet(COPICK, config["ingest"]["voxel_size"])
+        except TomoclustError as exc:
+            raise WorkflowError(str(exc))
     if config["tomograms"]:
         if SIM["enabled"]:
             raise WorkflowError("config: set either 'tomograms' (a sheet) or "
@@ -130,6 +147,8 @@ def _external_truth():
             return has_class_numbers([EXT["subtomograms"]])
         if EXT["coordinates"]:
             return has_class_numbers([EXT["coordinates"]])
+        if COPICK is not None and COPICK.picks is not None:  # STARs not written yet
+            return COPICK.picks.labelled
         return has_class_numbers(f for fs in COORD_SOURCES.values() for f in fs)
     except TomoclustError as exc:
         raise WorkflowError(str(exc))
@@ -273,6 +292,7 @@ def all_targets():
     )
     targets += report_targets()
     targets += fewshot_targets()  # few-shot: the predicted labels' own evaluation
+    targets += copick_targets()  # classes written back into a copick project
     return targets
 
 
@@ -427,3 +447,47 @@ TRANSFER = _transfer_setup()
 
 def transfer_template_source(wildcards):
     return config["transfer"]["templates"][wildcards.template]
+
+
+# --------------------------------------------------------------------------- copick projects
+def _copick_write_methods():
+    if COPICK is None or not COPICK.write.enabled:
+        return []
+    methods = COPICK.write.methods or METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise WorkflowError(f"config copick.write.methods: {unknown} are not in `methods`")
+    from tomoclust.external.copick_project import check_write_template  # noqa: E402
+
+    try:
+        check_write_template(COPICK.write.object, methods)
+    except TomoclustError as exc:
+        raise WorkflowError(str(exc))
+    return list(methods)
+
+
+COPICK_WRITE_METHODS = _copick_write_methods()
+_CP = COPICK
+COPICK_PARAMS = {  # for rules/copick.smk (empty without a copick input)
+    "config": str(_CP.config) if _CP else "",
+    "voxel_spacing": _CP.voxel_spacing if _CP else 0.0,
+    "tomo_type": _CP.tomo_type if _CP else "",
+    "objects": _CP.picks.objects if _CP and _CP.picks else [],
+    "picks_user_id": (_CP.picks.user_id or "") if _CP and _CP.picks else "",
+    "picks_session_id": (_CP.picks.session_id or "") if _CP and _CP.picks else "",
+    "object": _CP.write.object if _CP else "",
+    "write_user_id": _CP.write.user_id if _CP else "",
+    "write_session_id": _CP.write.session_id if _CP else "",
+}
+
+
+def copick_class_table(method):
+    """The labelled particles written back for a method: few-shot predictions (named classes),
+    else the clustering."""
+    if method in FEWSHOT_VARIANTS:
+        return f"results/features/{method}/labels.star"
+    return f"results/cluster/{method}/clusters.star"
+
+
+def copick_targets():
+    return ["results/copick/written.tsv"] if COPICK_WRITE_METHODS else []

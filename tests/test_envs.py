@@ -52,6 +52,8 @@ MODULE_TO_CONDA: dict[str, tuple[str, ...]] = {
     "numba": ("numba",),
     "umap": ("umap-learn",),
     "tqdm": ("tqdm",),
+    "copick": ("copick",),  # from PyPI, in the env's pip section
+    "zarr": ("zarr",),
 }
 # conda package -> PyPI name in requirements.txt, where they differ
 CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib"}

@@ -21,7 +21,8 @@ The library behind the Snakemake workflow, in rooms. Lower rooms never import hi
   :mod:`tomoclust.evaluate` (picking against ground truth)
 - :mod:`tomoclust.external`   other tools' output in: ``names`` (columns, tomogram names,
                               class numbers as truth), ``coordinates`` (RELION 3/4/5,
-                              pytom-match-pick, TomoTwin), ``subtomograms``
+                              pytom-match-pick, TomoTwin), ``subtomograms``; copick projects
+                              in and out: ``copick_project`` (needs the optional copick)
 - :mod:`tomoclust.features`   feature learning (torch): ``networks``, ``train``, ``augment``,
                               ``invariant``, ``disca``, ``autoencoder``, ``fewshot`` (+ the
                               torch-free ``fewshot_support``), ``transfer`` (+ the torch-free
