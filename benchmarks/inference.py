@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 from common import log, machine_info, machine_line, md_table, write_outputs
-from tomoclust.features.invariant import shell_spectra
+from tomoclust.features.invariant import invariant_features, shell_spectra
 from tomoclust.features.networks import AutoEncoder3D, Yopo, YopoSettings, count_parameters
 from tomoclust.features.train import infer
 
@@ -45,6 +45,7 @@ def main() -> None:
     for dev in devices:
         models = {
             "invariant (l_max 6)": None,
+            "invariant (l_max 6, centre-of-mass re-centring: the default)": "centred",
             "YOPO light (default)": Yopo(YopoSettings.from_preset("light"), 5),
             "YOPO published (reference)": Yopo(YopoSettings.from_preset("published"), 5),
             "autoencoder (8 ch)": AutoEncoder3D(args.box, 32, 8),
@@ -55,6 +56,10 @@ def main() -> None:
             if model is None:
                 def fn(x, dev=dev):
                     return shell_spectra(x, 6, 1.0, device=dev)
+                params = 0
+            elif model == "centred":
+                def fn(x, dev=dev):
+                    return invariant_features(x, 6, 1.0, device=dev, centring="com")
                 params = 0
             else:
                 model = model.to(dev).eval()

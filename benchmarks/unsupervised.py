@@ -62,7 +62,7 @@ def features_for(method: str, stack: np.ndarray, seed: int, device: str, args) -
     if method == "invariant":
         return invariant_features(stack, 6, 1.0, radial=args.radial,
                                   spectrum_components=args.invariant_components or None,
-                                  device=device)
+                                  device=device, centring=args.centring)
     if method == "disca":
         p = DiscaSettings(preset=args.disca_preset, iterations=args.disca_iterations, k_max=10,
                         seed=seed, invariant_radial=args.radial,
@@ -79,6 +79,8 @@ def method_tag(method: str, args) -> str:
     keys = {"invariant": [], "disca": ["disca_preset", "disca_iterations"],
             "autoencoder": ["ae_epochs", "ae_channels"]}[method]
     tag = {k: getattr(args, k) for k in keys} | {"variant": args.variant}
+    if method == "invariant" and args.centring != "none":
+        tag |= {"centring": args.centring}
     if method in ("invariant", "disca") and (args.radial or args.invariant_components):
         # only when not the default descriptor, so that earlier caches keep their keys
         tag |= {"radial": args.radial, "invariant_components": args.invariant_components}
@@ -86,11 +88,12 @@ def method_tag(method: str, args) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-MODES = {"fixed": "K=5", "auto": "auto K, BIC", "merged": "auto K, BIC + merge"}
+MODES = {"fixed": "K=5", "auto": "auto K, BIC", "merged": "auto K, BIC + merge",
+         "consensus": "auto K, consensus"}
 
 
 def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
-                merge_ratio: float, merge_gap: float) -> None:
+                merge_ratio: float, merge_gap: float, consensus: bool = False) -> None:
     """Fill ``out["fixed"]`` (GMM, K = 5), ``out["auto"]`` (lowest BIC over 2..10, one class
     per component) and ``out["merged"]`` (the same mixture, touching components merged when
     the mixture has a two-level structure), as :func:`tomoclust.cluster.cluster_features`
@@ -113,6 +116,12 @@ def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
                          "seconds_clustering": t_scan + time.perf_counter() - t1}
         out["merged"]["merge"] = merge_components(gm, merge_ratio, merge_gap, k_min=2)[1]
     out["merge_ratio"], out["merge_gap"] = merge_ratio, merge_gap
+    if consensus:
+        t0 = time.perf_counter()
+        c = cluster_features(feats, "gmm", seed=seed, stability_seeds=0,
+                             k_selection="consensus")
+        out["consensus"] = {**clustering_metrics(truth, c.labels), "k": c.k,
+                            "seconds_clustering": time.perf_counter() - t0}
 
 
 def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device: str,
@@ -130,7 +139,8 @@ def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device
            "cpu_seconds_features": c_feat,  # all threads of this process; less load-dependent
            "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    cluster_run(out, feats, truth, seed, args.merge_ratio, args.merge_gap)
+    cluster_run(out, feats, truth, seed, args.merge_ratio, args.merge_gap,
+                consensus=args.k_selection == "consensus")
     log(f"{method} SNR {snr} seed {seed}: fixed acc {out['fixed']['accuracy']:.3f}, "
         f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f}, merged K="
         f"{out['merged']['k']} acc {out['merged']['accuracy']:.3f} ({t_feat:.0f} s wall, "
@@ -295,6 +305,10 @@ def main() -> None:
                     help="ridgeline ratio from which mixture components touch (merged mode)")
     ap.add_argument("--merge-gap", type=float, default=2.0,
                     help="merged groups must be this many times farther apart than their members")
+    ap.add_argument("--centring", default="none", choices=["none", "com", "align"],
+                    help="invariant: re-centre every box first (the workflow default is com)")
+    ap.add_argument("--k-selection", default="bic", choices=["bic", "consensus"],
+                    help="consensus: also the consensus choice of K (the workflow default)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--variant", default="",
                     help="free text naming a code variant; part of the feature cache key")

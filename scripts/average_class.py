@@ -102,6 +102,10 @@ def main(smk) -> None:
     ang = relion_angles(res.rotations)
     out["rlnAngleRot"], out["rlnAngleTilt"], out["rlnAnglePsi"] = ang.T
     origin = -res.shifts * vs  # RELION: the particle's centre is at coordinate - origin
+    prior = [c for c in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+             if c in table.columns]
+    if len(prior) == 3:  # the boxes were re-centred at extraction: origins add up
+        origin = origin + table[prior].to_numpy(dtype=np.float64)
     out["rlnOriginXAngst"], out["rlnOriginYAngst"], out["rlnOriginZAngst"] = origin.T
     out["rlnRandomSubset"] = res.subset
     out["tclAlignmentScore"] = res.scores

@@ -31,7 +31,8 @@ def main(smk) -> None:
                     feats.shape[1], feats.shape[1] - n_const)
     res = cluster_features(feats, c["algorithm"], k=c["k"], k_min=c["k_min"], k_max=c["k_max"],
                            pca_components=c["pca_components"], n_init=c["n_init"], seed=c["seed"],
-                           merge_ratio=c["merge_ratio"], merge_gap=c["merge_gap"])
+                           merge_ratio=c["merge_ratio"], merge_gap=c["merge_gap"],
+                           k_selection=c["k_selection"])
     df["rlnClassNumber"] = res.labels
     df["tclClassProbability"] = res.probability
     write_star(smk.output.star, df)

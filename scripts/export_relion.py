@@ -14,6 +14,7 @@ from tomoclust.rule import log, run_rule
 # what goes to RELION from clusters.star (and, for averaged classes, their refinement)
 KEEP = ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnClassNumber",
         "tclClassProbability", "tclStackIndex"]
+ORIGINS = ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
 REFINED = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
            "rlnOriginZAngst", "rlnRandomSubset"]
 
@@ -44,9 +45,16 @@ def main(smk) -> None:
     table = clusters[[c for c in KEEP if c in clusters.columns]].copy()
     averaged = smk.input.averaged if "averaged" in smk.input.keys() else []
     refined = [read_star(p, block="particles", what="class particles") for p in averaged]
+    # origins of boxes re-centred at extraction (RELION: centre = coordinate - origin)
+    origins = [c for c in ORIGINS if c in clusters.columns]
+    if len(origins) == 3:
+        table[origins] = clusters[origins].to_numpy()
     if refined:
         ref = pd.concat(refined, ignore_index=True)[["tclStackIndex", *REFINED]]
-        table = table.merge(ref, on="tclStackIndex", how="left")
+        table = table.merge(ref, on="tclStackIndex", how="left", suffixes=("_extract", ""))
+        for c in ORIGINS:  # averaged classes: the refined origin (which includes extraction's)
+            if f"{c}_extract" in table.columns:
+                table[c] = table[c].fillna(table.pop(f"{c}_extract"))
     used = [tomos[n] for n in sorted(set(table["rlnTomoName"]))]
     tomo_table = tomograms_table(used, cfg["tilt_series_pixel_size"], optics, cfg["hand"],
                                  project=project)

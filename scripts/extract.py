@@ -3,7 +3,12 @@
 from pathlib import Path
 
 import numpy as np
-from tomoclust.extract import boxes_in_bounds, extract_to_stack, plan_resampling
+from tomoclust.extract import (
+    boxes_in_bounds,
+    extract_recentred,
+    extract_to_stack,
+    plan_resampling,
+)
 from tomoclust.formats.image_names import image_names
 from tomoclust.formats.mrc import open_mrc
 from tomoclust.formats.stacks import StackWriter
@@ -28,11 +33,22 @@ def main(smk) -> None:
         picks = picks[inside].reset_index(drop=True)
         coords = coords[inside]
         with StackWriter(smk.output.stack, len(picks), plan.box_out, plan.voxel_size_out) as w:
-            extract_to_stack(mrc.data, coords, plan, w, normalise=bool(cfg["normalise"]),
-                             workers=smk.threads)
+            if cfg["recentre"]:
+                origins = extract_recentred(mrc.data, coords, plan, w,
+                                            normalise=bool(cfg["normalise"]),
+                                            workers=smk.threads)
+                dist = np.linalg.norm(origins, axis=1)
+                if len(dist):
+                    log.info("re-centred %d boxes: median shift %.1f Å, 90th percentile %.1f Å",
+                             len(dist), float(np.median(dist)), float(np.percentile(dist, 90)))
+            else:
+                extract_to_stack(mrc.data, coords, plan, w, normalise=bool(cfg["normalise"]),
+                                 workers=smk.threads)
     name = Path(smk.output.stack).name
     picks.insert(0, "rlnImageName", image_names(len(picks), name))
     picks["rlnTomoTiltSeriesPixelSize"] = vs
+    if cfg["recentre"]:
+        picks["rlnOriginXAngst"], picks["rlnOriginYAngst"], picks["rlnOriginZAngst"] = origins.T
     write_star(smk.output.star, picks)
     log.info("%s: %d subtomograms", smk.wildcards.tomo, len(picks))
 

@@ -146,3 +146,70 @@ def test_template_errors_name_the_file(tmp_path):
     garbage.write_text("nothing here\n")
     with pytest.raises(TomoclustError, match=r"garbage\.pdb"):
         template_density(garbage, 10.0)
+
+
+# --------------------------------------------------- second convention: Peng et al. potential
+def test_peng_parameters_total_and_fallback():
+    from tomoclust.simulate.density import PENG_1996, peng_parameters
+
+    a, b = peng_parameters("C", 6)
+    assert a.sum() == pytest.approx(2.5092, abs=1e-4)  # f_e(0) of carbon
+    assert np.all(np.diff(b) > 0)
+    a_fe, b_fe = peng_parameters("FE", 26)  # no entry: carbon scaled by Z
+    np.testing.assert_allclose(a_fe, np.asarray(PENG_1996["C"][0]) * 26 / 6)
+    np.testing.assert_allclose(b_fe, PENG_1996["C"][1])
+
+
+def test_atoms_to_potential_conserves_scattering_and_centres_the_mass(rng):
+    from tomoclust.simulate.density import atoms_to_potential, peng_parameters
+
+    pos = rng.uniform(-25, 25, size=(300, 3)) + np.array([40.0, -10.0, 3.0])
+    el = list(rng.choice(["C", "N", "O", "S"], size=300))
+    z = np.array([{"C": 6, "N": 7, "O": 8, "S": 16}[e] for e in el])
+    occ = rng.uniform(0.5, 1.0, 300)
+    vol = atoms_to_potential(pos, el, z, voxel_size=4.0, box=36, occupancies=occ,
+                             bfactors=rng.uniform(20, 80, 300))
+    total = sum(o * peng_parameters(e, 6)[0].sum() for e, o in zip(el, occ, strict=True))
+    assert vol.dtype == np.float32 and vol.shape == (36, 36, 36)
+    assert vol.sum(dtype=np.float64) == pytest.approx(total, rel=1e-4)
+    # atoms much narrower than a voxel: the voxel sums' centre of mass is exact only up to
+    # each atom's rounding to its voxel, which averages out over 300 atoms
+    np.testing.assert_allclose(_com_zyx(vol), [18, 18, 18], atol=0.03)
+
+
+def test_atoms_to_potential_of_a_symmetric_model_is_symmetric():
+    from tomoclust.simulate.density import atoms_to_potential
+
+    base = np.array([[7.0, 3.0, 1.0], [2.0, 9.0, -4.0], [-5.0, 1.0, 6.0]])
+    # 4-fold about z through the origin, plus the inversion: symmetric under both
+    rz = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    pts = [base @ np.linalg.matrix_power(rz, k).T for k in range(4)]
+    pos = np.concatenate(pts + [-p for p in pts])
+    el = ["C", "O", "S"] * 8
+    vol = atoms_to_potential(pos, el, np.array([6, 8, 16] * 8), voxel_size=2.0, box=20,
+                             bfactors=np.full(24, 30.0))
+    core = vol[1:, 1:, 1:]  # voxels 1..19: centred on voxel 10, the model's centre
+    assert vol[0].max() < 1e-6 * vol.max()
+    np.testing.assert_allclose(core, np.rot90(core, 1, axes=(1, 2)), atol=1e-6 * vol.max())
+    np.testing.assert_allclose(core, core[::-1, ::-1, ::-1], atol=1e-6 * vol.max())
+
+
+def test_atoms_to_potential_b_factor_broadens_but_keeps_the_total():
+    from tomoclust.simulate.density import atoms_to_potential
+
+    pos = np.zeros((1, 3))
+    sharp = atoms_to_potential(pos, ["N"], np.array([7]), 1.0, box=16, bfactors=np.array([5.0]))
+    soft = atoms_to_potential(pos, ["N"], np.array([7]), 1.0, box=16, bfactors=np.array([200.0]))
+    assert sharp.sum() == pytest.approx(soft.sum(), rel=1e-5)
+    assert sharp.max() > 2 * soft.max()
+
+
+def test_template_potential_of_a_real_model_matches_the_density_convention(repo):
+    from tomoclust.simulate.density import template_potential
+
+    pot = template_potential(repo / "resources/structures/3d2f.pdb.gz", 12.0, box=32)
+    dens = template_density(repo / "resources/structures/3d2f.pdb.gz", 12.0, box=32)
+    # two conventions of the same model: same place and shape, not the same numbers
+    np.testing.assert_allclose(_com_zyx(pot), [16, 16, 16], atol=0.05)
+    assert np.corrcoef(pot.ravel(), dens.ravel())[0, 1] > 0.95
+    assert not np.allclose(pot / pot.sum(), dens / dens.sum(), atol=1e-5)

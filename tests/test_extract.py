@@ -10,6 +10,7 @@ from tomoclust.extract import (
     boxes_in_bounds,
     edge_voxels,
     extract_boxes,
+    extract_recentred,
     extract_to_stack,
     gather_stacks,
     plan_resampling,
@@ -222,3 +223,24 @@ def test_threaded_extraction_equals_the_fft_reference(rng, workers, tmp_path):
     with StackWriter(tmp_path / "s.mrcs", len(coords), 16, plan.voxel_size_out) as w:
         extract_to_stack(vol, coords, plan, w, batch=5, workers=workers)
     np.testing.assert_array_equal(np.asarray(open_stack(tmp_path / "s.mrcs")[0]), got)
+
+
+def test_recentred_extraction_moves_off_centre_particles_to_the_centre_and_reports_origins(rng):
+    shape = (150, 150, 150)
+    plan = plan_resampling(10.0, 12.0, 32)
+    # far enough apart that no box holds a neighbour
+    true = np.array([[40.0, 40.0, 44.0], [40.0, 110.0, 105.0], [108.0, 45.0, 100.0]])
+    vol = sum(-_blob(shape, c, 3.0) for c in true).astype(np.float32)  # dark particles
+    vol += 0.02 * rng.standard_normal(shape).astype(np.float32)
+    picks = np.round(true + np.array([[2.0, -2.0, 1.0], [0.0, 3.0, -2.0], [-3.0, 0.0, 2.0]]))
+    out = np.zeros((3, 32, 32, 32), dtype=np.float32)
+    origins = extract_recentred(vol, picks, plan, out, normalise=True, workers=1, chunk=2)
+    # RELION: centre = coordinate - origin (xyz Å)
+    centre_xyz = picks[:, ::-1] * 10.0 - origins
+    np.testing.assert_allclose(centre_xyz, true[:, ::-1] * 10.0, atol=3.0)
+    plain = extract_boxes(vol, picks, plan, normalise=True)
+    for box, raw in zip(out, plain, strict=True):
+        np.testing.assert_allclose(_centroid_zyx(-box), [16, 16, 16], atol=0.3)
+        assert box.mean() == pytest.approx(0.0, abs=1e-5)  # normalised again
+        assert box.std() == pytest.approx(1.0, rel=1e-4)
+        assert np.corrcoef(box.ravel(), raw.ravel())[0, 1] < 0.999  # it did move

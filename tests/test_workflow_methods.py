@@ -439,6 +439,13 @@ def test_relion_and_embedding_exports(methods_run):
                                    particles["rlnCoordinateX"] * 10.0 - 480.0, atol=1e-6)
         np.testing.assert_allclose(allp["rlnCenteredCoordinateZAngst"],
                                    particles["rlnCoordinateZ"] * 10.0 - 240.0, atol=1e-6)
+        # boxes re-centred at extraction (extraction.recentre): every particle keeps its origin,
+        # the extraction's where the class was not averaged
+        assert "rlnOriginXAngst" in particles.columns
+        assert allp["rlnOriginXAngst"].notna().all()
+        not_averaged = ~allp["rlnClassNumber"].isin(_averaged(methods_run, method)).to_numpy()
+        np.testing.assert_allclose(allp["rlnOriginZAngst"].to_numpy()[not_averaged],
+                                   particles["rlnOriginZAngst"].to_numpy()[not_averaged], atol=1e-6)
         for k in _averaged(methods_run, method):
             cls = read_star_blocks(out / f"class{k}" / "particles.star")["particles"]
             assert (cls["rlnClassNumber"] == k).all()

@@ -347,8 +347,8 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
 def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None = None,
                      k_min: int = 2, k_max: int = 10, pca_components: int = 8,
                      n_init: int = 3, seed: int = 0, stability_seeds: int = 2,
-                     merge_ratio: float | None = None, merge_gap: float = 2.0
-                     ) -> ClusterResult:
+                     merge_ratio: float | None = None, merge_gap: float = 2.0,
+                     k_selection: str = "bic") -> ClusterResult:
     """Cluster ``(n, d)`` features (see module docstring).
 
     Parameters
@@ -363,13 +363,27 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
         ``merge_ratio``) when the merged classes are ``merge_gap`` times farther apart than
         the components inside them (module docstring). ``merge_ratio=None``: every component
         is a class. A fixed ``k`` is never merged.
+    k_selection
+        How an automatic K is chosen: ``"bic"`` (lowest BIC, then the merge rule above) or
+        ``"consensus"`` (:func:`consensus_k`: evidence accumulation over mixtures of every K
+        on subsamples and seeds; the mixture with that K is then fitted to all points).
     """
+    if k_selection not in ("bic", "consensus"):
+        raise ValueError(f"k_selection must be 'bic' or 'consensus', not {k_selection!r}")
     if merge_ratio is not None and not 0.0 <= merge_ratio <= 1.0:
         raise ValueError(f"merge_ratio must be in [0, 1] or None, got {merge_ratio}")
     if merge_gap < 1.0:
         raise ValueError(f"merge_gap must be at least 1, got {merge_gap}")
     z = reduce_features(features, pca_components, seed)
     with threadpool_limits(limits=1, user_api="blas"):
+        if algorithm == "gmm" and not k and k_selection == "consensus":
+            k_cons, info = consensus_k(z, k_min, k_max, seed=seed)
+            log.info("consensus over %d mixtures: K = %d (dendrogram gap %.3f)", info["fits"],
+                     k_cons, info["gap"])
+            res = _cluster(z, algorithm, k_cons, k_min, k_max, n_init, seed, stability_seeds,
+                           None, merge_gap)
+            _, res.bic = gmm_bic(z, list(range(k_min, k_max + 1)), n_init=1, seed=seed)
+            return res
         return _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds,
                         merge_ratio, merge_gap)
 
@@ -413,3 +427,52 @@ def _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds, merge
                  k_components, k_found)
     log.info("%s: K = %d (stability ARI %.3f)", algorithm, k_found, stab)
     return ClusterResult(labels + 1, prob, k_found, bic, stab, z, k_components)
+
+
+def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, seed: int = 0,
+                subsample: float = 0.8, max_points: int = 2000) -> tuple[int, dict]:
+    """K by evidence accumulation (consensus over seeds, subsamples and K).
+
+    Gaussian mixtures with every K in ``k_min..k_max`` are fitted ``runs`` times each, on
+    random subsamples (``subsample`` of the points) with different seeds; for up to
+    ``max_points`` points, the fraction of fits in which two points share a component is
+    their co-association. Average linkage of ``1 − co-association`` then gives a dendrogram;
+    the number of classes is the one that survives the widest range of cut heights (the
+    largest gap between consecutive merge heights: Fred & Jain 2005), within ``k_min..k_max``.
+
+    A class that a mixture describes by several touching lumps is split in different places
+    by different fits, so its points still co-occur often; true classes separated by empty
+    space are never joined except at small K. Returns K and the figures behind it.
+    """
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    rng = np.random.default_rng(seed)
+    n = len(z)
+    pick = np.sort(rng.choice(n, size=min(n, max_points), replace=False))
+    zp = z[pick]
+    m = len(zp)
+    co = np.zeros((m, m))
+    n_fits = 0
+    for k in range(k_min, k_max + 1):
+        for _ in range(runs):
+            sub = rng.choice(n, size=max(int(subsample * n), k + 1), replace=False)
+            gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, n_init=1,
+                                 random_state=int(rng.integers(2**31)), max_iter=200)
+            gm.fit(z[sub])
+            lab = gm.predict(zp)
+            co += lab[:, None] == lab[None, :]
+            n_fits += 1
+    co /= n_fits
+    dist = 1.0 - co
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), method="average")
+    heights = tree[:, 2]  # m − 1 merges, increasing; after merge i there are m − 1 − i groups
+    best_k, best_gap = k_min, -np.inf
+    for k in range(max(k_min, 1), min(k_max, m) + 1):
+        # k groups exist for cut heights in [heights[m-1-k], heights[m-k])
+        lo = heights[m - 1 - k] if m - 1 - k >= 0 else 0.0
+        hi = heights[m - k]
+        if hi - lo > best_gap:
+            best_k, best_gap = k, hi - lo
+    return best_k, {"gap": float(best_gap), "fits": n_fits, "points": m}

@@ -314,6 +314,35 @@ def extract_to_stack(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: Resampl
     ex.run(c, put, workers)
 
 
+def extract_recentred(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: ResamplePlan,
+                      writer, normalise: bool = True, workers: int = 1, chunk: int = 2048
+                      ) -> np.ndarray:
+    """Extract boxes chunk by chunk (:func:`extract_boxes`), move each particle's centre of
+    mass to the box centre (:func:`tomoclust.numerics.centring.recentre`, a periodic
+    sub-voxel shift: it keeps each box's mean, and its variance up to the energy at the
+    Nyquist frequency, so boxes are normalised again when ``normalise``), and write them as
+    ``writer[a:b] = boxes`` (a :class:`tomoclust.formats.stacks.StackWriter` or an array).
+
+    Returns the RELION origins ``(n, 3)``, xyz Å at ``plan.voxel_size_out``: the particle's
+    centre lies at the pick coordinate minus its origin.
+    """
+    import torch
+
+    from .numerics.centring import recentre
+
+    torch.set_num_threads(max(int(workers), 1))
+    origins = np.zeros((len(coords_zyx), 3))
+    for a in range(0, len(coords_zyx), chunk):
+        boxes = extract_boxes(tomogram, coords_zyx[a:a + chunk], plan, normalise=normalise,
+                              workers=workers)
+        boxes, off = recentre(boxes, "com")
+        if normalise:
+            _normalise_inplace(boxes)
+        writer[a:a + len(boxes)] = boxes
+        origins[a:a + len(boxes)] = -off[:, ::-1] * plan.voxel_size_out
+    return origins
+
+
 def gather_stacks(stars: list[str], stacks: list[str], out_star: str, out_stack: str,
                   batch: int = 512) -> int:
     """Concatenate per-tomogram stacks and tables into one stack and one RELION-5 STAR.

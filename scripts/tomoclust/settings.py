@@ -196,6 +196,7 @@ class ExtractionSettings(_Section):
     voxel_size: float = reads(12.0, *_BOX_READERS, "fewshot_template_density",
                               "transfer_template_density")
     normalise: bool = reads(True, "extract", "import_subtomograms")
+    recentre: bool = reads(True, "extract")
 
 
 _TOLERANCE_READERS = ("evaluate_picking", "evaluate_classification", "evaluate_fewshot",
@@ -311,6 +312,7 @@ class InvariantSettings(_Section):
     lowpass_vox: float = reads(1.0, "features_invariant")
     radial: bool = reads(False, "features_invariant")
     spectrum_components: int | None = reads(None, "features_invariant")
+    centring: str = reads("com", "features_invariant")
 
 
 _AE = ("features_autoencoder",)
@@ -406,6 +408,7 @@ class ClusteringSettings(_Section):
     seed: int = reads(0, "cluster", "plot_embedding")
     merge_ratio: float | None = reads(0.1, "cluster")
     merge_gap: float = reads(2.0, "cluster")
+    k_selection: str = reads("consensus", "cluster")
 
     def check(self, config):
         if self.algorithm == "kmeans" and self.k is None:

@@ -186,7 +186,7 @@ def principal_components(x: np.ndarray, n_components: int) -> np.ndarray:
 
 def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 1.0,
                        radial: bool = False, spectrum_components: int | None = None,
-                       device: str = "cpu") -> np.ndarray:
+                       device: str = "cpu", centring: str = "none") -> np.ndarray:
     """The ``invariant`` method's features: the shell spectra (:func:`shell_spectra`), optionally
     reduced to their first ``spectrum_components`` principal components, and optionally
     preceded by the linear radial profile (:func:`radial_profile`, when ``radial``). The
@@ -200,7 +200,15 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     particles (the demo) it loses, because 64 whitened components are mostly noise there and
     the radial profile feels neighbours and centring errors. See benchmarks/RESULTS.md,
     "Radial profile".
+
+    ``centring`` other than ``"none"`` re-centres every box first
+    (:func:`tomoclust.numerics.centring.recentre`: ``"com"`` or ``"align"``), since every descriptor
+    here is expanded about the box centre.
     """
+    if centring != "none":
+        from ..numerics.centring import recentre
+
+        stack, _ = recentre(stack, centring, device=device)
     spec = shell_spectra(stack, l_max, lowpass_sigma, device=device)
     if spectrum_components is not None:
         spec = principal_components(spec, spectrum_components)
