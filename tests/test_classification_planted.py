@@ -39,7 +39,7 @@ def _defaults(repo, section: str) -> dict:
 def _classify(repo, stack: np.ndarray):
     inv = _defaults(repo, "invariant")
     cl = _defaults(repo, "clustering")
-    feats = invariant_features(stack, inv["l_max"], inv["lowpass"], radial=inv["radial"],
+    feats = invariant_features(stack, inv["l_max"], inv["lowpass_vox"], radial=inv["radial"],
                                spectrum_components=inv["spectrum_components"],
                                centring=inv["centring"])
     return cluster_features(feats, cl["algorithm"], k=cl["k"], k_min=cl["k_min"],
