@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import REPO, log, machine_info, machine_line, md_table, write_outputs
 
 HELD_OUT = ["1bxn", "1qvr", "3cf3", "1u6g", "3d2f"]
@@ -65,11 +64,36 @@ def simulate_set(densities, n_per_class: int, snr: float, seed: int, groups: int
     return x, y
 
 
+ROBUST_GEN = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+from robust_sets import make_set
+stack, labels = make_set("similar", sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+np.savez(sys.argv[5], x=stack, y=labels)
+"""
+
+
+def robust_set(repo: str, condition: str, n_per_class: int, seed: int, cache: Path):
+    """The robustness suite's own set (``robust_sets.make_set("similar", condition, ...)`` of
+    the checkout ``repo``), generated in a separate interpreter (that checkout's library) and
+    cached as .npz."""
+    import subprocess
+    import sys
+
+    f = Path(cache) / f"robust-similar-{condition}-{n_per_class}-{seed}.npz"
+    if not f.exists():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-c", ROBUST_GEN, repo, condition, str(n_per_class),
+                        str(seed), str(f)], check=True, cwd=repo)
+    z = np.load(f)
+    return z["x"], z["y"]
+
+
 def train_ceiling(x: np.ndarray, y: np.ndarray, epochs: int, seed: int):
     """The encoder's architecture + a linear head, trained from scratch with labels."""
     import torch
     import torch.nn.functional as F
-
     from tomoclust.encoder import SubtomoEncoder
     from tomoclust.transfer import wedge_preserving_turn
 
@@ -120,6 +144,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=None, help="directory to keep the simulated sets in")
     ap.add_argument("--simulate-only", action="store_true")
+    ap.add_argument("--robust-repo", default=None,
+                    help="a checkout with benchmarks/robust_sets.py: use its 'similar' sets "
+                         "under condition shift2@SNR instead of this script's simulation")
+    ap.add_argument("--ceiling-seeds", type=int, nargs="*", default=None,
+                    help="seeds that get the supervised ceiling (default: all)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/encoder_heldout.json"))
     ap.add_argument("--update-manifest", action="store_true",
                     help="write the mean figures into the model's manifest (measured)")
@@ -128,7 +157,6 @@ def main(argv=None) -> int:
     import torch
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
-
     from tomoclust.cluster import cluster_features
     from tomoclust.density import template_density
     from tomoclust.encoder import embed, load_encoder, manifest_path
@@ -142,20 +170,31 @@ def main(argv=None) -> int:
     if held and not set(HELD_OUT) <= held:
         raise SystemExit(f"{a.model}: classes {sorted(set(HELD_OUT) - held)} were in its "
                          "pretraining corpus; this benchmark needs them held out")
-    dens = {n: template_density(REPO / f"resources/structures/{n}.pdb.gz", 12.0)
-            for n in HELD_OUT}
+    dens = ({} if a.robust_repo else
+            {n: template_density(REPO / f"resources/structures/{n}.pdb.gz", 12.0)
+             for n in HELD_OUT})
     clus = dict(algorithm="gmm", k_min=2, k_max=10, pca_components=6, n_init=3,
                 stability_seeds=0, merge_ratio=0.1, merge_gap=2.0)
     rows = []
     for snr in a.snr:
         for seed in a.seeds:
             t0 = time.time()
-            x, y = simulate_set(dens, a.n_per_class, snr, seed, cache=a.cache)
-            xs, ys = simulate_set(dens, a.train_per_class, snr, 1000 + seed, cache=a.cache)
+            ceiling = a.ceiling_seeds is None or seed in a.ceiling_seeds
+            xs = ys = None
+            if a.robust_repo:
+                cond = f"shift2@{snr:g}"
+                x, y = robust_set(a.robust_repo, cond, a.n_per_class, seed, a.cache)
+                if ceiling:
+                    xs, ys = robust_set(a.robust_repo, cond, a.train_per_class, 1000 + seed,
+                                        a.cache)
+            else:
+                x, y = simulate_set(dens, a.n_per_class, snr, seed, cache=a.cache)
+                if ceiling:
+                    xs, ys = simulate_set(dens, a.train_per_class, snr, 1000 + seed,
+                                          cache=a.cache)
             if a.simulate_only:
                 continue
-            log(f"SNR {snr} seed {seed}: simulated {len(x)} + {len(xs)} boxes "
-                f"({time.time() - t0:.0f} s)")
+            log(f"SNR {snr} seed {seed}: {len(x)} boxes ({time.time() - t0:.0f} s)")
             t1 = time.time()
             feats = {"encoder": embed(model, x)}
             t_enc = time.time() - t1
@@ -175,14 +214,17 @@ def main(argv=None) -> int:
                          "acc_auto": None, "v_auto": None, "acc_k5": m["accuracy"],
                          "v_k5": m["v_measure"]})
             t2 = time.time()
-            pred = train_ceiling(xs, ys, a.epochs, seed)(x)
-            acc = float((pred == y).mean())
-            rows.append({"snr": snr, "seed": seed, "method": "supervised", "k_auto": None,
-                         "acc_auto": None, "v_auto": None, "acc_k5": acc,
-                         "v_k5": clustering_metrics(y, pred)["v_measure"]})
+            n_rows = 3
+            if ceiling:
+                pred = train_ceiling(xs, ys, a.epochs, seed)(x)
+                acc = float((pred == y).mean())
+                rows.append({"snr": snr, "seed": seed, "method": "supervised", "k_auto": None,
+                             "acc_auto": None, "v_auto": None, "acc_k5": acc,
+                             "v_k5": clustering_metrics(y, pred)["v_measure"]})
+                n_rows = 4
             log(f"SNR {snr} seed {seed}: " + ", ".join(
                 f"{r['method']} K={r['k_auto']} acc={r['acc_auto']} acc(K=5)={r['acc_k5']:.3f}"
-                for r in rows[-4:]) + f" (encoder {len(x) / t_enc:.0f} boxes/s, ceiling "
+                for r in rows[-n_rows:]) + f" (encoder {len(x) / t_enc:.0f} boxes/s, ceiling "
                 f"{time.time() - t2:.0f} s)")
     if a.simulate_only:
         return 0
@@ -198,13 +240,21 @@ def main(argv=None) -> int:
                         "acc_k5_mean": float(g["acc_k5"].mean()),
                         "acc_k5_min": float(g["acc_k5"].min())})
     machine["load_average_at_end"] = list(__import__("os").getloadavg())
+    if a.robust_repo:
+        payload_conditions = ("robustness suite robust_sets.make_set('similar', "
+                              "'shift2@SNR'): 32^3 at 12 A, shift U(-2, 2) voxels per axis, "
+                              "defocus 5 um, tilt +-60 deg, aitom nominal SNR")
     payload = {"model": Path(a.model).name, "model_sha256": man["sha256"],
                "classes": HELD_OUT, "n_per_class": a.n_per_class,
                "train_per_class": a.train_per_class, "seeds": a.seeds,
                "conditions": "32^3 at 12 A, shift U(-2, 2) voxels per axis, aitom nominal SNR, "
                              "defocus U(2, 6) um and tilt +-U(45, 60) deg per group of 5 x "
                              "n/5 boxes",
+               "set_source": "robust_sets" if a.robust_repo else "encoder_eval.simulate_set",
+               "ceiling_seeds": a.ceiling_seeds if a.ceiling_seeds is not None else a.seeds,
                "clustering": clus, "rows": rows, "summary": summary, "machine": machine}
+    if a.robust_repo:
+        payload["conditions"] = payload_conditions
     md = ["# Shipped encoder on held-out classes (off-centred, similar-sized 5-class set)\n",
           f"Model `{Path(a.model).name}` (sha256 {man['sha256'][:12]}…); classes "
           f"{', '.join(HELD_OUT)} (none in pretraining); {a.n_per_class} per class, seeds "

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import DEMO_CLASSES, REPO, log, machine_info, machine_line, md_table, write_outputs
 
 SOURCE = ["1bxn", "1qvr", "1s3x", "1u6g", "2cg9", "3cf3", "3d2f", "3gl1", "3h84", "3qm1",
@@ -91,7 +90,6 @@ def main(argv=None) -> int:
 
     import torch
     from sklearn.cluster import KMeans
-
     from tomoclust.cluster import cluster_features
     from tomoclust.disca import DiscaParams, run_disca
     from tomoclust.encoder import embed, load_encoder

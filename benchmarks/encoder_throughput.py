@@ -1,7 +1,8 @@
 """CPU inference throughput of the shipped encoder at 32³ (target: ≥ 500 subtomograms/s on
 2 cores, so that 100k particles take a few minutes on a CPU node).
 
-    python benchmarks/encoder_throughput.py --threads 2 --out benchmarks/results/encoder_throughput.json
+    python benchmarks/encoder_throughput.py --threads 1 2 \
+        --out benchmarks/results/encoder_throughput.json
 
 Times ``tomoclust.encoder.embed`` (the workflow's call) on random 32³ boxes after a warm-up,
 median of ``--repeats`` runs; the machine's load average is recorded beside it because on a
@@ -15,7 +16,6 @@ import os
 import time
 
 import numpy as np
-
 from common import REPO, log, machine_info, machine_line, md_table, median, write_outputs
 
 
@@ -30,7 +30,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import torch
-
     from tomoclust.encoder import embed, load_encoder
 
     machine = machine_info()

@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from common import REPO, machine_info  # noqa: E402  (puts scripts/ on sys.path)
+from common import REPO, machine_info
 
 
 def main(argv=None) -> int:
@@ -48,10 +47,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import torch
-
     from tomoclust.encoder import save_encoder
-    from tomoclust.pretrain import (CorpusParams, ImagingParams, TrainParams, build_corpus,
-                                    params_dict, train_encoder)
+    from tomoclust.pretrain import (
+        CorpusParams,
+        ImagingParams,
+        TrainParams,
+        build_corpus,
+        params_dict,
+        train_encoder,
+    )
 
     torch.set_num_threads(a.threads)
     work = Path(a.work)

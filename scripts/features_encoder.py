@@ -10,8 +10,13 @@ import time
 import pandas as pd
 import torch
 from tomoclust.density import template_density
-from tomoclust.encoder import (embed, load_encoder, nearest_prototype, prepare_boxes,
-                               template_prototypes)
+from tomoclust.encoder import (
+    embed,
+    load_encoder,
+    nearest_prototype,
+    prepare_boxes,
+    template_prototypes,
+)
 from tomoclust.features import load_particles, run_info, save_features, write_info
 from tomoclust.io import write_tsv
 from tomoclust.logs import log, resolve_device, run_rule

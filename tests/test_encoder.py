@@ -16,10 +16,20 @@ import pytest
 import torch
 import yaml
 from tomoclust import TomoclustError
-from tomoclust.encoder import (DEFAULT_MODEL, EncoderConfig, SubtomoEncoder, embed,
-                               load_encoder, manifest_path, nearest_prototype, prepare_boxes,
-                               resolve_model, save_encoder)
-from tomoclust.pretrain import (HELD_OUT, ImagingParams, Imager, pseudo_molecule, supcon_loss)
+from tomoclust.density import bounding_radius
+from tomoclust.encoder import (
+    DEFAULT_MODEL,
+    EncoderConfig,
+    SubtomoEncoder,
+    embed,
+    load_encoder,
+    manifest_path,
+    nearest_prototype,
+    prepare_boxes,
+    resolve_model,
+    save_encoder,
+)
+from tomoclust.pretrain import HELD_OUT, Imager, ImagingParams, pseudo_molecule, supcon_loss
 
 TINY = EncoderConfig(channels=(2, 4, 4, 4), hidden=8, embed_dim=4)
 
@@ -78,7 +88,7 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path):
 
 
 def test_shipped_encoder_loads_and_holds_out_the_evaluation_classes(repo):
-    model, man = load_encoder(repo / DEFAULT_MODEL)
+    _, man = load_encoder(repo / DEFAULT_MODEL)
     assert set(HELD_OUT) <= set(man["corpus"]["held_out"])
     assert not set(HELD_OUT) & set(man["corpus"]["atomic_models"])
     assert (repo / DEFAULT_MODEL).stat().st_size < 10 * 2**20  # a few MB
@@ -146,11 +156,15 @@ def test_pseudo_molecules_are_centred_varied_and_within_the_size_range():
     for _ in range(40):
         d, kind = pseudo_molecule(rng, 32, 12.0, (5.0, 40.0))
         kinds.add(kind)
+        diam.append(2 * bounding_radius(d) * 12.0 / 10.0)  # nm
         assert d.shape == (32, 32, 32) and np.all(d >= 0) and d.max() > 0
         idx = np.indices(d.shape).reshape(3, -1)
         com = (idx * d.ravel()).sum(axis=1) / d.sum()
         assert np.all(np.abs(com - 16) <= 1.0)
     assert len(kinds) >= 5
+    # 98 % of the mass within 3-60 nm across (subunits and helices extend past the nominal
+    # 5-40 nm; the box diagonal is 66 nm)
+    assert 3.0 <= min(diam) and max(diam) <= 60.0 and np.ptp(diam) > 10.0
 
 
 def test_imager_places_a_planted_blob_at_the_rotated_shifted_position():
@@ -280,3 +294,47 @@ def test_copied_model_is_used_from_the_project(tmp_path, repo):
     (proj / "resources/models").mkdir(parents=True)
     shutil.copy(repo / DEFAULT_MODEL, proj / DEFAULT_MODEL)
     assert resolve_model(proj / DEFAULT_MODEL, repo) == proj / DEFAULT_MODEL
+
+
+# ------------------------------------------------------------ few-shot and DISCA start from it
+def test_disca_backbone_starts_from_the_encoder_and_fine_tunes(tmp_path):
+    from tomoclust.disca import DiscaParams, describe, run_disca
+    from tomoclust.encoder import EncoderClassifier
+
+    path, model = _saved(tmp_path)
+    x = np.random.default_rng(0).standard_normal((30, 16, 16, 16)).astype(np.float32)
+    clf = EncoderClassifier.from_file(path).eval()
+    np.testing.assert_allclose(embed(clf.encoder, x), embed(model, x), atol=1e-6)
+    params = DiscaParams(pretrained=str(path), init="network", iterations=1, k_max=3,
+                         pca_components=2, batch_size=10, head_warmup_steps=2)
+    assert describe(params)["network"]["pretrained"] == json.loads(
+        manifest_path(path).read_text())["sha256"]
+    from tomoclust.train import Checkpoint
+
+    ck = Checkpoint(tmp_path / "disca.pt", "fp")
+    res = run_disca(x, params, "cpu", checkpoint=ck)
+    assert res.features.shape == (30, 4)
+    trained = ck.load()["model"]  # after the first iteration's training epoch
+    changed = [k for k, v in model.state_dict().items()
+               if v.dtype.is_floating_point and not torch.allclose(v, trained[f"encoder.{k}"])]
+    assert changed  # the EM loop fine-tuned the backbone
+
+
+@pytest.mark.parametrize("variant", ["protonet3d", "protonet_ce"])
+def test_fewshot_on_the_frozen_encoder_keeps_its_weights(tmp_path, variant):
+    from tomoclust.fewshot import FewShotParams, train_protonet
+
+    path, model = _saved(tmp_path)
+    x = np.random.default_rng(0).standard_normal((24, 16, 16, 16)).astype(np.float32)
+    y = np.repeat(np.arange(3), 8)
+    params = FewShotParams(variant=variant, pretrained=str(path), epochs=1,
+                           episodes_per_epoch=2, shot=2, query=3)
+    res = train_protonet(x, y, params, "cpu")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, res.model.encoder.net.state_dict()[k]), k
+    assert len(res.history) == (0 if variant == "protonet3d" else 1)
+    tuned = train_protonet(x, y, FewShotParams(variant=variant, pretrained=str(path),
+                                               finetune=True, epochs=1, episodes_per_epoch=2,
+                                               shot=2, query=3), "cpu")
+    assert any(not torch.equal(v, tuned.model.encoder.net.state_dict()[k])
+               for k, v in model.state_dict().items() if v.dtype.is_floating_point)

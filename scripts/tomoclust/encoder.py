@@ -131,7 +131,7 @@ def read_manifest(path: str | Path) -> dict:
                              "model has a <name>.json beside it)")
     try:
         man = json.loads(m.read_text())
-        man["architecture"], man["sha256"]  # noqa: B018  (required keys)
+        man["architecture"], man["sha256"]
     except (ValueError, KeyError, TypeError) as exc:
         raise TomoclustError(f"{m}: not an encoder manifest ({exc})") from None
     return man
@@ -194,7 +194,7 @@ def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderConfig,
     d = stack.shape[-1]
     if d == cfg.box and np.isclose(voxel_size, cfg.voxel_size, rtol=1e-3):
         return stack
-    side = max(int(round(d * voxel_size / cfg.voxel_size)), 1)
+    side = max(round(d * voxel_size / cfg.voxel_size), 1)
     out = np.empty((len(stack), cfg.box, cfg.box, cfg.box), np.float32)
     for a in range(0, len(stack), chunk):
         for i, v in enumerate(np.asarray(stack[a:a + chunk], dtype=np.float32)):
