@@ -20,6 +20,7 @@ include: "rules/features.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 include: "rules/external.smk"
+include: "rules/copick.smk"
 include: "rules/report.smk"
 include: "rules/average.smk"
 

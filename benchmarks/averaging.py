@@ -4,7 +4,8 @@ Run (≈ 5–15 min on 2 shared CPU cores; use ``nice -n 19``)::
 
     .venv/bin/python benchmarks/averaging.py --out benchmarks/results/averaging.json
 
-Data: :func:`tomoclust.simulate.simulate_subtomograms` (subtomogram mode, aitom SNR convention,
+Data: :func:`tomoclust.simulate.subtomograms.simulate_subtomograms` (subtomogram mode, aitom SNR
+convention,
 SNR 0.1, CTF 5 µm underfocus at 300 kV, missing wedge ±60°, random proper rotations, random
 shifts of up to ``--max-shift-sim`` voxels per axis, boxes normalised) of ONE template
 (default 6s47, the 80S ribosome: asymmetric) at 32³ and 12 Å, ``--n`` particles (500).
@@ -35,16 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 from common import REPO, log, machine_info, machine_line, md_table, write_outputs
-from tomoclust.average import (
-    AveragingSettings,
-    average_class,
-    ctf_phase_flip,
-    fsc_against_truth,
-    resolution_at,
-)
-from tomoclust.density import fit_box, template_density
-from tomoclust.rotation import angular_distance_deg, relion_matrix
-from tomoclust.simulate import CtfParams, Template, simulate_subtomograms
+from tomoclust.average import AveragingSettings, average_class, fsc_against_truth
+from tomoclust.numerics.class_maps import ctf_phase_flip, resolution_at
+from tomoclust.numerics.rotations import angular_distance_deg, relion_matrix
+from tomoclust.simulate.density import fit_box, template_density
+from tomoclust.simulate.subtomograms import simulate_subtomograms
+from tomoclust.simulate.tomograms import CtfSettings, Template
 
 TEMPLATES = {
     "6s47": "resources/structures/6s47.cif.gz",  # 80S ribosome
@@ -117,7 +114,7 @@ def main() -> None:
     box, vs = 32, 12.0
     dens = template_density(REPO / TEMPLATES[args.template], vs, box=box)
     tmpl = Template(args.template, 1, dens)
-    ctf = CtfParams()
+    ctf = CtfSettings()
     log(f"simulating {args.n} subtomograms of {args.template} at SNR {args.snr} (aitom)")
     data = simulate_subtomograms([tmpl], args.n, box, vs, args.snr, "aitom",
                                  ctf=ctf, max_shift_vox=args.max_shift_sim, seed=args.seed)

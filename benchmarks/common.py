@@ -154,7 +154,7 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def write_outputs(out_json: str | Path, payload: dict[str, Any], markdown: str) -> Path:
     """Write ``payload`` as JSON and ``markdown`` next to it (same stem, ``.md``)."""
-    from tomoclust.io import write_json, write_text
+    from tomoclust.formats.atomic import write_json, write_text
 
     out = Path(out_json)
     write_json(out, payload)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 from common import REPO, log, machine_info, machine_line, md_table, median, write_outputs
-from tomoclust.io import write_mrc
+from tomoclust.formats.mrc import write_mrc
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 

@@ -35,7 +35,8 @@ def simulate_set(densities, n_per_class: int, snr: float, seed: int, groups: int
                  max_shift: float = 2.0, cache: Path | None = None):
     """Stack, labels (0..4) of the held-out set under the robustness conditions (cached in
     ``cache`` as .npz when given)."""
-    from tomoclust.simulate import CtfParams, Template, simulate_subtomograms
+    from tomoclust.simulate.subtomograms import simulate_subtomograms
+    from tomoclust.simulate.tomograms import CtfSettings, Template
 
     f = None
     if cache is not None:
@@ -53,7 +54,7 @@ def simulate_set(densities, n_per_class: int, snr: float, seed: int, groups: int
         tilt = float(rng.uniform(45, 60))
         res = simulate_subtomograms(
             lib, n_per_class=int(k), box=32, voxel_size=12.0, snr=snr, convention="aitom",
-            tilt_min=-tilt, tilt_max=tilt, ctf=CtfParams(defocus_um=float(rng.uniform(2, 6))),
+            tilt_min=-tilt, tilt_max=tilt, ctf=CtfSettings(defocus_um=float(rng.uniform(2, 6))),
             max_shift_vox=max_shift, normalise=True, seed=int(rng.integers(2**31)))
         stacks.append(res.stack)
         labels.append(res.truth["rlnClassNumber"].to_numpy() - 1)
@@ -94,8 +95,8 @@ def train_ceiling(x: np.ndarray, y: np.ndarray, epochs: int, seed: int):
     """The encoder's architecture + a linear head, trained from scratch with labels."""
     import torch
     import torch.nn.functional as F
-    from tomoclust.encoder import SubtomoEncoder
-    from tomoclust.transfer import wedge_preserving_turn
+    from tomoclust.features.encoder import SubtomoEncoder
+    from tomoclust.features.transfer import wedge_preserving_turn
 
     torch.manual_seed(seed)
     enc = SubtomoEncoder()
@@ -149,6 +150,10 @@ def main(argv=None) -> int:
                          "under condition shift2@SNR instead of this script's simulation")
     ap.add_argument("--ceiling-seeds", type=int, nargs="*", default=None,
                     help="seeds that get the supervised ceiling (default: all)")
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="train and score only the supervised ceiling (it needs no encoder)")
+    ap.add_argument("--ceiling-from", default=None,
+                    help="an earlier output JSON of the same sets: reuse its ceiling rows")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/encoder_heldout.json"))
     ap.add_argument("--update-manifest", action="store_true",
                     help="write the mean figures into the model's manifest (measured)")
@@ -158,14 +163,20 @@ def main(argv=None) -> int:
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from tomoclust.cluster import cluster_features
-    from tomoclust.density import template_density
-    from tomoclust.encoder import embed, load_encoder, manifest_path
-    from tomoclust.invariants import invariant_features
-    from tomoclust.metrics import clustering_metrics
+    from tomoclust.features.encoder import embed, load_encoder, manifest_path
+    from tomoclust.features.invariant import invariant_features
+    from tomoclust.numerics.metrics import clustering_metrics
+    from tomoclust.simulate.density import template_density
 
     torch.set_num_threads(a.threads)
     machine = machine_info()
-    model, man = load_encoder(a.model) if not a.simulate_only else (None, {})
+    no_model = a.simulate_only or a.ceiling_only
+    model, man = load_encoder(a.model) if not no_model else (None, {"sha256": "none"})
+    reused = {}
+    if a.ceiling_from:
+        for r in json.loads(Path(a.ceiling_from).read_text())["rows"]:
+            if r["method"] == "supervised":
+                reused[(r["snr"], r["seed"])] = r
     held = set(man.get("corpus", {}).get("held_out", []))
     if held and not set(HELD_OUT) <= held:
         raise SystemExit(f"{a.model}: classes {sorted(set(HELD_OUT) - held)} were in its "
@@ -179,7 +190,8 @@ def main(argv=None) -> int:
     for snr in a.snr:
         for seed in a.seeds:
             t0 = time.time()
-            ceiling = a.ceiling_seeds is None or seed in a.ceiling_seeds
+            ceiling = ((a.ceiling_seeds is None or seed in a.ceiling_seeds)
+                       and not a.ceiling_from)
             xs = ys = None
             if a.robust_repo:
                 cond = f"shift2@{snr:g}"
@@ -196,9 +208,10 @@ def main(argv=None) -> int:
                 continue
             log(f"SNR {snr} seed {seed}: {len(x)} boxes ({time.time() - t0:.0f} s)")
             t1 = time.time()
-            feats = {"encoder": embed(model, x)}
+            feats = {"encoder": embed(model, x)} if not a.ceiling_only else {}
             t_enc = time.time() - t1
-            feats["invariant"] = invariant_features(x)
+            if not a.ceiling_only:
+                feats["invariant"] = invariant_features(x)
             for name, f in feats.items():
                 auto = cluster_features(f, seed=seed, **clus)
                 fixed = cluster_features(f, k=5, seed=seed, **clus)
@@ -207,21 +220,25 @@ def main(argv=None) -> int:
                 rows.append({"snr": snr, "seed": seed, "method": name, "k_auto": auto.k,
                              "acc_auto": m_auto["accuracy"], "v_auto": m_auto["v_measure"],
                              "acc_k5": m_fix["accuracy"], "v_k5": m_fix["v_measure"]})
-            z = PCA(8, random_state=seed).fit_transform(x.reshape(len(x), -1))
-            km = KMeans(5, n_init=10, random_state=seed).fit_predict(z)
-            m = clustering_metrics(y, km)
-            rows.append({"snr": snr, "seed": seed, "method": "pca_kmeans", "k_auto": None,
-                         "acc_auto": None, "v_auto": None, "acc_k5": m["accuracy"],
-                         "v_k5": m["v_measure"]})
+            if not a.ceiling_only:
+                z = PCA(8, random_state=seed).fit_transform(x.reshape(len(x), -1))
+                km = KMeans(5, n_init=10, random_state=seed).fit_predict(z)
+                m = clustering_metrics(y, km)
+                rows.append({"snr": snr, "seed": seed, "method": "pca_kmeans", "k_auto": None,
+                             "acc_auto": None, "v_auto": None, "acc_k5": m["accuracy"],
+                             "v_k5": m["v_measure"]})
             t2 = time.time()
-            n_rows = 3
-            if ceiling:
+            n_rows = len(feats) + (0 if a.ceiling_only else 1)
+            if (snr, seed) in reused:
+                rows.append(dict(reused[(snr, seed)]))
+                n_rows += 1
+            elif ceiling:
                 pred = train_ceiling(xs, ys, a.epochs, seed)(x)
                 acc = float((pred == y).mean())
                 rows.append({"snr": snr, "seed": seed, "method": "supervised", "k_auto": None,
                              "acc_auto": None, "v_auto": None, "acc_k5": acc,
                              "v_k5": clustering_metrics(y, pred)["v_measure"]})
-                n_rows = 4
+                n_rows += 1
             log(f"SNR {snr} seed {seed}: " + ", ".join(
                 f"{r['method']} K={r['k_auto']} acc={r['acc_auto']} acc(K=5)={r['acc_k5']:.3f}"
                 for r in rows[-n_rows:]) + f" (encoder {len(x) / t_enc:.0f} boxes/s, ceiling "
@@ -270,7 +287,7 @@ def main(argv=None) -> int:
     out = write_outputs(a.out, payload, "\n".join(md))
     log(f"wrote {a.out} and {out}")
     if a.update_manifest:
-        from tomoclust.io import atomic_output
+        from tomoclust.formats.atomic import atomic_output
 
         mp = manifest_path(a.model)
         man2 = json.loads(mp.read_text())

@@ -39,8 +39,9 @@ def structure(name: str) -> Path:
 
 
 def simulate(names, n_per_class, snr, seed, cache):
-    from tomoclust.density import template_density
-    from tomoclust.simulate import Template, simulate_subtomograms
+    from tomoclust.simulate.density import template_density
+    from tomoclust.simulate.subtomograms import simulate_subtomograms
+    from tomoclust.simulate.tomograms import Template
 
     f = Path(cache) / f"tables-{'-'.join(names)}-{n_per_class}-{snr:g}-{seed}.npz"
     if f.exists():
@@ -91,10 +92,10 @@ def main(argv=None) -> int:
     import torch
     from sklearn.cluster import KMeans
     from tomoclust.cluster import cluster_features
-    from tomoclust.disca import DiscaParams, run_disca
-    from tomoclust.encoder import embed, load_encoder
-    from tomoclust.invariants import shell_spectra
-    from tomoclust.metrics import clustering_metrics
+    from tomoclust.features.disca import DiscaSettings, run_disca
+    from tomoclust.features.encoder import embed, load_encoder
+    from tomoclust.features.invariant import shell_spectra
+    from tomoclust.numerics.metrics import clustering_metrics
 
     torch.set_num_threads(a.threads)
     machine = machine_info()
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         for name, kw in (("disca_pretrained", dict(pretrained=a.model, init="network")),
                          ("disca_yopo", dict(init="invariant"))):
             t0 = time.time()
-            p = DiscaParams(iterations=a.disca_iterations, k_max=10, pca_components=6, **kw)
+            p = DiscaSettings(iterations=a.disca_iterations, k_max=10, pca_components=6, **kw)
             res = run_disca(x, p, "cpu")
             m = clustering_metrics(y, res.labels)
             row[name] = (int(res.labels.max()), m["accuracy"], m["v_measure"])

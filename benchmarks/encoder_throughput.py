@@ -4,7 +4,8 @@
     python benchmarks/encoder_throughput.py --threads 1 2 \
         --out benchmarks/results/encoder_throughput.json
 
-Times ``tomoclust.encoder.embed`` (the workflow's call) on random 32³ boxes after a warm-up,
+Times ``tomoclust.features.encoder.embed`` (the workflow's call) on random 32³ boxes after a
+warm-up,
 median of ``--repeats`` runs; the machine's load average is recorded beside it because on a
 shared machine other processes take part of the cores.
 """
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import torch
-    from tomoclust.encoder import embed, load_encoder
+    from tomoclust.features.encoder import embed, load_encoder
 
     machine = machine_info()
     model, man = load_encoder(a.model)

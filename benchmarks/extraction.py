@@ -5,7 +5,8 @@ Run (a few minutes on 2 CPU cores; writes ~3 GB of scratch files under ``--workd
     .venv/bin/python benchmarks/extraction.py --out benchmarks/results/extraction.json
 
 A 200×512×512 float32 tomogram (smoothed noise; speed does not depend on content) is written
-with :func:`tomoclust.io.write_mrc` and memory-mapped with :func:`tomoclust.io.open_mrc`, as the
+with :func:`tomoclust.formats.mrc.write_mrc` and memory-mapped with
+:func:`tomoclust.formats.mrc.open_mrc`, as the
 extract rule does. Two plans, both with a 32-voxel output box:
 
 * ``crop``: 10 Å → 10 Å (plain crop);
@@ -15,7 +16,7 @@ extract rule does. Two plans, both with a 32-voxel output box:
 Methods, timed interleaved ``--repeats`` times at random centres (seeded, random order):
 
 * ``tomoclust → stack``: :func:`tomoclust.extract.extract_to_stack` into a
-  :class:`tomoclust.io.StackWriter` on disk (workers = 2, as the rule's ``threads: 2``);
+  :class:`tomoclust.formats.stacks.StackWriter` on disk (workers = 2, as the rule's ``threads: 2``);
 * ``tomoclust in memory``: :func:`tomoclust.extract.extract_boxes` batch by batch, no sink;
 * ``naive → stack`` / ``naive in memory``: per particle, a numpy crop of the memory map,
   ``scipy.ndimage.zoom`` (order 3, ``grid_mode=True`` so the voxel size is exactly 12 Å) to the
@@ -63,7 +64,8 @@ from tomoclust.extract import (
     plan_resampling,
     resampling_matrix,
 )
-from tomoclust.io import StackWriter, open_mrc, write_mrc
+from tomoclust.formats.mrc import open_mrc, write_mrc
+from tomoclust.formats.stacks import StackWriter
 
 SHAPE = (200, 512, 512)
 VOXEL = 10.0

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import DEMO_CLASSES, REPO, fmt, log, machine_info, machine_line, md_table
-from tomoclust.density import template_density
-from tomoclust.fewshot import FewShotParams, evaluate_episodes, train_protonet
-from tomoclust.simulate import Template, simulate_subtomograms
+from tomoclust.features.fewshot import FewShotSettings, evaluate_episodes, train_protonet
+from tomoclust.simulate.density import template_density
+from tomoclust.simulate.subtomograms import simulate_subtomograms
+from tomoclust.simulate.tomograms import Template
 
 #: Li et al. 2020 (ProtoNet-CE), 2-way accuracy on unseen classes, mean ± std, aitom SNR.
 PUBLISHED = {
@@ -47,7 +48,7 @@ def templates(names: list[str]) -> list[Template]:
 
 
 def run_one(variant: str, snr: float, train, test, args, device: str) -> dict:
-    params = FewShotParams(variant=variant, preset="light", width=args.width, way=None,
+    params = FewShotSettings(variant=variant, preset="light", width=args.width, way=None,
                            shot=args.shot, query=args.train_query, epochs=args.epochs,
                            episodes_per_epoch=args.episodes_per_epoch, lr=1e-3,
                            lr_step=args.lr_step, seed=args.seed)

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import torch
 from common import log, machine_info, machine_line, md_table, write_outputs
-from tomoclust.invariants import shell_spectra
-from tomoclust.nn import AutoEncoder3D, Yopo, YopoConfig, count_parameters
-from tomoclust.train import infer
+from tomoclust.features.invariant import shell_spectra
+from tomoclust.features.networks import AutoEncoder3D, Yopo, YopoSettings, count_parameters
+from tomoclust.features.train import infer
 
 
 def rate(fn, stack: np.ndarray, repeats: int) -> float:
@@ -45,8 +45,8 @@ def main() -> None:
     for dev in devices:
         models = {
             "invariant (l_max 6)": None,
-            "YOPO light (default)": Yopo(YopoConfig.from_preset("light"), 5),
-            "YOPO published (reference)": Yopo(YopoConfig.from_preset("published"), 5),
+            "YOPO light (default)": Yopo(YopoSettings.from_preset("light"), 5),
+            "YOPO published (reference)": Yopo(YopoSettings.from_preset("published"), 5),
             "autoencoder (8 ch)": AutoEncoder3D(args.box, 32, 8),
             "autoencoder (32 ch, paper)": AutoEncoder3D(args.box, 32, 32),
         }

@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from tomoclust.cluster import cluster_features  # noqa: E402
 from tomoclust.evaluate import truth_classes  # noqa: E402
-from tomoclust.invariants import invariant_features  # noqa: E402
-from tomoclust.io import read_star  # noqa: E402
-from tomoclust.metrics import clustering_metrics  # noqa: E402
+from tomoclust.features.invariant import invariant_features  # noqa: E402
+from tomoclust.formats.star import read_star  # noqa: E402
+from tomoclust.numerics.metrics import clustering_metrics  # noqa: E402
 
 VARIANTS = {
     "shell spectra (default)": {},

@@ -8,7 +8,7 @@ What it does, per scenario (SNR 100, 0.1, 0.03 without junk; SNR 0.1 with 2 vesi
 4 gold beads):
 
 1. simulates one crowded tomogram (default 200×512×512 at 10 Å, 300 particles of each of the
-   five demo classes) with :func:`tomoclust.simulate.simulate_tomogram`;
+   five demo classes) with :func:`tomoclust.simulate.tomograms.simulate_tomogram`;
 2. times, interleaved and ``--repeats`` times on the same in-memory volume, the library picker
    (numpy backend, the demo picking parameters of config.yaml, edge = half the extraction box)
    and ``blob_dog`` on the contrast-inverted, standardised volume with the same edge exclusion;
@@ -58,12 +58,12 @@ from common import (
 )
 from scipy.spatial import cKDTree
 from skimage.feature import blob_dog
-from tomoclust.density import template_density
 from tomoclust.evaluate import evaluate_picking, within_edge
 from tomoclust.extract import edge_voxels, plan_resampling
-from tomoclust.io import particle_table
-from tomoclust.pick import DogParams, dog_pick, params_from_angst
-from tomoclust.simulate import Template, TomogramSpec, simulate_tomogram
+from tomoclust.formats.star import particle_table
+from tomoclust.pick import DogSettings, dog_pick, params_from_angst
+from tomoclust.simulate.density import template_density
+from tomoclust.simulate.tomograms import Template, TomogramSettings, simulate_tomogram
 
 VOXEL = 10.0
 SCENARIOS = [
@@ -88,7 +88,7 @@ def load_templates() -> list[Template]:
     return out
 
 
-def demo_picking(cfg: dict) -> tuple[DogParams, int, float]:
+def demo_picking(cfg: dict) -> tuple[DogSettings, int, float]:
     """The picking parameters of config.yaml, with the edge the pick rule uses."""
     pk, ex = cfg["picking"], cfg["extraction"]
     edge = edge_voxels(plan_resampling(VOXEL, float(ex["voxel_size"]), int(ex["box"])))
@@ -101,7 +101,7 @@ def demo_picking(cfg: dict) -> tuple[DogParams, int, float]:
 
 
 def simulate(templates, shape, per_class, scn, seed):
-    spec = TomogramSpec(
+    spec = TomogramSettings(
         name="bench", shape=tuple(shape), voxel_size=VOXEL,
         counts={t.name: per_class for t in templates}, snr=scn["snr"],
         membranes=scn["membranes"], gold_beads=scn["gold_beads"], seed=seed)

@@ -1,4 +1,4 @@
-"""Pretrain the shipped subtomogram encoder (one command; see tomoclust.pretrain).
+"""Pretrain the shipped subtomogram encoder (one command; see tomoclust.features.pretrain).
 
     # the shipped model (reduced size: 2 CPU cores, about 45 min)
     python benchmarks/pretrain.py --work /tmp/encoder --out resources/models/encoder-v1.pt
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import torch
-    from tomoclust.encoder import save_encoder
-    from tomoclust.pretrain import (
+    from tomoclust.features.encoder import save_encoder
+    from tomoclust.features.pretrain import (
         CorpusParams,
         ImagingParams,
         TrainParams,

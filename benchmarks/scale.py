@@ -7,7 +7,8 @@ Run (about 25 min on 2 busy CPU cores; needs ~35 GB of free disk under ``--workd
 For every N, each stage runs in a fresh subprocess (so its peak memory is its own):
 
 * ``write``: per-"tomogram" stacks of 5,000 particles each, written with
-  :class:`tomoclust.io.StackWriter`, and their RELION-5 tables (as the extract rule writes
+  :class:`tomoclust.formats.stacks.StackWriter`, and their RELION-5 tables (as the extract rule
+  writes
   them). Particles are three planted shapes (a ball, a dumbbell, an L of three lobes) under
   random rotations, plus Gaussian noise; a pool of 3×128 rotated shapes and a pool of 4,096
   noise volumes are combined at random, so every particle is a distinct sum. Not a workflow
@@ -15,10 +16,12 @@ For every N, each stage runs in a fresh subprocess (so its peak memory is its ow
 * ``gather``: :func:`tomoclust.extract.gather_stacks` (the gather_particles rule) into one
   ``particles.star`` + ``particles.mrcs``; the per-tomogram stacks are deleted afterwards, to
   keep one copy on disk.
-* ``invariant``: :func:`tomoclust.invariants.shell_spectra` (l_max 6, low-pass 1 voxel, as in
-  config.yaml) over the stack memory-mapped by :func:`tomoclust.io.open_stack`, batch by batch;
+* ``invariant``: :func:`tomoclust.features.invariant.shell_spectra` (l_max 6, low-pass 1 voxel, as
+  in
+  config.yaml) over the stack memory-mapped by :func:`tomoclust.formats.stacks.open_stack`, batch
+  by batch;
   the features are saved with ``np.save``.
-* ``yopo``: the YOPO ``light`` network's features (:func:`tomoclust.train.infer`, untrained
+* ``yopo``: the YOPO ``light`` network's features (:func:`tomoclust.features.train.infer`, untrained
   weights: the same arithmetic as a trained network). The box is 16 (so 1M particles fit in
   16 GB), below the 26 voxels ``light`` needs at its input binning 2, so ``input_binning`` is 1:
   the network sees 16³, as ``light`` does on the default 32³ box. Above ``--yopo-max``
@@ -121,8 +124,9 @@ def _shapes(box: int) -> np.ndarray:
 
 
 def stage_write(d: Path, n: int, box: int, noise: float, seed: int) -> dict[str, Any]:
-    from tomoclust.io import StackWriter, particle_table, write_star
-    from tomoclust.rotation import random_rotations, rotate_volume
+    from tomoclust.formats.stacks import StackWriter
+    from tomoclust.formats.star import particle_table, write_star
+    from tomoclust.numerics.rotations import random_rotations, rotate_volume
 
     rng = np.random.default_rng(seed)
     shapes = _shapes(box)
@@ -170,8 +174,8 @@ def stage_gather(d: Path) -> dict[str, Any]:
 
 def stage_invariant(d: Path, threads: int) -> dict[str, Any]:
     import torch
-    from tomoclust.invariants import shell_spectra
-    from tomoclust.io import open_stack
+    from tomoclust.features.invariant import shell_spectra
+    from tomoclust.formats.stacks import open_stack
 
     torch.set_num_threads(threads)
     stack, _ = open_stack(d / "particles.mrcs")
@@ -185,14 +189,14 @@ def stage_invariant(d: Path, threads: int) -> dict[str, Any]:
 
 def stage_yopo(d: Path, threads: int, n_max: int, n_subset: int) -> dict[str, Any]:
     import torch
-    from tomoclust.io import open_stack
-    from tomoclust.nn import Yopo, YopoConfig
-    from tomoclust.train import infer
+    from tomoclust.features.networks import Yopo, YopoSettings
+    from tomoclust.features.train import infer
+    from tomoclust.formats.stacks import open_stack
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     stack, _ = open_stack(d / "particles.mrcs")
-    model = Yopo(YopoConfig.from_preset("light", input_binning=1), N_CLASSES).eval()
+    model = Yopo(YopoSettings.from_preset("light", input_binning=1), N_CLASSES).eval()
     sub = stack if len(stack) <= n_max else stack[:n_subset]
     t0 = time.perf_counter()
     feats = infer(model.features, sub, "cpu")

@@ -33,9 +33,11 @@ import pandas as pd
 import yaml
 from common import REPO, log, machine_info, machine_line, md_table, write_outputs
 from tomoclust import TomoclustError
-from tomoclust.external import parse_image_name, read_particles
-from tomoclust.io import open_mrc, read_star
-from tomoclust.metrics import clustering_metrics
+from tomoclust.external.names import read_particles
+from tomoclust.formats.image_names import parse_image_name
+from tomoclust.formats.mrc import open_mrc
+from tomoclust.formats.star import read_star
+from tomoclust.numerics.metrics import clustering_metrics
 
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 

@@ -13,7 +13,8 @@ then computed for fresh simulated test sets (new rotations, shifts and noise) at
 
 k-means with K = number of classes on the raw features (``--kmeans-seeds`` seeds, mean ± std)
 gives V-measure, homogeneity, completeness (and accuracy, ARI, NMI); the same for k-means on
-the rotation-invariant shell spectra (tomoclust.invariants) on the same boxes as a reference.
+the rotation-invariant shell spectra (tomoclust.features.invariant) on the same boxes as a
+reference.
 Also the classifier's own accuracy on the source test set, and the CPU inference throughput
 of the encoder side by side with the invariant features (load average recorded).
 
@@ -31,18 +32,14 @@ import numpy as np
 import torch
 from common import REPO, fmt, log, machine_info, machine_line, md_table, write_outputs
 from sklearn.cluster import KMeans
-from tomoclust.density import template_density
-from tomoclust.invariants import shell_spectra
-from tomoclust.metrics import clustering_metrics
-from tomoclust.simulate import Template, simulate_subtomograms
-from tomoclust.train import Checkpoint, fingerprint
-from tomoclust.transfer import (
-    TrainingSetParams,
-    TransferParams,
-    simulate_training_set,
-    train_transfer,
-    transfer_features,
-)
+from tomoclust.features.invariant import shell_spectra
+from tomoclust.features.train import Checkpoint, fingerprint
+from tomoclust.features.transfer import simulate_training_set, train_transfer, transfer_features
+from tomoclust.features.transfer_settings import TrainingSetSettings, TransferSettings
+from tomoclust.numerics.metrics import clustering_metrics
+from tomoclust.simulate.density import template_density
+from tomoclust.simulate.subtomograms import simulate_subtomograms
+from tomoclust.simulate.tomograms import Template
 
 S = "resources/structures/"
 SOURCE = {  # the ten SHREC'21 atomic models, then two more
@@ -99,7 +96,7 @@ def main() -> None:
     src, tgt = densities(SOURCE), densities(TARGET)
     log(f"templates at {args.voxel_size} Å: " + ", ".join(
         f"{t.name} r={t.radius:.1f}" for t in src + tgt))
-    set_params = TrainingSetParams(box=args.box, voxel_size=args.voxel_size,
+    set_params = TrainingSetSettings(box=args.box, voxel_size=args.voxel_size,
                                    n_per_class=args.n_per_class, snr_min=args.snr_range[0],
                                    snr_max=args.snr_range[1], snr_groups=args.snr_groups,
                                    seed=args.seed)
@@ -108,7 +105,7 @@ def main() -> None:
     t_trainset = time.perf_counter() - t0
     log(f"training set: {len(ts.stack)} boxes, {len(ts.class_names)} classes "
         f"({t_trainset:.0f} s)")
-    params = TransferParams(width=args.width, stages=args.stages,
+    params = TransferSettings(width=args.width, stages=args.stages,
                             input_binning=args.input_binning, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     ckpt = Checkpoint(args.checkpoint, fingerprint({"set": set_params.as_dict(),

@@ -33,7 +33,6 @@ import pandas as pd
 import torch
 from common import DEMO_CLASSES, REPO, fmt, log, machine_info, machine_line, md_table, write_outputs
 from threadpoolctl import threadpool_limits
-from tomoclust.autoencoder import AutoencoderParams, run_autoencoder
 from tomoclust.cluster import (
     cluster_features,
     compact_labels,
@@ -42,12 +41,14 @@ from tomoclust.cluster import (
     merged_posterior,
     reduce_features,
 )
-from tomoclust.density import template_density
-from tomoclust.disca import DiscaParams, run_disca
-from tomoclust.invariants import invariant_features
-from tomoclust.io import save_npy, write_json
-from tomoclust.metrics import clustering_metrics
-from tomoclust.simulate import Template, simulate_subtomograms
+from tomoclust.features.autoencoder import AutoencoderSettings, run_autoencoder
+from tomoclust.features.disca import DiscaSettings, run_disca
+from tomoclust.features.invariant import invariant_features
+from tomoclust.formats.atomic import save_npy, write_json
+from tomoclust.numerics.metrics import clustering_metrics
+from tomoclust.simulate.density import template_density
+from tomoclust.simulate.subtomograms import simulate_subtomograms
+from tomoclust.simulate.tomograms import Template
 
 PUBLISHED = {  # Uddin et al. table (accuracy, 5 classes, aitom SNR convention)
     "DISCA (published)": {100: 0.912, 0.1: 0.814, 0.05: 0.806, 0.03: 0.781, 0.01: 0.560},
@@ -63,12 +64,12 @@ def features_for(method: str, stack: np.ndarray, seed: int, device: str, args) -
                                   spectrum_components=args.invariant_components or None,
                                   device=device)
     if method == "disca":
-        p = DiscaParams(preset=args.disca_preset, iterations=args.disca_iterations, k_max=10,
+        p = DiscaSettings(preset=args.disca_preset, iterations=args.disca_iterations, k_max=10,
                         seed=seed, invariant_radial=args.radial,
                         invariant_components=args.invariant_components or None)
         return run_disca(stack, p, device).features
     if method == "autoencoder":
-        p = AutoencoderParams(epochs=args.ae_epochs, channels=args.ae_channels, seed=seed)
+        p = AutoencoderSettings(epochs=args.ae_epochs, channels=args.ae_channels, seed=seed)
         return run_autoencoder(stack, p, device).features
     raise ValueError(method)
 

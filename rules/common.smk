@@ -6,8 +6,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from tomoclust import TomoclustError  # noqa: E402
-from tomoclust.sheet import NAME_PATTERN, coordinate_files, load_sheet  # noqa: E402
-from tomoclust.starhead import has_class_numbers  # noqa: E402
+from tomoclust.formats.sheet import NAME_PATTERN, coordinate_files, load_sheet  # noqa: E402
+from tomoclust.formats.starhead import has_class_numbers  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -47,14 +47,31 @@ SIM = config["simulation"]
 TEMPLATES = list(config["templates"])
 EXT = config["external"]
 SUBTOMO_MODE = bool(EXT["subtomograms"])  # mode 2: subtomograms in (see rules/external.smk)
+COPICK = None  # a copick project as the input (rules/copick.smk)
+if config["copick"]["config"]:
+    from tomoclust.external.copick_project import CopickSettings, tomogram_sheet  # noqa: E402
+
+    try:
+        COPICK = CopickSettings.from_config(config["copick"])
+    except TomoclustError as exc:
+        raise WorkflowError(str(exc))
 
 
 def _tomogram_table():
     if SUBTOMO_MODE:
-        if config["tomograms"] or SIM["enabled"] or EXT["coordinates"]:
+        if config["tomograms"] or SIM["enabled"] or EXT["coordinates"] or COPICK:
             raise WorkflowError("config: 'external.subtomograms' replaces the tomograms; unset "
-                                "'tomograms', 'external.coordinates' and 'simulation.enabled'")
+                                "'tomograms', 'copick.config', 'external.coordinates' and "
+                                "'simulation.enabled'")
         return None
+    if COPICK is not None:
+        if config["tomograms"] or SIM["enabled"]:
+            raise WorkflowError("config: set one input: 'copick.config' (a copick project), "
+                                "'tomograms' (a sheet) or 'simulation.enabled: true'")
+        try:
+            return tomogram_sheet(COPICK, config["ingest"]["voxel_size"])
+        except TomoclustError as exc:
+            raise WorkflowError(str(exc))
     if config["tomograms"]:
         if SIM["enabled"]:
             raise WorkflowError("config: set either 'tomograms' (a sheet) or "
@@ -162,6 +179,8 @@ def _external_truth():
             return has_class_numbers([EXT["subtomograms"]])
         if EXT["coordinates"]:
             return has_class_numbers([EXT["coordinates"]])
+        if COPICK is not None and COPICK.picks is not None:  # STARs not written yet
+            return COPICK.picks.labelled
         return has_class_numbers(f for fs in COORD_SOURCES.values() for f in fs)
     except TomoclustError as exc:
         raise WorkflowError(str(exc))
@@ -254,7 +273,7 @@ def averaged_classes(method):
     checkpoint has run); the others are listed as skipped in the method's summary.tsv."""
     import json
 
-    from tomoclust.maps import classes_to_average
+    from tomoclust.numerics.class_maps import classes_to_average
 
     summary = checkpoints.cluster.get(method=method).output.summary
     info = json.loads(Path(summary).read_text())
@@ -305,6 +324,7 @@ def all_targets():
     )
     targets += report_targets()
     targets += fewshot_targets()  # few-shot: the predicted labels' own evaluation
+    targets += copick_targets()  # classes written back into a copick project
     return targets
 
 
@@ -421,8 +441,12 @@ def _transfer_setup():
     simulation and training settings), or None when the method is not enabled."""
     if "transfer" not in METHODS:
         return None
-    from tomoclust.transfer_config import (  # noqa: E402
-        TrainingSetParams, TransferParams, model_key, training_set_key)
+    from tomoclust.features.transfer_settings import (
+        TrainingSetSettings,
+        TransferSettings,
+        model_key,
+        training_set_key,
+    )
 
     t = config["transfer"]
     tilt_min, tilt_max = wedge_range()
@@ -434,14 +458,14 @@ def _transfer_setup():
                                 f"{workflow.basedir}); give a path, or 'retrain'")
         return {"pretrained": True, "model": model, "templates": list(t["templates"]),
                 "tilt": [tilt_min, tilt_max], "prototype_views": t["prototype_views"]}
-    set_params = TrainingSetParams(
+    set_params = TrainingSetSettings(
         box=config["extraction"]["box"], voxel_size=config["extraction"]["voxel_size"],
         n_per_class=t["n_per_class"], snr_min=t["snr_min"], snr_max=t["snr_max"],
         snr_groups=t["snr_groups"], convention=t["convention"], tilt_min=tilt_min,
         tilt_max=tilt_max, ctf=dict(SIM["ctf"]), no_particle=t["no_particle"],
         neighbour_fraction=t["neighbour_fraction"], max_shift_vox=t["max_shift"],
         seed=t["seed"])
-    train_params = TransferParams(**{k: t[k] for k in (
+    train_params = TransferSettings(**{k: t[k] for k in (
         "width", "stages", "feature_dim", "hidden", "input_binning", "dropout", "epochs",
         "batch_size", "lr", "weight_decay", "val_fraction", "augment", "seed")})
     try:
@@ -464,3 +488,47 @@ TRANSFER = _transfer_setup()
 
 def transfer_template_source(wildcards):
     return config["transfer"]["templates"][wildcards.template]
+
+
+# --------------------------------------------------------------------------- copick projects
+def _copick_write_methods():
+    if COPICK is None or not COPICK.write.enabled:
+        return []
+    methods = COPICK.write.methods or METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise WorkflowError(f"config copick.write.methods: {unknown} are not in `methods`")
+    from tomoclust.external.copick_project import check_write_template  # noqa: E402
+
+    try:
+        check_write_template(COPICK.write.object, methods)
+    except TomoclustError as exc:
+        raise WorkflowError(str(exc))
+    return list(methods)
+
+
+COPICK_WRITE_METHODS = _copick_write_methods()
+_CP = COPICK
+COPICK_PARAMS = {  # for rules/copick.smk (empty without a copick input)
+    "config": str(_CP.config) if _CP else "",
+    "voxel_spacing": _CP.voxel_spacing if _CP else 0.0,
+    "tomo_type": _CP.tomo_type if _CP else "",
+    "objects": _CP.picks.objects if _CP and _CP.picks else [],
+    "picks_user_id": (_CP.picks.user_id or "") if _CP and _CP.picks else "",
+    "picks_session_id": (_CP.picks.session_id or "") if _CP and _CP.picks else "",
+    "object": _CP.write.object if _CP else "",
+    "write_user_id": _CP.write.user_id if _CP else "",
+    "write_session_id": _CP.write.session_id if _CP else "",
+}
+
+
+def copick_class_table(method):
+    """The labelled particles written back for a method: few-shot predictions (named classes),
+    else the clustering."""
+    if method in FEWSHOT_VARIANTS:
+        return f"results/features/{method}/labels.star"
+    return f"results/cluster/{method}/clusters.star"
+
+
+def copick_targets():
+    return ["results/copick/written.tsv"] if COPICK_WRITE_METHODS else []

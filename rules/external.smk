@@ -3,7 +3,7 @@
 # those tomograms and extraction starts from the converted coordinates (see picks_for).
 # Mode 2: subtomograms in; config external.subtomograms names a particle STAR, and
 # results/particles/ is written from it (ingest, picking and extraction are not in the DAG).
-# Conventions and matching rules: scripts/tomoclust/external.py and the README.
+# Conventions and matching rules: scripts/tomoclust/external/ and the README.
 
 
 if EXT["coordinates"]:

@@ -7,28 +7,21 @@ import numpy as np
 import pandas as pd
 import torch
 from tomoclust import TomoclustError
-from tomoclust.average import (
-    AveragingSettings,
-    average_class,
+from tomoclust.average import AveragingSettings, average_class, fsc_against_truth
+from tomoclust.evaluate import truth_classes
+from tomoclust.formats.atomic import write_json, write_tsv
+from tomoclust.formats.mrc import read_mrc, write_mrc
+from tomoclust.formats.stacks import open_stack
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.numerics.class_maps import (
     ctf_phase_flip,
     dominant_class,
-    fsc_against_truth,
     resolution_at,
     shell_resolution,
 )
-from tomoclust.evaluate import truth_classes
-from tomoclust.io import (
-    open_stack,
-    read_mrc,
-    read_star,
-    write_json,
-    write_mrc,
-    write_star,
-    write_tsv,
-)
-from tomoclust.logs import log, resolve_device, run_rule
-from tomoclust.plots import plot_fsc, plot_slices
-from tomoclust.rotation import relion_angles
+from tomoclust.numerics.rotations import relion_angles
+from tomoclust.report.plots import plot_fsc, plot_slices
+from tomoclust.rule import log, resolve_device, run_rule
 
 
 def stack_rows(table: pd.DataFrame, path: str) -> np.ndarray:

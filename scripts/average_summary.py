@@ -3,9 +3,9 @@
 import json
 
 import pandas as pd
-from tomoclust.io import write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.maps import classes_to_average
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.numerics.class_maps import classes_to_average
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -2,9 +2,10 @@
 
 import numpy as np
 from tomoclust.cluster import cluster_features, constant_columns
-from tomoclust.io import read_star, write_json, write_star, write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.plots import plot_bic
+from tomoclust.formats.atomic import write_json, write_tsv
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.report.plots import plot_bic
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

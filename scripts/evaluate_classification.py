@@ -3,10 +3,11 @@ with the true classes is rule plot_embedding's)."""
 
 import pandas as pd
 from tomoclust.evaluate import truth_by_index, truth_classes
-from tomoclust.io import read_star, write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.metrics import clustering_metrics, confusion
-from tomoclust.plots import plot_confusion
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.formats.star import read_star
+from tomoclust.numerics.metrics import clustering_metrics, confusion
+from tomoclust.report.plots import plot_confusion
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -9,10 +9,11 @@ support classes are not named after the templates.
 import numpy as np
 import pandas as pd
 from tomoclust.evaluate import truth_classes
-from tomoclust.io import read_star, write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.metrics import clustering_metrics, confusion
-from tomoclust.plots import plot_confusion
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.formats.star import read_star
+from tomoclust.numerics.metrics import clustering_metrics, confusion
+from tomoclust.report.plots import plot_confusion
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 from tomoclust.evaluate import evaluate_picking, within_edge
 from tomoclust.extract import edge_voxels, plan_resampling
-from tomoclust.io import open_mrc, read_star, write_star, write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.plots import plot_picking
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.formats.mrc import open_mrc
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.report.plots import plot_picking
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import numpy as np
 from tomoclust.extract import boxes_in_bounds, extract_to_stack, plan_resampling
-from tomoclust.io import StackWriter, open_mrc, read_star, write_star, xyz_to_zyx
-from tomoclust.logs import log, run_rule
+from tomoclust.formats.mrc import open_mrc
+from tomoclust.formats.stacks import StackWriter
+from tomoclust.formats.star import read_star, write_star, xyz_to_zyx
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -3,17 +3,25 @@
 import time
 
 import torch
-from tomoclust.autoencoder import AutoencoderParams, describe, run_autoencoder
-from tomoclust.features import load_particles, run_info, save_features, save_state_dict, write_info
-from tomoclust.logs import log, resolve_device, run_rule
-from tomoclust.train import Checkpoint, fingerprint
+from tomoclust.features.autoencoder import AutoencoderSettings, describe, run_autoencoder
+from tomoclust.features.train import Checkpoint, fingerprint
+from tomoclust.rule import (
+    load_particles,
+    log,
+    resolve_device,
+    run_info,
+    run_rule,
+    save_features,
+    save_state_dict,
+    write_info,
+)
 
 
 def main(smk) -> None:
     torch.set_num_threads(max(int(smk.threads), 1))
     device = resolve_device(smk.params.device)
     df, stack, _ = load_particles(smk.input.star, smk.input.stack)
-    params = AutoencoderParams(**smk.params.autoencoder)
+    params = AutoencoderSettings(**smk.params.autoencoder)
     log.info("autoencoder on %d particles, device %s, %s", len(df), device, describe(params))
     ckpt = Checkpoint(smk.params.checkpoint, fingerprint(describe(params), smk.input.stack))
     t0 = time.time()

@@ -3,11 +3,19 @@
 import time
 
 import torch
-from tomoclust.disca import describe, params_from_config, run_disca
-from tomoclust.features import load_particles, run_info, save_features, save_state_dict, write_info
-from tomoclust.io import write_star
-from tomoclust.logs import log, resolve_device, run_rule
-from tomoclust.train import Checkpoint, fingerprint
+from tomoclust.features.disca import describe, params_from_config, run_disca
+from tomoclust.features.train import Checkpoint, fingerprint
+from tomoclust.formats.star import write_star
+from tomoclust.rule import (
+    load_particles,
+    log,
+    resolve_device,
+    run_info,
+    run_rule,
+    save_features,
+    save_state_dict,
+    write_info,
+)
 
 
 def main(smk) -> None:

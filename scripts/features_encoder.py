@@ -9,17 +9,24 @@ import time
 
 import pandas as pd
 import torch
-from tomoclust.density import template_density
-from tomoclust.encoder import (
+from tomoclust.features.encoder import (
     embed,
     load_encoder,
     nearest_prototype,
     prepare_boxes,
     template_prototypes,
 )
-from tomoclust.features import load_particles, run_info, save_features, write_info
-from tomoclust.io import write_tsv
-from tomoclust.logs import log, resolve_device, run_rule
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.rule import (
+    load_particles,
+    log,
+    resolve_device,
+    run_info,
+    run_rule,
+    save_features,
+    write_info,
+)
+from tomoclust.simulate.density import template_density
 
 
 def main(smk) -> None:

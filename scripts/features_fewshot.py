@@ -7,11 +7,19 @@ import time
 import numpy as np
 import torch
 from tomoclust import TomoclustError
-from tomoclust.features import load_particles, run_info, save_features, write_info
-from tomoclust.fewshot import ProtoNet, classify, params_from_config
-from tomoclust.fewshot_support import load_support_star
-from tomoclust.io import open_stack, read_star, write_star
-from tomoclust.logs import log, resolve_device, run_rule
+from tomoclust.features.fewshot import ProtoNet, classify, params_from_config
+from tomoclust.features.fewshot_support import load_support_star
+from tomoclust.formats.stacks import open_stack
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.rule import (
+    load_particles,
+    log,
+    resolve_device,
+    run_info,
+    run_rule,
+    save_features,
+    write_info,
+)
 
 
 def _support(smk, particles, stack):

@@ -4,9 +4,16 @@ particles."""
 import time
 
 import torch
-from tomoclust.features import load_particles, run_info, save_features, write_info
-from tomoclust.invariants import invariant_features
-from tomoclust.logs import log, resolve_device, run_rule
+from tomoclust.features.invariant import invariant_features
+from tomoclust.rule import (
+    load_particles,
+    log,
+    resolve_device,
+    run_info,
+    run_rule,
+    save_features,
+    write_info,
+)
 
 
 def main(smk) -> None:

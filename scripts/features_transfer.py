@@ -6,10 +6,17 @@ import numpy as np
 import pandas as pd
 import torch
 from tomoclust import TomoclustError
-from tomoclust.features import load_particles, run_info, save_features, write_info
-from tomoclust.io import write_tsv
-from tomoclust.logs import log, resolve_device, run_rule
-from tomoclust.transfer import load_model, transfer_features
+from tomoclust.features.transfer import load_model, transfer_features
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.rule import (
+    load_particles,
+    log,
+    resolve_device,
+    run_info,
+    run_rule,
+    save_features,
+    write_info,
+)
 
 
 def main(smk) -> None:

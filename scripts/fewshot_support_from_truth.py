@@ -1,9 +1,9 @@
 """Rule fewshot_support_from_truth: a demo/test support STAR of a few truth-labelled picked
 particles per class, written exactly as a user's support STAR would be."""
 
-from tomoclust.fewshot_support import support_from_truth
-from tomoclust.io import read_star, write_star
-from tomoclust.logs import log, run_rule
+from tomoclust.features.fewshot_support import support_from_truth
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

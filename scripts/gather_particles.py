@@ -1,7 +1,7 @@
 """Rule gather_particles: all tomograms' subtomograms into particles.star + particles.mrcs."""
 
 from tomoclust.extract import gather_stacks
-from tomoclust.logs import log, run_rule
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

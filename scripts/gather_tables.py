@@ -1,8 +1,8 @@
 """Concatenate per-tomogram STAR tables into one (e.g. the simulation ground truth)."""
 
 import pandas as pd
-from tomoclust.io import read_star, write_star
-from tomoclust.logs import log, run_rule
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -2,10 +2,13 @@
 
 import json
 
-from tomoclust.external import import_coordinates, read_particles
+from tomoclust.external.coordinates import import_coordinates
+from tomoclust.external.names import read_particles
 from tomoclust.extract import plan_resampling
-from tomoclust.io import open_mrc, write_json, write_star, write_tsv
-from tomoclust.logs import log, run_rule
+from tomoclust.formats.atomic import write_json, write_tsv
+from tomoclust.formats.mrc import open_mrc
+from tomoclust.formats.star import write_star
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

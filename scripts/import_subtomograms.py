@@ -1,8 +1,8 @@
 """Rule import_subtomograms: another tool's subtomograms, resampled into particles.mrcs."""
 
-from tomoclust.external import import_subtomograms
-from tomoclust.io import write_json
-from tomoclust.logs import log, run_rule
+from tomoclust.external.subtomograms import import_subtomograms
+from tomoclust.formats.atomic import write_json
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -1,8 +1,9 @@
 """Rule ingest: validate, Fourier-bin and normalise one tomogram."""
 
+from tomoclust.formats.atomic import write_json
+from tomoclust.formats.mrc import write_mrc
 from tomoclust.ingest import ingest_tomogram
-from tomoclust.io import write_json, write_mrc
-from tomoclust.logs import log, run_rule
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -1,9 +1,9 @@
 """Rule particle_truth: the input STAR's class numbers as ground truth, aligned to the stack."""
 
 import numpy as np
-from tomoclust.external import truth_table
-from tomoclust.io import read_star, write_star
-from tomoclust.logs import log, run_rule
+from tomoclust.external.names import truth_table
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

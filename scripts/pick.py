@@ -1,9 +1,10 @@
 """Rule pick: difference-of-Gaussians picking in one tomogram."""
 
 from tomoclust.extract import edge_voxels, plan_resampling
-from tomoclust.io import open_mrc, particle_table, write_star
-from tomoclust.logs import log, resolve_device, run_rule
+from tomoclust.formats.mrc import open_mrc
+from tomoclust.formats.star import particle_table, write_star
 from tomoclust.pick import dog_pick, params_from_angst
+from tomoclust.rule import log, resolve_device, run_rule
 
 
 def main(smk) -> None:

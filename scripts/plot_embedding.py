@@ -3,9 +3,9 @@ when the input is simulated)."""
 
 import numpy as np
 from tomoclust.evaluate import truth_by_index, truth_classes
-from tomoclust.io import read_star
-from tomoclust.logs import log, run_rule
-from tomoclust.plots import plot_embedding
+from tomoclust.formats.star import read_star
+from tomoclust.report.plots import plot_embedding
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

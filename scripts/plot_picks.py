@@ -2,9 +2,10 @@
 when the input is simulated)."""
 
 import numpy as np
-from tomoclust.io import open_mrc, read_star, voxels_from_centered_angst
-from tomoclust.logs import log, run_rule
-from tomoclust.plots import plot_picks
+from tomoclust.formats.mrc import open_mrc
+from tomoclust.formats.star import read_star, voxels_from_centered_angst
+from tomoclust.report.plots import plot_picks
+from tomoclust.rule import log, run_rule
 
 CENTRED = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
 

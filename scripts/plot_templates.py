@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from tomoclust.io import read_mrc
-from tomoclust.logs import log, run_rule
-from tomoclust.plots import plot_central_slices
+from tomoclust.formats.mrc import read_mrc
+from tomoclust.report.plots import plot_central_slices
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -1,7 +1,7 @@
 """Rule *_table: a TSV table as a small HTML page for the report."""
 
-from tomoclust.logs import log, run_rule
-from tomoclust.report import read_tsv, write_html_table
+from tomoclust.report.tables import read_tsv, write_html_table
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -2,10 +2,13 @@
 templates at the particles' box and voxel size (episodic training data, or a simulated
 support set)."""
 
-from tomoclust.fewshot_sets import simulate_labelled_set
-from tomoclust.io import StackWriter, optics_table, read_mrc, write_json, write_star
-from tomoclust.logs import log, run_rule
-from tomoclust.simulate import CtfParams, Template
+from tomoclust.formats.atomic import write_json
+from tomoclust.formats.mrc import read_mrc
+from tomoclust.formats.stacks import StackWriter
+from tomoclust.formats.star import optics_table, write_star
+from tomoclust.rule import log, run_rule
+from tomoclust.simulate.labelled_sets import simulate_labelled_set
+from tomoclust.simulate.tomograms import CtfSettings, Template
 
 
 def main(smk) -> None:
@@ -16,7 +19,7 @@ def main(smk) -> None:
         dens, _ = read_mrc(path, what="template")
         templates.append(Template(name, i + 1, dens))
     stack, truth = simulate_labelled_set(
-        templates, int(s["n_per_class"]), box, vs, list(s["snr"]), ctf=CtfParams(**s["ctf"]),
+        templates, int(s["n_per_class"]), box, vs, list(s["snr"]), ctf=CtfSettings(**s["ctf"]),
         tilt_min=float(s["tilt"][0]), tilt_max=float(s["tilt"][1]), seed=int(s["seed"]))
     log.info("%d labelled subtomograms of %s at SNR %s (aitom convention), %d³ at %.3g Å",
              len(stack), ", ".join(smk.params.names), s["snr"], box, vs)

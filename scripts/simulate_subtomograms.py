@@ -1,8 +1,12 @@
 """Rule simulate_subtomograms: a labelled subtomogram set (subtomogram mode)."""
 
-from tomoclust.io import StackWriter, optics_table, read_mrc, write_json, write_star
-from tomoclust.logs import log, run_rule
-from tomoclust.simulate import CtfParams, Template, simulate_subtomograms
+from tomoclust.formats.atomic import write_json
+from tomoclust.formats.mrc import read_mrc
+from tomoclust.formats.stacks import StackWriter
+from tomoclust.formats.star import optics_table, write_star
+from tomoclust.rule import log, run_rule
+from tomoclust.simulate.subtomograms import simulate_subtomograms
+from tomoclust.simulate.tomograms import CtfSettings, Template
 
 
 def main(smk) -> None:
@@ -15,7 +19,7 @@ def main(smk) -> None:
         templates, n_per_class=int(s["n_per_class"]), box=int(s["box"]),
         voxel_size=float(s["voxel_size"]), snr=float(s["snr"]), convention=s["convention"],
         tilt_min=float(s["tilt_min"]), tilt_max=float(s["tilt_max"]),
-        ctf=CtfParams(**smk.params.ctf), include_empty=bool(s["include_empty"]),
+        ctf=CtfSettings(**smk.params.ctf), include_empty=bool(s["include_empty"]),
         seed=int(s["seed"]),
     )
     log.info("%d subtomograms; SNR nominal %.4g (%s), measured %.4g", res.info["n"],

@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import numpy as np
-from tomoclust.io import read_mrc, write_json, write_mrc, write_star, write_text
-from tomoclust.logs import log, run_rule
-from tomoclust.simulate import CtfParams, Template, TomogramSpec, simulate_tomogram
+from tomoclust.formats.atomic import write_json, write_text
+from tomoclust.formats.mrc import read_mrc, write_mrc
+from tomoclust.formats.star import write_star
+from tomoclust.rule import log, run_rule
+from tomoclust.simulate.tomograms import CtfSettings, Template, TomogramSettings, simulate_tomogram
 
 
 def main(smk) -> None:
@@ -14,7 +16,7 @@ def main(smk) -> None:
     for i, (name, path) in enumerate(zip(smk.params.names, smk.input.templates, strict=True)):
         dens, _ = read_mrc(path, what="template")
         templates.append(Template(name, i + 1, dens))
-    spec = TomogramSpec(
+    spec = TomogramSettings(
         name=smk.wildcards.tomo,
         shape=tuple(sim["shape"]),
         voxel_size=float(sim["voxel_size"]),
@@ -24,7 +26,7 @@ def main(smk) -> None:
         tilt_min=float(sim["tilt_min"]),
         tilt_max=float(sim["tilt_max"]),
         tilt_step=float(sim["tilt_step"]),
-        ctf=CtfParams(**sim["ctf"]),
+        ctf=CtfSettings(**sim["ctf"]),
         membranes=int(sim["membranes"]),
         gold_beads=int(sim["gold_beads"]),
         seed=int(smk.params.seed),

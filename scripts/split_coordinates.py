@@ -1,8 +1,8 @@
 """Rule split_coordinates: one coordinate STAR for all tomograms, split per sheet tomogram."""
 
-from tomoclust.external import read_particles, split_by_tomogram
-from tomoclust.io import write_star
-from tomoclust.logs import log, run_rule
+from tomoclust.external.names import read_particles, split_by_tomogram
+from tomoclust.formats.star import write_star
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

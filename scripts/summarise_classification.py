@@ -1,8 +1,8 @@
 """Rule summarise_classification: one table with every method's metrics."""
 
 import pandas as pd
-from tomoclust.io import write_tsv
-from tomoclust.logs import log, run_rule
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

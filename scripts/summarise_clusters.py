@@ -1,8 +1,8 @@
 """Rule summarise_clusters: K, class sizes and stability of every method in one table."""
 
-from tomoclust.io import write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.report import cluster_summary, write_html_table
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.report.tables import cluster_summary, write_html_table
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from tomoclust.io import read_star, write_tsv
-from tomoclust.logs import log, run_rule
-from tomoclust.report import picks_summary, write_html_table
+from tomoclust.formats.atomic import write_tsv
+from tomoclust.formats.star import read_star
+from tomoclust.report.tables import picks_summary, write_html_table
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -1,8 +1,8 @@
 """Rule template_density: an atomic model or map as a density map at the simulation voxel size."""
 
-from tomoclust.density import template_density
-from tomoclust.io import write_mrc
-from tomoclust.logs import log, run_rule
+from tomoclust.formats.mrc import write_mrc
+from tomoclust.rule import log, run_rule
+from tomoclust.simulate.density import template_density
 
 
 def main(smk) -> None:

@@ -4,11 +4,11 @@ import json
 import time
 
 import torch
-from tomoclust.features import run_info, save_state_dict, write_info
-from tomoclust.fewshot import describe, params_from_config, train_protonet
-from tomoclust.io import open_stack, read_star
-from tomoclust.logs import log, resolve_device, run_rule
-from tomoclust.train import Checkpoint, fingerprint
+from tomoclust.features.fewshot import describe, params_from_config, train_protonet
+from tomoclust.features.train import Checkpoint, fingerprint
+from tomoclust.formats.stacks import open_stack
+from tomoclust.formats.star import read_star
+from tomoclust.rule import log, resolve_device, run_info, run_rule, save_state_dict, write_info
 
 
 def main(smk) -> None:

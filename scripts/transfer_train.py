@@ -5,11 +5,12 @@ import time
 
 import torch
 from tomoclust import TomoclustError
-from tomoclust.features import run_info, write_info
-from tomoclust.io import open_stack, read_star
-from tomoclust.logs import log, resolve_device, run_rule
-from tomoclust.train import Checkpoint, fingerprint
-from tomoclust.transfer import TransferParams, save_model, train_transfer
+from tomoclust.features.train import Checkpoint, fingerprint
+from tomoclust.features.transfer import save_model, train_transfer
+from tomoclust.features.transfer_settings import TransferSettings
+from tomoclust.formats.stacks import open_stack
+from tomoclust.formats.star import read_star
+from tomoclust.rule import log, resolve_device, run_info, run_rule, write_info
 
 
 def main(smk) -> None:
@@ -25,7 +26,7 @@ def main(smk) -> None:
         raise TomoclustError(f"{smk.input.star} has {len(df)} rows but {smk.input.stack} "
                              f"holds {len(stack)} volumes")
     labels = df["rlnClassNumber"].to_numpy() - 1
-    params = TransferParams(**smk.params.transfer)
+    params = TransferSettings(**smk.params.transfer)
     log.info("training on %d boxes of %d classes, device %s, %s", len(df), len(names), device,
              params.as_dict())
     fp = fingerprint({"training": params.as_dict(), "set": set_info["params"]}, smk.input.stack)

@@ -1,14 +1,18 @@
 """Rule transfer_training_set: simulated labelled subtomograms of the transfer template library."""
 
 import pandas as pd
-from tomoclust.io import StackWriter, optics_table, read_mrc, write_json, write_star
-from tomoclust.logs import log, run_rule
-from tomoclust.simulate import Template
-from tomoclust.transfer import TrainingSetParams, simulate_training_set
+from tomoclust.features.transfer import simulate_training_set
+from tomoclust.features.transfer_settings import TrainingSetSettings
+from tomoclust.formats.atomic import write_json
+from tomoclust.formats.mrc import read_mrc
+from tomoclust.formats.stacks import StackWriter
+from tomoclust.formats.star import optics_table, write_star
+from tomoclust.rule import log, run_rule
+from tomoclust.simulate.tomograms import Template
 
 
 def main(smk) -> None:
-    params = TrainingSetParams(**smk.params.settings)
+    params = TrainingSetSettings(**smk.params.settings)
     templates = []
     for i, (name, path) in enumerate(zip(smk.params.names, smk.input.templates, strict=True)):
         dens, _ = read_mrc(path, what="template")

@@ -1,8 +1,8 @@
 """Rule truth_map: a simulation template resampled to the extraction voxel size and box."""
 
-from tomoclust.io import read_mrc, write_mrc
-from tomoclust.logs import log, run_rule
-from tomoclust.maps import resample_map
+from tomoclust.formats.mrc import read_mrc, write_mrc
+from tomoclust.numerics.class_maps import resample_map
+from tomoclust.rule import log, run_rule
 
 
 def main(smk) -> None:

@@ -1,4 +1,5 @@
-"""tomoclust.augment: batch rotation (convention, fill), proper rotations, missing wedge."""
+"""tomoclust.features.augment: batch rotation (convention, fill), proper rotations, missing
+wedge."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 import torch
 from conftest import DEVICES
 from scipy import ndimage
-from tomoclust import augment as aug
-from tomoclust.fourier import wedge_mask
-from tomoclust.rotation import random_rotations, rotate_volume
+from tomoclust.features import augment as aug
+from tomoclust.numerics.fourier import wedge_mask
+from tomoclust.numerics.rotations import random_rotations, rotate_volume
 
 
 def _blob(d: int, centre_xyz: np.ndarray, sigma: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""tomoclust.autoencoder: a tiny training run, its outputs, and resuming from a checkpoint."""
+"""tomoclust.features.autoencoder: a tiny training run, its outputs, and resuming from a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 from conftest import DEVICES, Interrupt, interrupt_after
 from test_disca import planted_shapes
-from tomoclust.autoencoder import AutoencoderParams, describe, run_autoencoder
-from tomoclust.train import Checkpoint, fingerprint
+from tomoclust.features.autoencoder import AutoencoderSettings, describe, run_autoencoder
+from tomoclust.features.train import Checkpoint, fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,8 @@ def stack():
     return planted_shapes(n_per=12, d=16)[0]
 
 
-def _params(**kw) -> AutoencoderParams:
-    return AutoencoderParams(**{**dict(code_dim=6, channels=4, epochs=2, batch_size=8), **kw})
+def _params(**kw) -> AutoencoderSettings:
+    return AutoencoderSettings(**{**dict(code_dim=6, channels=4, epochs=2, batch_size=8), **kw})
 
 
 @pytest.mark.parametrize("device", DEVICES)

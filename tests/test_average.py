@@ -1,5 +1,5 @@
 """Subtomogram averaging (tomoclust.average): SO(3) grid, FSC invariants, constrained
-correlation, conventions shared with tomoclust.rotation, a planted set averaged back, and
+correlation, conventions shared with tomoclust.numerics.rotations, a planted set averaged back, and
 classes too small to average."""
 
 from __future__ import annotations
@@ -16,20 +16,26 @@ from tomoclust.average import (
     _PaddedSpectrum,
     _search,
     average_class,
+    fsc_against_truth,
+    transform_volumes,
+)
+from tomoclust.numerics.class_maps import (
     classes_to_average,
     ctf_phase_flip,
     dominant_class,
     fsc,
-    fsc_against_truth,
-    local_grid,
     resample_map,
     resolution_at,
-    so3_grid,
     soft_sphere,
-    transform_volumes,
 )
-from tomoclust.fourier import wedge_mask
-from tomoclust.rotation import angular_distance_deg, random_rotations, rotate_volume
+from tomoclust.numerics.fourier import wedge_mask
+from tomoclust.numerics.rotations import (
+    angular_distance_deg,
+    local_grid,
+    random_rotations,
+    rotate_volume,
+    so3_grid,
+)
 
 
 def _phantom(box: int, rng: np.random.Generator, n_blobs: int = 8) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""tomoclust.ctf: sign convention, zeros, envelope, grids."""
+"""tomoclust.numerics.ctf: sign convention, zeros, envelope, grids."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from tomoclust.ctf import ctf_1d, ctf_grid, electron_wavelength
+from tomoclust.numerics.ctf import ctf_1d, ctf_grid, electron_wavelength
 
 
 def _first_zero(k, values):

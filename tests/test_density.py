@@ -1,4 +1,4 @@
-"""tomoclust.density: atoms and maps to density at a voxel size."""
+"""tomoclust.simulate.density: atoms and maps to density at a voxel size."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 from tomoclust import TomoclustError
-from tomoclust.density import (
+from tomoclust.formats.mrc import write_mrc
+from tomoclust.simulate.density import (
     atoms_to_density,
     bounding_radius,
     fit_box,
@@ -16,7 +17,6 @@ from tomoclust.density import (
     map_to_density,
     template_density,
 )
-from tomoclust.io import write_mrc
 
 
 def _com_zyx(vol):

@@ -1,4 +1,5 @@
-"""tomoclust.disca: label matching, the Mahalanobis Davies–Bouldin index, DISCA on a planted
+"""tomoclust.features.disca: label matching, the Mahalanobis Davies–Bouldin index, DISCA on a
+planted
 set of two shapes, configuration, and resuming a killed run from its checkpoint (in the
 library and as a SIGKILLed process)."""
 
@@ -19,17 +20,17 @@ import torch
 from conftest import DEVICES, REPO, Interrupt, interrupt_after
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
-from tomoclust.disca import (
-    DiscaParams,
+from tomoclust.features.disca import (
+    DiscaSettings,
     davies_bouldin_mahalanobis,
     describe,
     match_labels,
     params_from_config,
     run_disca,
 )
-from tomoclust.metrics import hungarian_accuracy
-from tomoclust.rotation import random_rotations, rotate_volume
-from tomoclust.train import Checkpoint, fingerprint
+from tomoclust.features.train import Checkpoint, fingerprint
+from tomoclust.numerics.metrics import hungarian_accuracy
+from tomoclust.numerics.rotations import random_rotations, rotate_volume
 
 
 @pytest.fixture(autouse=True)
@@ -63,11 +64,11 @@ def shapes():
     return planted_shapes()
 
 
-def _params(**kw) -> DiscaParams:
+def _params(**kw) -> DiscaSettings:
     # 48 particles: 3 principal components keep the full-covariance GMM well determined
     base = dict(preset="tiny", iterations=3, k_max=4, batch_size=16, pca_components=3,
                 head_warmup_steps=20, seed=0)
-    return DiscaParams(**{**base, **kw})
+    return DiscaSettings(**{**base, **kw})
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -258,8 +259,8 @@ _JOB = '''
 import sys, time
 from pathlib import Path
 import numpy as np
-from tomoclust.logs import setup_logging
-from tomoclust.train import Checkpoint, fingerprint
+from tomoclust.rule import setup_logging
+from tomoclust.features.train import Checkpoint, fingerprint
 
 method, stack_path, ckpt_path, out, pause_after = sys.argv[1:6]
 out, pause_after = Path(out), int(pause_after)
@@ -273,15 +274,15 @@ def hook(i):
         time.sleep(600)
 
 if method == "disca":
-    from tomoclust.disca import DiscaParams, describe, run_disca
-    params = DiscaParams(preset="tiny", iterations=5, k_max=3, batch_size=16, pca_components=3,
+    from tomoclust.features.disca import DiscaSettings, describe, run_disca
+    params = DiscaSettings(preset="tiny", iterations=5, k_max=3, batch_size=16, pca_components=3,
                          head_warmup_steps=10, convergence=1.0, augment="wedge_symmetric")
     ckpt = Checkpoint(ckpt_path, fingerprint(describe(params), stack_path))
     res = run_disca(stack, params, "cpu", checkpoint=ckpt, history_path=out / "history.tsv",
                     on_iteration=hook)
 else:
-    from tomoclust.autoencoder import AutoencoderParams, describe, run_autoencoder
-    params = AutoencoderParams(code_dim=4, channels=2, epochs=5, batch_size=16)
+    from tomoclust.features.autoencoder import AutoencoderSettings, describe, run_autoencoder
+    params = AutoencoderSettings(code_dim=4, channels=2, epochs=5, batch_size=16)
     ckpt = Checkpoint(ckpt_path, fingerprint(describe(params), stack_path))
     res = run_autoencoder(stack, params, "cpu", checkpoint=ckpt,
                           history_path=out / "history.tsv", on_epoch=hook)

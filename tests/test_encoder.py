@@ -16,8 +16,7 @@ import pytest
 import torch
 import yaml
 from tomoclust import TomoclustError
-from tomoclust.density import bounding_radius
-from tomoclust.encoder import (
+from tomoclust.features.encoder import (
     DEFAULT_MODEL,
     EncoderConfig,
     SubtomoEncoder,
@@ -29,7 +28,14 @@ from tomoclust.encoder import (
     resolve_model,
     save_encoder,
 )
-from tomoclust.pretrain import HELD_OUT, Imager, ImagingParams, pseudo_molecule, supcon_loss
+from tomoclust.features.pretrain import (
+    HELD_OUT,
+    Imager,
+    ImagingParams,
+    pseudo_molecule,
+    supcon_loss,
+)
+from tomoclust.simulate.density import bounding_radius
 
 TINY = EncoderConfig(channels=(2, 4, 4, 4), hidden=8, embed_dim=4)
 
@@ -258,12 +264,12 @@ def test_shipped_encoder_runs_from_a_separate_project_directory(tmp_path, repo):
     proj = tmp_path / "proj"
     proj.mkdir()
     cfg = _project_config(repo, proj, ["transfer"])
-    proc = _snakemake(repo, proj, "--configfile", str(cfg),
-                      "results/features/transfer/features.npy", timeout=600)
+    proc = _snakemake(repo, proj, "results/features/transfer/features.npy",
+                      "--configfile", str(cfg), timeout=600)
     assert proc.returncode == 0, _output(proc)[-5000:]
     res = proj / "results/features/transfer"
     feats = np.load(res / "features.npy")
-    from tomoclust.io import read_star
+    from tomoclust.formats.star import read_star
 
     n = len(read_star(proj / "results/particles/particles.star"))
     assert feats.shape == (n, 64) and np.isfinite(feats).all()
@@ -298,18 +304,18 @@ def test_copied_model_is_used_from_the_project(tmp_path, repo):
 
 # ------------------------------------------------------------ few-shot and DISCA start from it
 def test_disca_backbone_starts_from_the_encoder_and_fine_tunes(tmp_path):
-    from tomoclust.disca import DiscaParams, describe, run_disca
-    from tomoclust.encoder import EncoderClassifier
+    from tomoclust.features.disca import DiscaSettings, describe, run_disca
+    from tomoclust.features.encoder import EncoderClassifier
 
     path, model = _saved(tmp_path)
     x = np.random.default_rng(0).standard_normal((30, 16, 16, 16)).astype(np.float32)
     clf = EncoderClassifier.from_file(path).eval()
     np.testing.assert_allclose(embed(clf.encoder, x), embed(model, x), atol=1e-6)
-    params = DiscaParams(pretrained=str(path), init="network", iterations=1, k_max=3,
+    params = DiscaSettings(pretrained=str(path), init="network", iterations=1, k_max=3,
                          pca_components=2, batch_size=10, head_warmup_steps=2)
     assert describe(params)["network"]["pretrained"] == json.loads(
         manifest_path(path).read_text())["sha256"]
-    from tomoclust.train import Checkpoint
+    from tomoclust.features.train import Checkpoint
 
     ck = Checkpoint(tmp_path / "disca.pt", "fp")
     res = run_disca(x, params, "cpu", checkpoint=ck)
@@ -322,18 +328,18 @@ def test_disca_backbone_starts_from_the_encoder_and_fine_tunes(tmp_path):
 
 @pytest.mark.parametrize("variant", ["protonet3d", "protonet_ce"])
 def test_fewshot_on_the_frozen_encoder_keeps_its_weights(tmp_path, variant):
-    from tomoclust.fewshot import FewShotParams, train_protonet
+    from tomoclust.features.fewshot import FewShotSettings, train_protonet
 
     path, model = _saved(tmp_path)
     x = np.random.default_rng(0).standard_normal((24, 16, 16, 16)).astype(np.float32)
     y = np.repeat(np.arange(3), 8)
-    params = FewShotParams(variant=variant, pretrained=str(path), epochs=1,
+    params = FewShotSettings(variant=variant, pretrained=str(path), epochs=1,
                            episodes_per_epoch=2, shot=2, query=3)
     res = train_protonet(x, y, params, "cpu")
     for k, v in model.state_dict().items():
         assert torch.equal(v, res.model.encoder.net.state_dict()[k]), k
     assert len(res.history) == (0 if variant == "protonet3d" else 1)
-    tuned = train_protonet(x, y, FewShotParams(variant=variant, pretrained=str(path),
+    tuned = train_protonet(x, y, FewShotSettings(variant=variant, pretrained=str(path),
                                                finetune=True, epochs=1, episodes_per_epoch=2,
                                                shot=2, query=3), "cpu")
     assert any(not torch.equal(v, tuned.model.encoder.net.state_dict()[k])

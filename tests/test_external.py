@@ -14,24 +14,25 @@ import pandas as pd
 import pytest
 import starfile
 from tomoclust import TomoclustError
-from tomoclust.external import (
+from tomoclust.evaluate import truth_by_index
+from tomoclust.external.coordinates import detect_convention, import_coordinates
+from tomoclust.external.names import (
     TRUTH_COLUMN,
-    detect_convention,
-    import_coordinates,
-    import_subtomograms,
     match_names,
     name_stem,
     original_name,
-    parse_image_name,
     read_particles,
     split_by_tomogram,
-    truth_by_index,
     truth_table,
 )
+from tomoclust.external.subtomograms import import_subtomograms
 from tomoclust.extract import extract_boxes, plan_resampling
+from tomoclust.formats.image_names import parse_image_name
+from tomoclust.formats.mrc import write_mrc
+from tomoclust.formats.stacks import open_stack
+from tomoclust.formats.star import read_star
+from tomoclust.formats.starhead import has_class_numbers, star_labels
 from tomoclust.ingest import ingest_tomogram
-from tomoclust.io import open_stack, read_star, write_mrc
-from tomoclust.starhead import has_class_numbers, star_labels
 
 SHAPE = (41, 64, 80)  # z, y, x: an odd z exercises RELION 5's size / 2.0 centre
 VS = 10.0

@@ -14,7 +14,8 @@ from tomoclust.extract import (
     gather_stacks,
     plan_resampling,
 )
-from tomoclust.io import StackWriter, open_stack, particle_table, read_star, write_star
+from tomoclust.formats.stacks import StackWriter, open_stack
+from tomoclust.formats.star import particle_table, read_star, write_star
 
 
 def _blob(shape, centre_zyx, sigma):

@@ -16,8 +16,8 @@ import torch
 from conftest import DEVICES, Interrupt, interrupt_after
 from test_workflow import _write_config as write_tiny_config
 from tomoclust import TomoclustError
-from tomoclust.fewshot import (
-    FewShotParams,
+from tomoclust.features.fewshot import (
+    FewShotSettings,
     ProtoNet,
     SetAttention,
     classify,
@@ -28,11 +28,11 @@ from tomoclust.fewshot import (
     train_protonet,
     wedge_preserving_turns,
 )
-from tomoclust.fewshot_sets import simulate_labelled_set
-from tomoclust.fewshot_support import load_support_star, support_from_truth
-from tomoclust.io import read_star, write_star
-from tomoclust.rotation import random_rotations, rotate_volume
-from tomoclust.train import Checkpoint
+from tomoclust.features.fewshot_support import load_support_star, support_from_truth
+from tomoclust.features.train import Checkpoint
+from tomoclust.formats.star import read_star, write_star
+from tomoclust.numerics.rotations import random_rotations, rotate_volume
+from tomoclust.simulate.labelled_sets import simulate_labelled_set
 
 # ------------------------------------------------------------------ prototypes and logits
 
@@ -58,7 +58,7 @@ def test_squared_distances_match_cdist(rng):
 def test_query_equal_to_a_prototype_gets_it(rng, variant):
     """Planted, well separated prototypes: each prototype as a query scores highest on itself;
     ProtoNet3D's logit for it is exactly 0 (distance 0), the others are -distance²/T."""
-    params = FewShotParams(variant=variant, width=2, blocks=1, temperature=2.0, ce_weight=0.0)
+    params = FewShotSettings(variant=variant, width=2, blocks=1, temperature=2.0, ce_weight=0.0)
     model = ProtoNet(8, params).eval()
     dim = model.dim
     protos = torch.as_tensor(rng.normal(scale=5.0, size=(4, dim)), dtype=torch.float32)
@@ -75,7 +75,7 @@ def test_query_equal_to_a_prototype_gets_it(rng, variant):
 
 def test_protonet_ce_mixes_plain_and_adapted_distances(rng):
     torch.manual_seed(0)
-    p_half = FewShotParams(variant="protonet_ce", width=2, blocks=1, ce_weight=0.5)
+    p_half = FewShotSettings(variant="protonet_ce", width=2, blocks=1, ce_weight=0.5)
     model = ProtoNet(8, p_half).eval()
     protos = torch.randn(3, model.dim)
     q = torch.randn(5, model.dim)
@@ -90,7 +90,7 @@ def test_protonet_ce_mixes_plain_and_adapted_distances(rng):
 
 def test_encoder_gets_gradient_only_through_the_plain_term():
     torch.manual_seed(0)
-    params = FewShotParams(variant="protonet_ce", width=2, blocks=1, ce_weight=1.0)
+    params = FewShotSettings(variant="protonet_ce", width=2, blocks=1, ce_weight=1.0)
     model = ProtoNet(8, params)
     x = torch.randn(6, 1, 8, 8, 8)
     emb = model.embed(x)
@@ -104,14 +104,14 @@ def test_encoder_gets_gradient_only_through_the_plain_term():
 
 
 def test_encoder_output_size_and_too_small_box():
-    enc = ProtoNet(32, FewShotParams(preset="published")).encoder
+    enc = ProtoNet(32, FewShotSettings(preset="published")).encoder
     assert enc.out_dim == 512  # 64 channels × 2³ at 32³: the paper's size
     assert enc(torch.zeros(2, 1, 32, 32, 32)).shape == (2, 512)
-    assert ProtoNet(16, FewShotParams(preset="light")).dim == 16
+    assert ProtoNet(16, FewShotSettings(preset="light")).dim == 16
     with pytest.raises(TomoclustError, match="too small"):
-        ProtoNet(8, FewShotParams())
+        ProtoNet(8, FewShotSettings())
     with pytest.raises(TomoclustError, match="variant"):
-        FewShotParams(variant="protonet")
+        FewShotSettings(variant="protonet")
 
 
 # ----------------------------------------------------------------------------- attention
@@ -129,7 +129,7 @@ def test_set_attention_shapes_and_permutation_equivariance(rng):
 
 def test_protonet_ce_logits_follow_a_permutation_of_the_prototypes(rng):
     torch.manual_seed(2)
-    model = ProtoNet(8, FewShotParams(variant="protonet_ce", width=2, blocks=1)).eval()
+    model = ProtoNet(8, FewShotSettings(variant="protonet_ce", width=2, blocks=1)).eval()
     protos = torch.as_tensor(rng.normal(size=(4, model.dim)), dtype=torch.float32)
     q = torch.as_tensor(rng.normal(size=(7, model.dim)), dtype=torch.float32)
     perm = torch.tensor([2, 0, 3, 1])
@@ -161,7 +161,7 @@ def test_wedge_preserving_turns_are_180_degree_rotations(rng, symmetric):
     """Each output is the input turned by 180° about y (any wedge), or about x or z
     (symmetric tilt ranges only), or unchanged: compared with rotate_volume on an odd box,
     where the grid centre is exact; and the missing wedge maps onto itself."""
-    from tomoclust.fourier import wedge_mask
+    from tomoclust.numerics.fourier import wedge_mask
 
     x = torch.as_tensor(rng.normal(size=(64, 1, 9, 9, 9)), dtype=torch.float32)
     y = wedge_preserving_turns(x, np.random.default_rng(0), symmetric_wedge=symmetric)
@@ -213,7 +213,7 @@ def test_short_training_beats_chance_on_easy_classes(variant, device):
     train_x, train_y = _shapes(20, 16, rng, noise=0.1)
     test_x, test_y = _shapes(12, 16, rng, noise=0.1)
     torch.set_num_threads(1)
-    params = FewShotParams(variant=variant, width=8, way=3, shot=3, query=5, epochs=4,
+    params = FewShotSettings(variant=variant, width=8, way=3, shot=3, query=5, epochs=4,
                            episodes_per_epoch=10, lr_step=2, seed=0)
     res = train_protonet(train_x, train_y, params, device)
     assert res.history["epoch"].tolist() == [0, 1, 2, 3]
@@ -239,7 +239,7 @@ def test_killed_training_resumes_to_the_same_model(tmp_path, caplog, device):
     tol = 1e-6 if device == "cpu" else 1e-4  # cuDNN backward sums in any order
     rng = np.random.default_rng(3)
     x, y = _shapes(8, 16, rng)
-    params = FewShotParams(variant="protonet_ce", width=4, way=3, shot=2, query=3, epochs=3,
+    params = FewShotSettings(variant="protonet_ce", width=4, way=3, shot=2, query=3, epochs=3,
                            episodes_per_epoch=3, lr_step=1, seed=5)
     full = train_protonet(x, y, params, device)
 
@@ -371,7 +371,7 @@ def test_support_from_truth_is_a_valid_user_star(tmp_path):
 
 
 def test_simulated_labelled_set_covers_every_class_at_every_snr():
-    from tomoclust.simulate import Template
+    from tomoclust.simulate.tomograms import Template
 
     z, y, x = np.indices((12, 12, 12)) - 6
     ball = np.exp(-(x**2 + y**2 + z**2) / 8.0)

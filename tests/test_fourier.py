@@ -1,10 +1,10 @@
-"""tomoclust.fourier: Fourier resampling, exact binning shapes, low-pass, missing wedge."""
+"""tomoclust.numerics.fourier: Fourier resampling, exact binning shapes, low-pass, missing wedge."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from tomoclust.fourier import (
+from tomoclust.numerics.fourier import (
     binned_shape,
     fourier_resample,
     freq_grid,

@@ -9,8 +9,8 @@ import mrcfile
 import numpy as np
 import pytest
 from tomoclust import TomoclustError
+from tomoclust.formats.mrc import write_mrc
 from tomoclust.ingest import ingest_tomogram
-from tomoclust.io import write_mrc
 
 
 def _raw_mrc(path, data, voxel_size=None):

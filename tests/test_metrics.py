@@ -1,10 +1,10 @@
-"""tomoclust.metrics: Hungarian accuracy, confusion matrix and the metric table."""
+"""tomoclust.numerics.metrics: Hungarian accuracy, confusion matrix and the metric table."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from tomoclust.metrics import clustering_metrics, confusion, hungarian_accuracy
+from tomoclust.numerics.metrics import clustering_metrics, confusion, hungarian_accuracy
 
 KEYS = ["n", "n_classes", "n_clusters", "accuracy", "ari", "nmi", "v_measure", "homogeneity",
         "completeness"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import DEVICES
-from tomoclust.io import open_mrc, write_mrc
-from tomoclust.pick import DogParams, dog_pick, gaussian_kernel, params_from_angst
+from tomoclust.formats.mrc import open_mrc, write_mrc
+from tomoclust.pick import DogSettings, dog_pick, gaussian_kernel, params_from_angst
 
 SHAPE = (40, 48, 48)
 COLUMNS = ["x", "y", "z", "score", "zscore"]
@@ -174,7 +174,7 @@ def test_no_picks_gives_empty_table_with_columns(planted):
     assert len(picks) == 0
     assert list(picks.columns) == COLUMNS
     # a constant volume has no robust spread: nothing passes
-    flat = dog_pick(np.ones(SHAPE, dtype=np.float32), DogParams(sigma=2.0, threshold=1.0))
+    flat = dog_pick(np.ones(SHAPE, dtype=np.float32), DogSettings(sigma=2.0, threshold=1.0))
     assert len(flat) == 0 and list(flat.columns) == COLUMNS
 
 
@@ -275,9 +275,9 @@ def test_coarse_score_map_equals_the_full_resolution_one(rng, b):
     from tomoclust.pick import _dog_numpy
 
     vol = ndimage.gaussian_filter(rng.standard_normal((48, 60, 54)), 2.0).astype(np.float32)
-    p = DogParams(sigma=4.0, ratio=1.1)
+    p = DogSettings(sigma=4.0, ratio=1.1)
     fine, _, _ = _dog_numpy(vol, p)
-    coarse, peaks, mag = _dog_numpy(vol, DogParams(sigma=4.0, ratio=1.1, bin=b))
+    coarse, peaks, mag = _dog_numpy(vol, DogSettings(sigma=4.0, ratio=1.1, bin=b))
     assert mag == pytest.approx(float(np.abs(vol).max()), rel=0.5)
     # fine map at the block centres (linear interpolation for half-voxel centres)
     pos = [b * np.arange(m) + (b - 1) / 2 for m in coarse.shape]

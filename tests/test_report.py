@@ -23,15 +23,15 @@ import yaml
 from test_workflow import _job_stats, _output, _snakemake
 from test_workflow import _write_config as _write_tiny_config
 from tomoclust import TomoclustError
-from tomoclust.io import read_star
-from tomoclust.plots import (
+from tomoclust.formats.star import read_star
+from tomoclust.report.plots import (
     in_slab,
     plot_central_slices,
     plot_embedding,
     plot_picks,
     slab_bounds,
 )
-from tomoclust.report import cluster_summary, html_table, picks_summary, write_html_table
+from tomoclust.report.tables import cluster_summary, html_table, picks_summary, write_html_table
 
 
 # ------------------------------------------------------------------ reading a built report

@@ -1,4 +1,5 @@
-"""tomoclust.sheet: the tomogram sheet is validated with errors naming the sheet and line."""
+"""tomoclust.formats.sheet: the tomogram sheet is validated with errors naming the sheet and
+line."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 import pytest
 from tomoclust import TomoclustError
-from tomoclust.sheet import coordinate_files, load_sheet
+from tomoclust.formats.sheet import coordinate_files, load_sheet
 
 
 @pytest.fixture

@@ -14,19 +14,14 @@ import itertools
 
 import numpy as np
 import pytest
-import tomoclust.simulate as simulate_module
+import tomoclust.simulate.subtomograms as simulate_module
 from tomoclust import TomoclustError
-from tomoclust.ctf import ctf_grid
-from tomoclust.density import fit_box
-from tomoclust.fourier import wedge_mask
-from tomoclust.rotation import relion_matrix, rotate_volume
-from tomoclust.simulate import (
-    CtfParams,
-    Template,
-    TomogramSpec,
-    simulate_subtomograms,
-    simulate_tomogram,
-)
+from tomoclust.numerics.ctf import ctf_grid
+from tomoclust.numerics.fourier import wedge_mask
+from tomoclust.numerics.rotations import relion_matrix, rotate_volume
+from tomoclust.simulate.density import fit_box
+from tomoclust.simulate.subtomograms import simulate_subtomograms
+from tomoclust.simulate.tomograms import CtfSettings, Template, TomogramSettings, simulate_tomogram
 
 TRUTH_COLUMNS = [
     "rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ",
@@ -92,7 +87,7 @@ def _spec(**kw):
     base = dict(name="t01", shape=(32, 64, 64), voxel_size=10.0, counts={"big": 6, "small": 8},
                 snr=0.5, seed=3)
     base.update(kw)
-    return TomogramSpec(**base)
+    return TomogramSettings(**base)
 
 
 # ------------------------------------------------------------------------- tomogram mode
@@ -314,7 +309,7 @@ def test_subtomograms_truth_angles_and_shifts_describe_the_boxes(templates):
     wedge-filtered: the recorded angles and shifts are the ones applied."""
     box, vs = 24, 10.0
     res = _subtomo(templates, n_per_class=4, snr=1e4, max_shift_vox=1.5, normalise=False)
-    ctf = CtfParams()
+    ctf = CtfSettings()
     ctf3 = ctf_grid((box,) * 3, vs, rfft=True, **ctf.as_kwargs())
     wedge = wedge_mask((box,) * 3, -60, 60, rfft=True)
     dens = {t.class_number: fit_box(t.density, box) for t in templates}

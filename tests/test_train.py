@@ -1,4 +1,5 @@
-"""tomoclust.train: checkpoints (round trip, fingerprints, corrupt files), batches, inference,
+"""tomoclust.features.train: checkpoints (round trip, fingerprints, corrupt files), batches,
+inference,
 generator state."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DEVICES
-from tomoclust.train import (
+from tomoclust.features.train import (
     Checkpoint,
     batches,
     fingerprint,

@@ -1,4 +1,4 @@
-"""tomoclust.transfer: the network's shapes, the simulated training set, a planted-signal
+"""tomoclust.features.transfer: the network's shapes, the simulated training set, a planted-signal
 training run, checkpoint resume, saving/loading, the cache keys, and the workflow rules on the
 tiny configuration (tests/data/tiny_transfer.yaml) with their rerun triggers."""
 
@@ -21,25 +21,27 @@ from sklearn.metrics import v_measure_score
 from test_workflow import _job_stats, _output, _snakemake
 from test_workflow import _write_config as write_tiny_config
 from tomoclust import TomoclustError
-from tomoclust.fourier import wedge_mask
-from tomoclust.io import read_star
-from tomoclust.simulate import Template
-from tomoclust.train import Checkpoint, fingerprint
-from tomoclust.transfer import (
-    NO_PARTICLE,
-    TrainingSetParams,
+from tomoclust.features.train import Checkpoint, fingerprint
+from tomoclust.features.transfer import (
     TransferNet,
-    TransferNetConfig,
-    TransferParams,
     load_model,
-    model_key,
     save_model,
     simulate_training_set,
     train_transfer,
-    training_set_key,
     transfer_features,
     wedge_preserving_turn,
 )
+from tomoclust.features.transfer_settings import (
+    NO_PARTICLE,
+    TrainingSetSettings,
+    TransferNetSettings,
+    TransferSettings,
+    model_key,
+    training_set_key,
+)
+from tomoclust.formats.star import read_star
+from tomoclust.numerics.fourier import wedge_mask
+from tomoclust.simulate.tomograms import Template
 
 
 def _shapes(d: int = 16) -> list[Template]:
@@ -53,16 +55,16 @@ def _shapes(d: int = 16) -> list[Template]:
             for i, (nm, v) in enumerate([("ball", ball), ("rod", rod), ("dumbbell", dumbbell)])]
 
 
-def _set_params(**kw) -> TrainingSetParams:
+def _set_params(**kw) -> TrainingSetSettings:
     base = dict(box=16, voxel_size=12.0, n_per_class=40, snr_min=3.0, snr_max=10.0,
                 snr_groups=2, max_shift_vox=0.5, seed=0)
-    return TrainingSetParams(**{**base, **kw})
+    return TrainingSetSettings(**{**base, **kw})
 
 
-def _params(**kw) -> TransferParams:
+def _params(**kw) -> TransferSettings:
     base = dict(width=8, stages=2, hidden=32, input_binning=1, epochs=3, batch_size=16,
                 lr=3e-3, seed=0)
-    return TransferParams(**{**base, **kw})
+    return TransferSettings(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def easy_set():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("box,binning", [(16, 1), (32, 2), (24, 1)])
 def test_network_shapes(device, box, binning):
-    net = TransferNet(TransferNetConfig(n_classes=13, width=4, stages=3,
+    net = TransferNet(TransferNetSettings(n_classes=13, width=4, stages=3,
                                         input_binning=binning)).to(device).eval()
     x = torch.randn(5, 1, box, box, box, device=device)
     with torch.inference_mode():

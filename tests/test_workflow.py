@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from tomoclust.io import open_stack, read_star
+from tomoclust.formats.stacks import open_stack
+from tomoclust.formats.star import read_star
 
 pytestmark = pytest.mark.slow
 

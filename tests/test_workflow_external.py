@@ -22,7 +22,9 @@ import pytest
 import starfile
 import yaml
 from test_workflow import _job_stats, _output, _snakemake
-from tomoclust.io import open_stack, read_star, write_mrc
+from tomoclust.formats.mrc import write_mrc
+from tomoclust.formats.stacks import open_stack
+from tomoclust.formats.star import read_star
 
 pytestmark = pytest.mark.slow
 

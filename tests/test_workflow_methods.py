@@ -19,7 +19,8 @@ import pytest
 import torch
 from test_workflow import SNAKEMAKE, _job_stats, _output, _snakemake
 from test_workflow import _write_config as _write_tiny_config
-from tomoclust.io import read_mrc, read_star
+from tomoclust.formats.mrc import read_mrc
+from tomoclust.formats.star import read_star
 
 pytestmark = pytest.mark.slow
 

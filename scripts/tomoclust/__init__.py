@@ -1,22 +1,37 @@
 """tomoclust: find which macromolecules are in cryo-electron tomograms, without labels.
 
-The library behind the Snakemake workflow. Modules each do one job:
+The library behind the Snakemake workflow, in rooms. Lower rooms never import higher ones
+(checked by the import-linter contract in pyproject.toml):
 
-- :mod:`tomoclust.io`        MRC / STAR / TSV reading and atomic writing (the only place
-                             where ``zyx`` arrays meet ``xyz`` tables)
-- :mod:`tomoclust.fourier`   Fourier cropping/padding, radial grids, filters, missing wedge
-- :mod:`tomoclust.rotation`  RELION Euler conventions, uniform proper rotations, volume rotation
-- :mod:`tomoclust.ctf`       phase-contrast CTF in 2D and 3D
-- :mod:`tomoclust.density`   atomic models (PDB/mmCIF) and maps to density at a voxel size
-- :mod:`tomoclust.tomo`      tilt-series projection and weighted back-projection
-- :mod:`tomoclust.simulate`  crowded tomograms and subtomogram sets with ground truth
-- :mod:`tomoclust.ingest`    validation and normalisation of user tomograms
-- :mod:`tomoclust.pick`      difference-of-Gaussians particle picking (numpy and torch)
-- :mod:`tomoclust.extract`   subtomogram extraction, resampling and stacking
-- :mod:`tomoclust.evaluate`  picking evaluation against ground truth
-- :mod:`tomoclust.external`  other tools' coordinates (RELION 3/4/5, pytom-match-pick,
-                             TomoTwin) and subtomograms in; their class numbers as truth
-- :mod:`tomoclust.starhead`  STAR block and column names without parsing the data
+- :mod:`tomoclust.formats`    files: ``atomic`` (temp file + rename for every output, JSON/TSV/
+                              text/npy), ``mrc`` volumes, ``stacks`` (MRC stacks of subtomograms),
+                              ``star`` (RELION 5 tables; where ``zyx`` arrays meet ``xyz``
+                              tables), ``starhead`` (STAR block and column names, pure Python),
+                              ``image_names`` (``N@stack``), ``sheet`` (the tomogram sheet)
+- :mod:`tomoclust.numerics`   arrays in, arrays out (no files, no torch): ``fourier``,
+                              ``rotations`` (RELION Euler angles, SO(3) grids), ``ctf``,
+                              ``tilt_geometry`` (projection, weighted back-projection),
+                              ``class_maps`` (masks, FSC, resolution), ``metrics``
+- :mod:`tomoclust.simulate`   ``density`` (atomic models and maps at a voxel size),
+                              ``tomograms`` (crowded tomograms with ground truth),
+                              ``subtomograms``, ``labelled_sets`` (few-shot training sets)
+- stages: :mod:`tomoclust.ingest` (validate and normalise user tomograms),
+  :mod:`tomoclust.pick` (difference-of-Gaussians picking), :mod:`tomoclust.extract`
+  (extraction, Fourier resampling, stacking), :mod:`tomoclust.cluster` (GMM + BIC, k-means),
+  :mod:`tomoclust.evaluate` (picking against ground truth)
+- :mod:`tomoclust.external`   other tools' output in: ``names`` (columns, tomogram names,
+                              class numbers as truth), ``coordinates`` (RELION 3/4/5,
+                              pytom-match-pick, TomoTwin), ``subtomograms``; copick projects
+                              in and out: ``copick_project`` (needs the optional copick)
+- :mod:`tomoclust.features`   feature learning (torch): ``networks``, ``train``, ``augment``,
+                              ``invariant``, ``disca``, ``autoencoder``, ``fewshot`` (+ the
+                              torch-free ``fewshot_support``), ``transfer`` (+ the torch-free
+                              ``transfer_settings``), ``encoder`` (the shipped pretrained
+                              encoder) and ``pretrain`` (its corpus and recipe)
+- :mod:`tomoclust.average`    reference-free alignment and averaging with gold-standard FSC
+- :mod:`tomoclust.report`     ``plots`` (matplotlib figures), ``tables`` (HTML tables)
+- :mod:`tomoclust.rule`       the rule scripts' glue (logging, device, particle loading, run
+                              info); library modules never import it
 
 Conventions: arrays are ``(z, y, x)``; tables and files speak ``x, y, z``; lengths in
 configuration and tables are in Ångström, voxels only inside functions that say so.

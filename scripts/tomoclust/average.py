@@ -3,8 +3,9 @@
 Model and conventions
     A particle ``X`` is the reference ``V`` rotated by ``R`` and shifted by ``t`` (voxels, xyz):
     ``X(q) = V(Rᵀ(q − t))``, seen through the missing wedge ``W`` of its tomogram (tilt axis y,
-    :func:`tomoclust.fourier.wedge_mask`), plus noise. ``R`` follows :mod:`tomoclust.rotation`
-    (RELION: ``rlnAngle*`` = :func:`~tomoclust.rotation.relion_angles` of ``R``); RELION's
+    :func:`tomoclust.numerics.fourier.wedge_mask`), plus noise. ``R`` follows
+    :mod:`tomoclust.numerics.rotations`
+    (RELION: ``rlnAngle*`` = :func:`~tomoclust.numerics.rotations.relion_angles` of ``R``); RELION's
     ``rlnOrigin*Angst`` is ``−t · voxel_size`` (the particle's centre lies at the box centre
     minus the origin, as in RELION's re-centring ``coordinate − origin``). Volumes rotate about
     voxel ``d // 2``; spectra are taken of ``ifftshift``-ed volumes so that this centre is the
@@ -21,7 +22,8 @@ Scoring (missing-wedge-aware)
     the plain normalised correlation.
 
 Search
-    *Global*: every rotation of a uniform SO(3) grid (:func:`so3_grid`, super-Fibonacci
+    *Global*: every rotation of a uniform SO(3) grid
+    (:func:`tomoclust.numerics.rotations.so3_grid`, super-Fibonacci
     spiral, ``ceil(8π²/δ³)`` rotations for a step ``δ``) with a translational search by inverse
     FFT of the product spectra on a grid cropped to the band (shifts up to ``max_shift``,
     parabolic sub-grid peak). The band is limited by the angular step: a rotation error of
@@ -64,24 +66,16 @@ import numpy as np
 import torch
 
 from . import TomoclustError
-from .fourier import wedge_mask
-from .maps import (  # noqa: F401  (re-exported: the map-level helpers live in tomoclust.maps)
+from .numerics.class_maps import (
     MIN_PER_HALF,
-    classes_to_average,
-    ctf_phase_flip,
-    dominant_class,
     fsc,
-    resample_map,
     resolution_at,
-    shell_resolution,
     soft_sphere,
 )
+from .numerics.fourier import wedge_mask
+from .numerics.rotations import local_grid, so3_grid
 
 log = logging.getLogger(__name__)
-
-_PHI = math.sqrt(2.0)
-_PSI = 1.533751168755204288118041  # root of x⁴ = x + 4 (Alexa 2022, super-Fibonacci spirals)
-
 
 # ------------------------------------------------------------------------------ settings
 @dataclass
@@ -120,59 +114,6 @@ class AverageResult:
 
 class TooFewParticles(TomoclustError):
     """A class too small for gold-standard averaging."""
-
-
-# ---------------------------------------------------------------------------- rotations
-def so3_grid(step_deg: float) -> np.ndarray:
-    """Near-uniform proper rotations ``(n, 3, 3)`` with spacing about ``step_deg``.
-
-    Super-Fibonacci spiral on the unit quaternions (Alexa, CVPR 2022) with
-    ``n = ceil(8π² / δ³)`` points (δ in radians): the Haar volume of SO(3) divided by that of a
-    cube of side δ, so neighbouring rotations are about δ apart (30° → 551 rotations, 15° →
-    4,401, close to RELION's HEALPix 576 and 4,608). Measured coverage (angle from a random
-    rotation to the nearest grid rotation, 20,000 draws, δ = 15-30°): median 0.50 δ, 99th
-    percentile 0.76-0.80 δ, largest 0.86-0.92 δ; the local refinement starts at δ/2 steps.
-    """
-    delta = math.radians(float(step_deg))
-    if not 0 < delta <= math.pi:
-        raise ValueError(f"angular step must be in (0, 180] degrees, got {step_deg}")
-    n = max(1, math.ceil(8 * math.pi**2 / delta**3))
-    s = np.arange(n) + 0.5
-    t = s / n
-    r, big_r = np.sqrt(t), np.sqrt(1.0 - t)
-    alpha = 2 * np.pi * s / _PHI
-    beta = 2 * np.pi * s / _PSI
-    q = np.stack([r * np.sin(alpha), r * np.cos(alpha), big_r * np.sin(beta),
-                  big_r * np.cos(beta)], axis=1)  # (x, y, z, w)
-    return _quat_to_matrix(q)
-
-
-def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    x, y, z, w = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
-    return np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], axis=1).reshape(-1, 3, 3)
-
-
-def _axis_angle(omega: np.ndarray) -> np.ndarray:
-    """Rotation matrices from rotation vectors ``(n, 3)`` (radians)."""
-    omega = np.asarray(omega, dtype=np.float64).reshape(-1, 3)
-    theta = np.linalg.norm(omega, axis=1)
-    k = np.where(theta[:, None] > 0, omega / np.maximum(theta[:, None], 1e-300), 0.0)
-    kx = np.zeros((len(k), 3, 3))
-    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    kx = kx - kx.transpose(0, 2, 1)
-    s, c = np.sin(theta)[:, None, None], np.cos(theta)[:, None, None]
-    return np.eye(3) + s * kx + (1 - c) * kx @ kx
-
-
-def local_grid(step_deg: float) -> np.ndarray:
-    """27 rotations: axis-angle perturbations on a 3x3x3 grid of spacing ``step_deg``."""
-    d = math.radians(step_deg)
-    g = np.stack(np.meshgrid(*[np.array([-d, 0.0, d])] * 3, indexing="ij"), -1).reshape(-1, 3)
-    return _axis_angle(g)
 
 
 # -------------------------------------------------------------------- torch engine
@@ -496,7 +437,7 @@ def lowpass(vol: torch.Tensor, k_cut: float, width: float = 0.05) -> torch.Tenso
 
 def typical_particle(parts: torch.Tensor) -> int:
     """Index of the particle whose radial density profile best matches the mean profile."""
-    from .invariants import spherical_means
+    from .features.invariant import spherical_means
 
     prof = spherical_means(parts.float())
     prof = prof - prof.mean(1, keepdim=True)

@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from . import TomoclustError
-from .io import voxels_from_centered_angst
+from .formats.star import voxels_from_centered_angst
 
 
 def match_points(picks: np.ndarray, truth: np.ndarray, tolerance: float

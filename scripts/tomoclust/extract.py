@@ -24,7 +24,8 @@ import scipy.fft
 from threadpoolctl import ThreadpoolController
 
 from . import TomoclustError
-from .io import StackWriter, open_stack, optics_table, read_star, write_star
+from .formats.stacks import StackWriter, open_stack
+from .formats.star import optics_table, read_star, write_star
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,8 @@ def resample_boxes(raw: np.ndarray, plan: ResamplePlan, normalise: bool = True,
 
 def extract_to_stack(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: ResamplePlan,
                      writer, batch: int = 256, normalise: bool = True, workers: int = 1) -> None:
-    """Extract (as :func:`extract_boxes`) straight into a :class:`tomoclust.io.StackWriter`.
+    """Extract (as :func:`extract_boxes`) straight into a
+    :class:`tomoclust.formats.stacks.StackWriter`.
 
     Boxes go into the writer in chunks of a few boxes, ``workers`` threads at a time; memory
     does not grow with the number of particles. ``batch`` only sets how often progress is

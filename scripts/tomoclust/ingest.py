@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import TomoclustError
-from .fourier import binned_shape, fourier_resample
-from .io import open_mrc, read_mrc_header_voxel_size
+from .formats.mrc import open_mrc, read_mrc_header_voxel_size
+from .numerics.fourier import binned_shape, fourier_resample
 
 log = logging.getLogger(__name__)
 

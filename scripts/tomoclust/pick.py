@@ -39,7 +39,7 @@ _MAD_TO_SIGMA = 1.4826
 
 
 @dataclass
-class DogParams:
+class DogSettings:
     """Picking parameters in voxels (see :func:`params_from_angst` for the Å front end)."""
 
     sigma: float  # σ₁ in voxels
@@ -57,7 +57,7 @@ def params_from_angst(voxel_size: float, radius_angst: float, sigma_scale: float
                       ratio: float = 1.1, contrast: str = "dark", threshold: float = 3.0,
                       min_distance_angst: float | None = None, edge_angst: float = 0.0,
                       max_count: int | None = None, chunk_z: int = 128, bin: int = 1
-                      ) -> DogParams:
+                      ) -> DogSettings:
     """DoG parameters from physical sizes.
 
     ``σ₁ = sigma_scale · radius`` (``1/√3 ≈ 0.577`` is the scale at which a normalised
@@ -69,7 +69,7 @@ def params_from_angst(voxel_size: float, radius_angst: float, sigma_scale: float
     if radius_angst <= 0 or voxel_size <= 0:
         raise ValueError("particle radius and voxel size must be positive")
     md = radius_angst if min_distance_angst is None else min_distance_angst
-    return DogParams(
+    return DogSettings(
         sigma=max(sigma_scale * radius_angst / voxel_size, 0.5), ratio=ratio, contrast=contrast,
         threshold=threshold, min_distance=md / voxel_size,
         edge=int(np.ceil(edge_angst / voxel_size)), max_count=max_count, chunk_z=chunk_z,
@@ -218,7 +218,7 @@ def _bin_smooth_torch(v, b: int):
     return v / float(b) ** 9
 
 
-def _grid_sigmas(p: DogParams) -> tuple[float, float, int]:
+def _grid_sigmas(p: DogSettings) -> tuple[float, float, int]:
     """σ₁, σ₂ (voxels of the working grid) and the DoG kernel radius on that grid.
 
     On a ``b``-times coarser grid the anti-aliasing filter has already blurred the volume
@@ -269,7 +269,7 @@ def _dog_fft(v: np.ndarray, s1: float, s2: float, sign: float, workers: int) -> 
                                 dtype=np.float32)
 
 
-def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
+def _dog_numpy(vol: np.ndarray, p: DogSettings, workers: int = -1
                ) -> tuple[np.ndarray, np.ndarray, float]:
     """Score map, local-maximum mask and max |voxel| (of the working grid) for one slab.
 
@@ -289,7 +289,7 @@ def _dog_numpy(vol: np.ndarray, p: DogParams, workers: int = -1
     return s, s == _max3(s), mag
 
 
-def _dog_torch(vol: np.ndarray, p: DogParams, device: str
+def _dog_torch(vol: np.ndarray, p: DogSettings, device: str
                ) -> tuple[np.ndarray, np.ndarray, float]:
     """:func:`_dog_numpy` on torch (any device): the same steps (anti-aliased binning, FFT
     with the truncated kernels' transfer functions, 3×3×3 maximum)."""
@@ -364,7 +364,7 @@ def _nms(coords: np.ndarray, scores: np.ndarray, min_distance: float) -> np.ndar
     return np.asarray(keep, dtype=np.int64)
 
 
-def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
+def dog_pick(volume: np.ndarray, params: DogSettings, device: str | None = None,
              sample_per_slab: int = 200_000, seed: int = 0) -> pd.DataFrame:
     """Pick particles in a ``(z, y, x)`` volume (an array or a read-only memory map).
 
@@ -373,7 +373,7 @@ def dog_pick(volume: np.ndarray, params: DogParams, device: str | None = None,
     volume
         Tomogram; read slab by slab, so a memory-mapped MRC stays on disk.
     params
-        :class:`DogParams` in voxels.
+        :class:`DogSettings` in voxels.
     device
         ``None`` for the numpy backend, or a torch device string (``"cpu"``, ``"cuda"``,
         ``"cuda:1"``) for the torch backend.

@@ -1,0 +1,2 @@
+"""Starting from what other tools wrote: particle coordinates or extracted subtomograms.
+"""

@@ -1,0 +1,2 @@
+"""What the HTML report shows: figures (``plots``) and tables (``tables``).
+"""

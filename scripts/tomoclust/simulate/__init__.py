@@ -1,0 +1,3 @@
+"""Simulated cryo-ET data with ground truth: densities from atomic models, crowded tomograms,
+subtomogram sets and labelled training sets.
+"""
