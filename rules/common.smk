@@ -19,6 +19,38 @@ try:
 except TomoclustError as exc:
     raise WorkflowError(str(exc))
 
+
+
+def shipped_path(path):
+    """A relative path that does not exist in the working directory but does under the
+    workflow's base directory is a resource shipped with the workflow (an atomic model in
+    resources/structures/, a model in resources/models/): use that one, so every method works
+    from a separate project directory. Anything else is returned unchanged."""
+    p = Path(str(path))
+    if p.is_absolute() or p.exists():
+        return str(path)
+    alt = Path(workflow.basedir) / p
+    return str(alt) if alt.exists() else str(path)
+
+
+for _lib in (config["templates"], config["fewshot"]["train_templates"] or {},
+             config["transfer"]["templates"]):
+    for _name in list(_lib):
+        _lib[_name] = shipped_path(_lib[_name])
+
+for _section in ("disca", "fewshot"):
+    if config[_section].get("pretrained"):
+        config[_section]["pretrained"] = shipped_path(config[_section]["pretrained"])
+if config["disca"]["init"] == "auto":
+    config["disca"]["init"] = "network" if config["disca"]["pretrained"] else "invariant"
+
+
+def pretrained_input(section):
+    """{"encoder": weights} of a method that starts from a pretrained encoder, else {}."""
+    path = config[section].get("pretrained")
+    return {"encoder": path} if path else {}
+
+
 SIM = config["simulation"]
 TEMPLATES = list(config["templates"])
 EXT = config["external"]
@@ -414,7 +446,7 @@ def fewshot_support_settings():
 
 FEWSHOT_MODEL_KEYS = ["preset", "width", "blocks", "way", "shot", "query", "epochs",
                       "episodes_per_epoch", "lr", "lr_step", "lr_gamma", "temperature",
-                      "ce_weight", "augment", "seed"]
+                      "ce_weight", "augment", "pretrained", "finetune", "seed"]
 
 
 def fewshot_model_settings():
@@ -459,6 +491,14 @@ def _transfer_setup():
 
     t = config["transfer"]
     tilt_min, tilt_max = wedge_range()
+    if t["model"] != "retrain":
+        model = shipped_path(t["model"])
+        if not Path(model).is_file():
+            raise WorkflowError(f"config transfer.model: {t['model']}: encoder weights not "
+                                f"found (looked in the working directory and in "
+                                f"{workflow.basedir}); give a path, or 'retrain'")
+        return {"pretrained": True, "model": model, "templates": list(t["templates"]),
+                "tilt": [tilt_min, tilt_max], "prototype_views": t["prototype_views"]}
     set_params = TrainingSetSettings(
         box=config["extraction"]["box"], voxel_size=config["extraction"]["voxel_size"],
         n_per_class=t["n_per_class"], snr_min=t["snr_min"], snr_max=t["snr_max"],
@@ -475,6 +515,7 @@ def _transfer_setup():
         raise WorkflowError(f"config transfer.templates: {exc}")
     set_dir = f"{t['cache'].rstrip('/')}/set-{set_key}"
     return {
+        "pretrained": False,
         "templates": list(t["templates"]),
         "set_params": set_params.as_dict(),
         "train_params": train_params.as_dict(),

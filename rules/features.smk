@@ -6,6 +6,7 @@
 
 rule features_disca:
     input:
+        unpack(lambda wc: pretrained_input("disca")),
         star="results/particles/particles.star",
         stack="results/particles/particles.mrcs",
     output:
@@ -170,6 +171,7 @@ rule fewshot_support_from_truth:
 
 rule train_fewshot:
     input:
+        unpack(lambda wc: pretrained_input("fewshot")),
         star="results/fewshot/training/particles.star",
         stack="results/fewshot/training/particles.mrcs",
         info="results/fewshot/training/info.json",
@@ -249,7 +251,40 @@ rule evaluate_fewshot:
 # training set and model live under `transfer.cache`, in directories named by keys over
 # everything that determines them (rules/common.smk: _transfer_setup), so they are made once
 # and reused by every run (and every picking or clustering change) with the same key.
-if TRANSFER is not None:
+if TRANSFER is not None and TRANSFER["pretrained"]:
+
+    rule features_transfer:
+        input:
+            star="results/particles/particles.star",
+            stack="results/particles/particles.mrcs",
+            model=TRANSFER["model"],
+            templates=[config["transfer"]["templates"][t] for t in TRANSFER["templates"]],
+        output:
+            features="results/features/transfer/features.npy",
+            predictions="results/features/transfer/predictions.tsv",
+            info="results/features/transfer/info.json",
+        log:
+            "logs/features/transfer.log",
+        benchmark:
+            "benchmarks/runs/features/transfer.tsv"
+        params:
+            device=param("features_transfer", "device"),
+            names=TRANSFER["templates"],
+            tilt=TRANSFER["tilt"],
+            ctf=section("features_transfer", "simulation.ctf"),
+            prototype_views=param("features_transfer", "transfer.prototype_views"),
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=60,
+        conda:
+            "../envs/torch-gpu.yaml"
+        script:
+            "../scripts/features_encoder.py"
+
+
+if TRANSFER is not None and not TRANSFER["pretrained"]:
 
     rule transfer_template_density:
         input:

@@ -26,7 +26,8 @@ The library behind the Snakemake workflow, in rooms. Lower rooms never import hi
 - :mod:`tomoclust.features`   feature learning (torch): ``networks``, ``train``, ``augment``,
                               ``invariant``, ``disca``, ``autoencoder``, ``fewshot`` (+ the
                               torch-free ``fewshot_support``), ``transfer`` (+ the torch-free
-                              ``transfer_settings``)
+                              ``transfer_settings``), ``encoder`` (the shipped pretrained
+                              encoder) and ``pretrain`` (its corpus and recipe)
 - :mod:`tomoclust.average`    reference-free alignment and averaging with gold-standard FSC
 - :mod:`tomoclust.report`     ``plots`` (matplotlib figures), ``tables`` (HTML tables)
 - :mod:`tomoclust.rule`       the rule scripts' glue (logging, device, particle loading, run

@@ -41,7 +41,7 @@ DEVICE_RULES = ("pick", "features_disca", "features_autoencoder", "features_inva
 #: rules that model the missing wedge of the data (the tilt range of the simulation, the input
 #: subtomograms, or the sheet)
 WEDGE_RULES = ("features_disca", "average_class", "fewshot_training_set", "fewshot_support_set",
-               "transfer_training_set")
+               "transfer_training_set", "features_transfer")
 #: the transfer encoder's training set and model, cached under keys over their settings
 TRANSFER_SET = ("transfer_training_set",)
 TRANSFER_MODEL = ("transfer_train",)
@@ -123,8 +123,10 @@ class WorkflowSettings(_Section):
 @dataclass(frozen=True)
 class SimulationCtfSettings(_Section):
     SECTION: ClassVar[str] = "simulation.ctf"
+    # features_transfer: the pretrained encoder's template prototypes are imaged with it
     _READERS: ClassVar[tuple] = ("simulate_tomogram", "simulate_subtomograms",
-                                 "fewshot_training_set", "fewshot_support_set", *TRANSFER_SET)
+                                 "fewshot_training_set", "fewshot_support_set", *TRANSFER_SET,
+                                 "features_transfer")
     defocus_um: float = reads(5.0, *_READERS, truth=("average_class",))
     # the RELION export takes the simulated microscope's optics instead of relion.*
     voltage_kv: float = reads(300.0, *_READERS, truth=("average_class",),
@@ -293,7 +295,8 @@ class DiscaConfigSettings(_Section):
     augment: str = reads("uniform_masked", *_DISCA)
     convergence: float = reads(0.999, *_DISCA)
     head_warmup_steps: int = reads(50, *_DISCA)
-    init: str = reads("invariant", *_DISCA)
+    init: str = reads("auto", *_DISCA)
+    pretrained: str | None = reads("resources/models/encoder-v1.pt", *_DISCA)
     invariant_l_max: int = reads(6, *_DISCA)
     invariant_lowpass: float = reads(1.0, *_DISCA)  # voxels (renaming it is pending)
     invariant_radial: bool = reads(False, *_DISCA)
@@ -367,6 +370,8 @@ class FewshotConfigSettings(_Section):
     temperature: float = reads(1.0, *_FS_MODEL)
     ce_weight: float = reads(0.5, *_FS_MODEL)
     augment: bool = reads(True, *_FS_MODEL)
+    pretrained: str | None = reads("resources/models/encoder-v1.pt", *_FS_MODEL)
+    finetune: bool = reads(False, *_FS_MODEL)
     seed: int = reads(0, *_FS_MODEL, "fewshot_training_set", "fewshot_support_set",
                       "fewshot_support_from_truth")
     train_templates: dict = reads({}, "fewshot_template_density", "fewshot_training_set",
@@ -470,8 +475,12 @@ class TransferConfigSettings(_Section):
     and the cache keys over them."""
 
     SECTION: ClassVar[str] = "transfer"
+    # the shipped encoder (features_transfer embeds with it) or 'retrain' (the rules below)
+    model: str = reads("resources/models/encoder-v1.pt", "features_transfer", shapes_dag=True)
+    prototype_views: int = reads(24, "features_transfer")
     cache: str = reads("resources/models/transfer", shapes_dag=True)
-    templates: dict = reads({}, "transfer_template_density", *TRANSFER_SET, shapes_dag=True)
+    templates: dict = reads({}, "transfer_template_density", *TRANSFER_SET,
+                            "features_transfer", shapes_dag=True)
     n_per_class: int = reads(200, *TRANSFER_SET)
     snr_min: float = reads(0.05, *TRANSFER_SET)
     snr_max: float = reads(1.0, *TRANSFER_SET)

@@ -84,7 +84,9 @@ class DiscaSettings:
     tilt_max: float = 60.0
     convergence: float = 0.999
     head_warmup_steps: int = 50
-    init: str = "invariant"  # "invariant" (shell-spectrum labels) or "random" (the reference)
+    init: str = "invariant"  # "invariant" (shell-spectrum labels), "random" (the reference) or
+    # "network" (the backbone's own features; with a pretrained backbone)
+    pretrained: str | None = None  # encoder weights: the backbone starts from them
     invariant_l_max: int = 6
     invariant_lowpass: float = 1.0
     invariant_radial: bool = False
@@ -92,6 +94,7 @@ class DiscaSettings:
     seed: int = 0
 
     def network(self) -> YopoSettings:
+        """The YOPO configuration (the backbone unless ``pretrained``)."""
         return YopoSettings.from_preset(
             self.preset, blocks=self.blocks, width=self.width, width_step=self.width_step,
             feature_dim=self.feature_dim, input_binning=self.input_binning)
@@ -199,7 +202,17 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     cfg = params.network()
-    model = Yopo(cfg, n_classes=2).to(device)
+    if params.pretrained:
+        from .encoder import EncoderClassifier
+
+        model = EncoderClassifier.from_file(params.pretrained, n_classes=2, device=device)
+        log.info("DISCA backbone: the pretrained encoder %s, fine-tuned in the EM loop",
+                 params.pretrained)
+        if d < model.min_box():
+            raise TomoclustError(f"a {d}-voxel box is too small for the pretrained encoder "
+                                 f"(at least {model.min_box()} voxels)")
+    else:
+        model = Yopo(cfg, n_classes=2).to(device)
     if d < model.min_box():
         raise TomoclustError(f"a {d}-voxel box is too small for this YOPO network ({cfg.blocks} "
                          f"blocks, input binning {cfg.input_binning}: at least "
@@ -225,8 +238,8 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
                 for k, v in state["best"].items()}
         log.info("resuming DISCA from checkpoint after iteration %d", start - 1)
 
-    if params.init not in ("invariant", "random"):
-        raise ValueError(f"unknown DISCA init {params.init!r} (invariant or random)")
+    if params.init not in ("invariant", "random", "network"):
+        raise ValueError(f"unknown DISCA init {params.init!r} (invariant, random or network)")
     if params.init == "invariant":
         from .invariant import invariant_features
 
@@ -337,4 +350,10 @@ def params_from_config(cfg: dict, tilt_min: float = -60.0, tilt_max: float = 60.
 
 
 def describe(params: DiscaSettings) -> dict:
+    if params.pretrained:
+        from .encoder import read_manifest
+
+        man = read_manifest(params.pretrained)
+        return {**asdict(params), "network": {"pretrained": man["sha256"],
+                                              **man["architecture"]}}
     return {**asdict(params), "network": params.network().as_dict()}

@@ -77,6 +77,8 @@ class FewShotSettings:
     temperature: float = 1.0
     ce_weight: float = 0.5  # β: share of the adapted distance in ProtoNet-CE's logits
     augment: bool = True  # random 180° turns that keep the missing wedge
+    pretrained: str | None = None  # encoder weights (features.encoder); None: ProtoEncoder3D
+    finetune: bool = False  # with pretrained: update the encoder in episodic training too
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -131,6 +133,31 @@ class ProtoEncoder3D(nn.Module):
         return self.net(x).flatten(1)
 
 
+class PretrainedProtoEncoder(nn.Module):
+    """The shipped encoder (:mod:`tomoclust.features.encoder`) as a few-shot encoder: its
+    unit-length embedding scaled by ``1 / sqrt(2 τ)``, so that the squared distance of two
+    embeddings, ``(1 - cos) / τ``, is the similarity the encoder was trained with (τ = 0.1)."""
+
+    def __init__(self, path: str, tau: float = 0.1):
+        super().__init__()
+        from .encoder import EncoderConfig, SubtomoEncoder, read_manifest
+
+        self.net = SubtomoEncoder(EncoderConfig.from_dict(read_manifest(path)["architecture"]))
+        self.scale = 1.0 / math.sqrt(2 * tau)
+        self.out_dim = self.net.feature_dim
+
+    def load_pretrained(self, path: str) -> None:
+        from .encoder import load_encoder
+
+        enc, _ = load_encoder(path)
+        self.net.load_state_dict(enc.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x[:, None]
+        return self.net(x) * self.scale
+
+
 class SetAttention(nn.Module):
     """Single-head scaled dot-product self-attention over a set, residual + LayerNorm.
 
@@ -173,7 +200,8 @@ class ProtoNet(nn.Module):
     def __init__(self, box: int, params: FewShotSettings):
         super().__init__()
         self.variant = params.variant
-        self.encoder = ProtoEncoder3D(box, params.channels, params.blocks)
+        self.encoder = (PretrainedProtoEncoder(params.pretrained) if params.pretrained
+                        else ProtoEncoder3D(box, params.channels, params.blocks))
         self.attention = (SetAttention(self.encoder.out_dim)
                           if params.variant == "protonet_ce" else None)
         self.temperature = float(params.temperature)
@@ -289,7 +317,21 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotSetting
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     model = ProtoNet(stack.shape[-1], params).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=params.lr)
+    frozen = bool(params.pretrained) and not params.finetune
+    if params.pretrained:
+        model.encoder.load_pretrained(params.pretrained)
+        log.info("few-shot encoder: the pretrained %s (%s)", params.pretrained,
+                 "fine-tuned episodically" if params.finetune else "frozen")
+    if frozen:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:  # ProtoNet3D on a frozen pretrained encoder: nothing to train
+        log.info("nothing to train: the prototypes use the pretrained embedding as it is")
+        model.eval()
+        write_history(history_path, [])
+        return TrainResult(model, pd.DataFrame(columns=["epoch", "loss", "episode_accuracy"]))
+    opt = torch.optim.Adam(trainable, lr=params.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=params.lr_step, gamma=params.lr_gamma)
     start, history, state = resume_epochs(checkpoint, device, model, opt, rng, sched)
     if state is not None:
@@ -297,6 +339,8 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotSetting
     for ep in range(start, params.epochs):
         t0 = time.time()
         model.train()
+        if frozen:
+            model.encoder.eval()  # keep the pretrained BatchNorm statistics
         tot_loss, tot_acc = 0.0, 0.0
         for _ in range(params.episodes_per_epoch):
             e = sample_episode(labels, way, params.shot, params.query, rng)
