@@ -1,4 +1,5 @@
-"""Re-centring of subtomograms (numerics.centring on arrays, features.centring on tensors) and noise pre-whitening."""
+"""Re-centring of subtomograms (numerics.centring: arrays; features.centring: tensors)
+and noise pre-whitening."""
 
 from __future__ import annotations
 
