@@ -124,6 +124,8 @@ def changed_value(repo: Path, key: str, value, config: dict):
     """Another valid value of ``key`` (``config``: the whole configuration)."""
     if key in ALTERNATIVES:
         return ALTERNATIVES[key]
+    if key in ("disca.pretrained", "fewshot.pretrained"):  # shipped weights <-> from scratch
+        return None if value else "resources/models/encoder-v1.pt"
     if key == "subtomogram_sets":
         return {**value, "extra": {"n_per_class": 2, "box": 16, "voxel_size": 12.0}}
     if key == "fewshot.train_templates":
