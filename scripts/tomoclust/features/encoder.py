@@ -234,6 +234,19 @@ def nearest_prototype(z: np.ndarray, prototypes: np.ndarray, temperature: float 
     return p / p.sum(axis=1, keepdims=True)
 
 
+def template_probabilities(model: SubtomoEncoder, z: np.ndarray, templates: dict[str, str],
+                           views: int, tilt: tuple[float, float], ctf: dict | None = None
+                           ) -> np.ndarray:
+    """``(n_particles, n_templates)``: how near each embedding of ``z`` is to the
+    prototype of each atomic model of ``templates`` (name -> PDB/mmCIF path), simulated with
+    the data's tilt range and CTF (:func:`template_prototypes`, :func:`nearest_prototype`)."""
+    from ..simulate.density import template_density
+
+    dens = {n: template_density(p, model.cfg.voxel_size) for n, p in templates.items()}
+    return nearest_prototype(z, template_prototypes(model, dens, int(views), tuple(tilt),
+                                                    dict(ctf or {})))
+
+
 class EncoderClassifier(nn.Module):
     """The encoder with a linear classification head on its embedding: DISCA's backbone when
     it starts from the shipped weights. Same interface as :class:`tomoclust.nn.Yopo`
