@@ -344,3 +344,20 @@ def test_fewshot_on_the_frozen_encoder_keeps_its_weights(tmp_path, variant):
                                                shot=2, query=3), "cpu")
     assert any(not torch.equal(v, tuned.model.encoder.net.state_dict()[k])
                for k, v in model.state_dict().items() if v.dtype.is_floating_point)
+
+
+def test_template_probabilities_follow_the_templates_in_order(repo):
+    from tomoclust.features.encoder import template_probabilities, template_prototypes
+    from tomoclust.simulate.density import template_density
+
+    torch.manual_seed(0)
+    model = SubtomoEncoder(TINY).eval()
+    lib = {n: str(repo / "resources" / "structures" / f"{n}.pdb.gz") for n in ("3j9i", "1bxn")}
+    ctf = {"defocus_um": 3.0, "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
+    z = np.random.default_rng(1).standard_normal((5, 4))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    p = template_probabilities(model, z, lib, 2, [-50.0, 50.0], ctf)
+    dens = {n: template_density(path, TINY.voxel_size) for n, path in lib.items()}
+    proto = template_prototypes(model, dens, 2, (-50.0, 50.0), ctf)
+    np.testing.assert_allclose(p, nearest_prototype(z, proto), atol=1e-6)
+    assert p.shape == (5, 2)
