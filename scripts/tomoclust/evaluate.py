@@ -53,7 +53,6 @@ def match_points(picks: np.ndarray, truth: np.ndarray, tolerance: float
 
 
 CHALLENGE_BETA = 4.0
-CHALLENGE_RADIUS_FRACTION = 0.5
 
 
 def _prf(tp: int, n_pred: int, n_true: int) -> tuple[float, float, float]:
