@@ -18,7 +18,7 @@ import yaml
 from tomoclust import TomoclustError
 from tomoclust.features.encoder import (
     DEFAULT_MODEL,
-    EncoderConfig,
+    EncoderSettings,
     SubtomoEncoder,
     embed,
     load_encoder,
@@ -31,16 +31,16 @@ from tomoclust.features.encoder import (
 from tomoclust.features.pretrain import (
     HELD_OUT,
     Imager,
-    ImagingParams,
+    ImagingSettings,
     pseudo_molecule,
     supcon_loss,
 )
 from tomoclust.simulate.density import bounding_radius
 
-TINY = EncoderConfig(channels=(2, 4, 4, 4), hidden=8, embed_dim=4)
+TINY = EncoderSettings(channels=(2, 4, 4, 4), hidden=8, embed_dim=4)
 
 
-def _saved(tmp_path: Path, cfg: EncoderConfig = TINY) -> tuple[Path, SubtomoEncoder]:
+def _saved(tmp_path: Path, cfg: EncoderSettings = TINY) -> tuple[Path, SubtomoEncoder]:
     torch.manual_seed(0)
     model = SubtomoEncoder(cfg).eval()
     path = tmp_path / "enc.pt"
@@ -128,7 +128,7 @@ def test_embedding_ignores_box_scaling_and_rejects_tiny_boxes():
 
 
 def test_prepare_boxes_resamples_to_the_encoder_grid():
-    cfg = EncoderConfig()
+    cfg = EncoderSettings()
     d, vs = 64, 6.0  # the same 384 Å field of view at half the voxel size
     ax = np.arange(d) - d // 2
     zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
@@ -175,7 +175,7 @@ def test_pseudo_molecules_are_centred_varied_and_within_the_size_range():
 
 def test_imager_places_a_planted_blob_at_the_rotated_shifted_position():
     box = 32
-    imager = Imager(box, 12.0, ImagingParams())
+    imager = Imager(box, 12.0, ImagingSettings())
     ax = torch.arange(box, dtype=torch.float32) - box // 2
     zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
     # a blob at +5 in x; 90° about z sends x to y; then shift (x, y, z) = (1, 0, -2)
@@ -190,8 +190,8 @@ def test_imaged_boxes_are_standardised_and_noise_follows_the_snr():
     rng = np.random.default_rng(0)
     dens = torch.as_tensor(np.stack([pseudo_molecule(rng, 32, 12.0, (10, 20))[0]
                                      for _ in range(8)]))
-    clean = ImagingParams(snr=(1e4, 1e4), crowding=0.0, junk=0.0, max_shift=0.0)
-    noisy = ImagingParams(snr=(0.01, 0.01), crowding=0.0, junk=0.0, max_shift=0.0)
+    clean = ImagingSettings(snr=(1e4, 1e4), crowding=0.0, junk=0.0, max_shift=0.0)
+    noisy = ImagingSettings(snr=(0.01, 0.01), crowding=0.0, junk=0.0, max_shift=0.0)
     out_c = Imager(32, 12.0, clean)(dens, np.random.default_rng(1))
     out_n = Imager(32, 12.0, noisy)(dens, np.random.default_rng(1))
     for out in (out_c, out_n):

@@ -140,9 +140,9 @@ class PretrainedProtoEncoder(nn.Module):
 
     def __init__(self, path: str, tau: float = 0.1):
         super().__init__()
-        from .encoder import EncoderConfig, SubtomoEncoder, read_manifest
+        from .encoder import EncoderSettings, SubtomoEncoder, read_manifest
 
-        self.net = SubtomoEncoder(EncoderConfig.from_dict(read_manifest(path)["architecture"]))
+        self.net = SubtomoEncoder(EncoderSettings.from_dict(read_manifest(path)["architecture"]))
         self.scale = 1.0 / math.sqrt(2 * tau)
         self.out_dim = self.net.feature_dim
 
