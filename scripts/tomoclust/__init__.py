@@ -1,7 +1,7 @@
 """tomoclust: find which macromolecules are in cryo-electron tomograms, without labels.
 
 The library behind the Snakemake workflow, in rooms. Lower rooms never import higher ones
-(checked by the import-linter contract in pyproject.toml):
+(checked by the import-linter contracts in .importlinter):
 
 - :mod:`tomoclust.formats`    files: ``atomic`` (temp file + rename for every output, JSON/TSV/
                               text/npy), ``mrc`` volumes, ``stacks`` (MRC stacks of subtomograms),
