@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     import torch
     from tomoclust.features.encoder import save_encoder
     from tomoclust.features.pretrain import (
-        CorpusParams,
-        ImagingParams,
-        TrainParams,
+        CorpusSettings,
+        ImagingSettings,
+        PretrainSettings,
         build_corpus,
         params_dict,
         train_encoder,
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout),
                                   logging.FileHandler(work / "pretrain.log")])
-    cp = CorpusParams(n_pseudo=a.n_pseudo, seed=a.seed)
-    ip = ImagingParams()
-    tp = TrainParams(steps=a.steps, shapes_per_batch=a.shapes_per_batch, views=a.views,
+    cp = CorpusSettings(n_pseudo=a.n_pseudo, seed=a.seed)
+    ip = ImagingSettings()
+    tp = PretrainSettings(steps=a.steps, shapes_per_batch=a.shapes_per_batch, views=a.views,
                      lr=a.lr, seed=a.seed)
     corpus_file = work / f"corpus-{a.n_pseudo}-{a.seed}.npz"
     if corpus_file.exists():

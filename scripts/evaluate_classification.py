@@ -1,12 +1,10 @@
 """Rule evaluate_classification: a method's classes against the ground truth (the t-SNE
 with the true classes is rule plot_embedding's)."""
 
-import numpy as np
 import pandas as pd
-from tomoclust.evaluate import challenge_scores, truth_by_index, truth_classes
+from tomoclust.evaluate import classification_scores
 from tomoclust.formats.atomic import write_tsv
 from tomoclust.formats.star import read_star
-from tomoclust.numerics.metrics import clustering_metrics, confusion, hungarian_mapping
 from tomoclust.report.plots import plot_confusion
 from tomoclust.rule import log, run_rule
 
@@ -14,38 +12,10 @@ from tomoclust.rule import log, run_rule
 def main(smk) -> None:
     clusters = read_star(smk.input.clusters, what="cluster table")
     truth = read_star(smk.input.truth, what="ground truth")
-    if "tclStackIndex" in truth.columns:  # results/truth: the input STAR's classes, by row
-        true_cls = truth_by_index(clusters, truth)
-        ok = true_cls > 0
-        log.info("%d of %d particles carry a class number in the input STAR", int(ok.sum()),
-                 len(ok))
-    else:  # simulated truth, matched by position
-        true_cls = truth_classes(clusters, truth, smk.params.tolerance)
-        ok = true_cls > 0
-        log.info("%d of %d particles match a true particle within %.0f Å; the rest are junk "
-                 "picks", int(ok.sum()), len(ok), smk.params.tolerance)
-    pred = clusters["rlnClassNumber"].to_numpy()
-    m = clustering_metrics(true_cls[ok], pred[ok])
-    m = {"method": smk.wildcards.method, **m, "n_unmatched_picks": int((~ok).sum())}
-    scores = pd.DataFrame(columns=["class", "name", "n_true", "n_predicted", "tp", "precision",
-                                   "recall", "fbeta", "weight"])
-    if "tclStackIndex" not in truth.columns:
-        # the challenge's score: every pick (junk included) gets the class its cluster is
-        # matched to; a pick counts within half the particle radius of a true one
-        mapping = hungarian_mapping(true_cls[ok], pred[ok])
-        predicted = np.array([mapping.get(int(c), 0) for c in pred])
-        names = {}
-        if "tclTemplateName" in truth.columns:
-            names = dict(zip(truth["rlnClassNumber"].astype(int), truth["tclTemplateName"],
-                             strict=True))
-        scores = challenge_scores(clusters, predicted, truth, smk.params.challenge_tolerance,
-                                  names=names)
-        m["fbeta4_weighted"] = float(scores["fbeta"].iloc[-1])
-        log.info("challenge F-beta (β = 4, within %.0f Å):\n%s", smk.params.challenge_tolerance,
-                 scores.to_string(index=False))
+    m, scores, cm = classification_scores(clusters, truth, smk.params.tolerance,
+                                          smk.params.challenge_tolerance, smk.wildcards.method)
     write_tsv(smk.output.metrics, pd.DataFrame([m]))
     write_tsv(smk.output.challenge, scores)
-    cm = confusion(true_cls, pred)
     write_tsv(smk.output.confusion, cm.reset_index())
     plot_confusion(cm, smk.output.confusion_plot, title=smk.wildcards.method)
     log.info("%s", m)

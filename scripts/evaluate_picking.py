@@ -4,9 +4,8 @@ the cryo-ET picking challenge's F-beta (β = 4, within half the particle radius)
 import numpy as np
 import pandas as pd
 from tomoclust.evaluate import evaluate_picking, within_edge
-from tomoclust.extract import edge_voxels, plan_resampling
+from tomoclust.extract import tomogram_extents
 from tomoclust.formats.atomic import write_tsv
-from tomoclust.formats.mrc import open_mrc
 from tomoclust.formats.star import read_star, write_star
 from tomoclust.report.plots import plot_picking
 from tomoclust.rule import log, run_rule
@@ -16,14 +15,8 @@ def main(smk) -> None:
     picks = pd.concat([read_star(p, what="picks") for p in smk.input.picks], ignore_index=True)
     truth = read_star(smk.input.truth, what="ground truth")
     ext = smk.params.extraction
-    shapes, voxel, edge = {}, {}, {}
-    for path in smk.input.tomograms:
-        with open_mrc(path, "tomogram") as mrc:
-            name = path.split("/")[-2]
-            shapes[name], voxel[name] = mrc.data.shape, float(mrc.voxel_size.x)
-        plan = plan_resampling(voxel[name], float(ext["voxel_size"]), int(ext["box"]))
-        edge[name] = edge_voxels(plan) * voxel[name]
-    keep = within_edge(truth, shapes, voxel, edge)
+    keep = within_edge(truth, *tomogram_extents(smk.input.tomograms, ext["voxel_size"],
+                                                ext["box"]))
     log.info("%d of %d true particles are far enough from every face to be extracted and "
              "are evaluated", int(keep.sum()), len(truth))
     metrics, matched = evaluate_picking(picks, truth[keep], smk.params.tolerance,

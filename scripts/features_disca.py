@@ -2,43 +2,28 @@
 
 import time
 
-import torch
+from tomoclust import rule
 from tomoclust.features.disca import describe, params_from_config, run_disca
 from tomoclust.features.train import Checkpoint, fingerprint
 from tomoclust.formats.star import write_star
-from tomoclust.rule import (
-    load_particles,
-    log,
-    resolve_device,
-    run_info,
-    run_rule,
-    save_features,
-    save_state_dict,
-    write_info,
-)
 
 
 def main(smk) -> None:
-    torch.set_num_threads(max(int(smk.threads), 1))
-    device = resolve_device(smk.params.device)
-    df, stack, _ = load_particles(smk.input.star, smk.input.stack)
+    device = rule.torch_device(smk)
+    df, stack, _ = rule.load_particles(smk.input.star, smk.input.stack)
     params = params_from_config(dict(smk.params.disca), *smk.params.wedge)
-    log.info("DISCA on %d particles, device %s, %s", len(df), device, describe(params))
+    rule.log.info("DISCA on %d particles, device %s, %s", len(df), device, describe(params))
     ckpt = Checkpoint(smk.params.checkpoint, fingerprint(describe(params), smk.input.stack))
     t0 = time.time()
     res = run_disca(stack, params, device, checkpoint=ckpt, history_path=smk.output.history)
-    save_features(smk.output.features, res.features, len(df))
-    save_state_dict(smk.output.model, res.state_dict)
-    out = df[[c for c in df.columns if c.startswith(("rlnImageName", "rlnTomoName",
-                                                     "rlnCoordinate"))]].copy()
-    out["rlnClassNumber"] = res.labels
-    out["tclClassProbability"] = res.probability
-    write_star(smk.output.labels, out)
-    write_info(smk.output.info, run_info(device, seconds=time.time() - t0,
-                                         best_iteration=res.best_iteration,
-                                         k=int(res.labels.max()), params=describe(params)))
-    log.info("best iteration %d with K=%d", res.best_iteration, int(res.labels.max()))
+    rule.save_features(smk.output.features, res.features, len(df))
+    rule.save_state_dict(smk.output.model, res.state_dict)
+    write_star(smk.output.labels, rule.labels_table(df, res.labels, res.probability))
+    k = int(res.labels.max())
+    rule.write_run_info(smk.output.info, device, seconds=time.time() - t0,
+                        best_iteration=res.best_iteration, k=k, params=describe(params))
+    rule.log.info("best iteration %d with K=%d", res.best_iteration, k)
     ckpt.finish()
 
 
-run_rule(snakemake, main)
+rule.run_rule(snakemake, main)

@@ -1,48 +1,15 @@
 """Rule pick: difference-of-Gaussians picking in one tomogram."""
 
-import numpy as np
-from tomoclust.extract import edge_voxels, plan_resampling
-from tomoclust.formats.mrc import open_mrc
-from tomoclust.formats.star import particle_table, write_star
-from tomoclust.pick import dog_pick, params_from_angst, refine_picks
-from tomoclust.rule import log, resolve_device, run_rule
+from tomoclust.formats.star import write_star
+from tomoclust.pick import pick_tomogram
+from tomoclust.rule import resolve_device, run_rule
 
 
 def main(smk) -> None:
-    cfg = smk.params.picking
-    device = resolve_device(smk.params.device)
-    with open_mrc(smk.input[0], "tomogram") as mrc:
-        vs = float(mrc.voxel_size.x)
-        ext = smk.params.extraction
-        edge = edge_voxels(plan_resampling(vs, float(ext["voxel_size"]), int(ext["box"])))
-        params = params_from_angst(
-            vs, cfg["particle_radius"], sigma_scale=cfg["sigma_scale"], ratio=cfg["sigma_ratio"],
-            contrast=cfg["contrast"], threshold=cfg["threshold"],
-            min_distance_angst=cfg["min_distance"], edge_angst=edge * vs,
-            max_count=cfg["max_count"], chunk_z=cfg["chunk_z"], bin=cfg["bin"],
-        )
-        # the numpy backend on CPU, torch only where it brings a GPU
-        picks = dog_pick(mrc.data, params, device=None if device == "cpu" else device)
-        shape = mrc.data.shape
-        if cfg["refine"]:  # sub-voxel centres at full resolution (local centre of mass)
-            picks, moved = refine_picks(mrc.data, picks, params, cfg["particle_radius"] / vs)
-            shift = np.linalg.norm(picks[["x", "y", "z"]].to_numpy()
-                                   - picks[["dog_x", "dog_y", "dog_z"]].to_numpy(), axis=1) * vs
-            log.info("%s: centres refined for %d of %d picks (median shift %.1f Å)",
-                     smk.wildcards.tomo, int(moved.sum()), len(moved),
-                     float(np.median(shift)) if len(shift) else 0.0)
-        else:
-            for a in "xyz":
-                picks[f"dog_{a}"] = picks[a]
-    log.info("%s: %d picks (σ1 = %.2f voxels, backend %s)", smk.wildcards.tomo, len(picks),
-             params.sigma, "numpy" if device == "cpu" else f"torch/{device}")
-    df = particle_table(smk.wildcards.tomo, picks[["x", "y", "z"]].to_numpy(), shape, vs,
-                        extra={"tclDogScore": picks["score"].to_numpy(),
-                               "tclDogZScore": picks["zscore"].to_numpy(),
-                               # the DoG peak itself (voxels), before centre refinement
-                               **{f"tclDogCoordinate{a.upper()}": picks[f"dog_{a}"].to_numpy()
-                                  for a in "xyz"}})
-    write_star(smk.output[0], df)
+    ext = smk.params.extraction
+    table = pick_tomogram(smk.input[0], smk.wildcards.tomo, smk.params.picking,
+                          ext["voxel_size"], ext["box"], resolve_device(smk.params.device))
+    write_star(smk.output[0], table)
 
 
 run_rule(snakemake, main)

@@ -7,32 +7,13 @@ from tomoclust.formats.atomic import write_json, write_text
 from tomoclust.formats.mrc import write_mrc
 from tomoclust.formats.star import write_star
 from tomoclust.rule import log, run_rule
-from tomoclust.simulate.tomograms import (
-    CtfSettings,
-    TomogramSettings,
-    load_templates,
-    simulate_tomogram,
-)
+from tomoclust.simulate.tomograms import TomogramSettings, load_templates, simulate_tomogram
 
 
 def main(smk) -> None:
-    sim = smk.params.sim
     templates = load_templates(smk.params.names, smk.input.templates)
-    spec = TomogramSettings(
-        name=smk.wildcards.tomo,
-        shape=tuple(sim["shape"]),
-        voxel_size=float(sim["voxel_size"]),
-        counts={t.name: int(sim["particles_per_class"]) for t in templates},
-        snr=float(sim["snr"]),
-        snr_region=sim["snr_region"],
-        tilt_min=float(sim["tilt_min"]),
-        tilt_max=float(sim["tilt_max"]),
-        tilt_step=float(sim["tilt_step"]),
-        ctf=CtfSettings(**sim["ctf"]),
-        membranes=int(sim["membranes"]),
-        gold_beads=int(sim["gold_beads"]),
-        seed=int(smk.params.seed),
-    )
+    spec = TomogramSettings.from_config(smk.params.sim, smk.wildcards.tomo,
+                                        [t.name for t in templates], smk.params.seed)
     res = simulate_tomogram(templates, spec)
     log.info("placed %s; SNR nominal %.4g, measured %.4g", res.info["counts_placed"],
              spec.snr, res.info["snr_measured"])

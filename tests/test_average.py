@@ -5,6 +5,7 @@ classes too small to average."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import DEVICES
@@ -270,3 +271,109 @@ def test_ctf_phase_flip_darkens_protein(rng):
     flipped = ctf_phase_flip(vol, 12.0, defocus_um=5.0)
     assert flipped[12, 12, 12] < 0 < vol[12, 12, 12]  # low frequencies change sign
     assert np.isclose(np.abs(np.fft.rfftn(flipped)), np.abs(np.fft.rfftn(vol)), atol=1e-3).all()
+
+
+# ------------------------------------------------------------ one class of a method (rule)
+AVG_CFG = {"angular_step": 45.0, "local_step": 22.5, "iterations": 1, "max_shift_vox": 2.0,
+           "mask_radius": None, "mask_edge_vox": 2.0, "initial_resolution": 50.0,
+           "wiener": 0.05, "min_particles": 4, "seed": 0}
+
+
+def test_settings_from_config_turn_angstrom_into_voxels():
+    from tomoclust.average import settings_from_config
+
+    s = settings_from_config({**AVG_CFG, "mask_radius": 60.0}, voxel_size=12.0)
+    assert s.mask_radius == pytest.approx(5.0) and s.initial_resolution == pytest.approx(50 / 12)
+    assert (s.max_shift, s.mask_edge) == (2.0, 2.0)  # already in voxels
+    assert settings_from_config(AVG_CFG, 12.0).mask_radius is None
+
+
+def _class_files(tmp_path, parts, classes, optics=True):
+    from tomoclust.formats.stacks import StackWriter
+    from tomoclust.formats.star import optics_table, write_star
+
+    n, box = len(parts), parts.shape[-1]
+    with StackWriter(tmp_path / "particles.mrcs", n, box, 12.0) as w:
+        w[:] = parts
+    table = pd.DataFrame({"rlnImageName": [f"{i + 1}@particles.mrcs" for i in range(n)],
+                          "rlnTomoName": "t1", "rlnCenteredCoordinateXAngst": 100.0 * np.arange(n),
+                          "rlnCenteredCoordinateYAngst": 0.0, "rlnCenteredCoordinateZAngst": 0.0,
+                          "rlnClassNumber": classes})
+    write_star(tmp_path / "clusters.star", table)
+    write_star(tmp_path / "particles.star", {"optics": optics_table(10.0, 12.0, box),
+                                             "particles": table} if optics else table)
+    return [str(tmp_path / f) for f in ("clusters.star", "particles.star", "particles.mrcs")]
+
+
+def test_read_class_keeps_table_order_and_checks_the_stack(tmp_path):
+    from tomoclust import TomoclustError
+    from tomoclust.average import read_class
+    from tomoclust.formats.star import read_star, write_star
+
+    parts = np.stack([np.full((8, 8, 8), i, np.float32) for i in range(6)])
+    clusters, particles, stack = _class_files(tmp_path, parts, [1, 2, 1, 2, 1, 2])
+    # the class's rows out of stack order: volumes follow the table
+    table = read_star(clusters)
+    write_star(clusters, table.iloc[[4, 1, 0, 3, 2, 5]])
+    cls = read_class(clusters, particles, stack, 1)
+    assert cls.rows.tolist() == [4, 0, 2] and cls.voxel_size == pytest.approx(12.0)
+    assert cls.optics is not None and len(cls.optics) == 1
+    vols = cls.volumes("cpu")
+    assert vols[:, 0, 0, 0].tolist() == [4.0, 0.0, 2.0]
+    _, particles_no_optics, _ = _class_files(tmp_path, parts, [1] * 6, optics=False)
+    assert read_class(clusters, particles_no_optics, stack, 1).optics is None
+    table.loc[0, "rlnImageName"] = "9@particles.mrcs"
+    write_star(clusters, table)
+    with pytest.raises(TomoclustError, match="image 9 is beyond the 6 subtomograms"):
+        read_class(clusters, particles, stack, 1)
+
+
+def test_refined_table_adds_origins_to_extraction_ones():
+    from tomoclust.average import AverageResult, refined_table
+
+    table = pd.DataFrame({"rlnImageName": ["1@p", "2@p"], "rlnOriginXAngst": [5.0, 0.0],
+                          "rlnOriginYAngst": [0.0, 0.0], "rlnOriginZAngst": [0.0, -5.0]})
+    res = AverageResult(average=None, half1=None, half2=None,
+                        rotations=np.stack([np.eye(3)] * 2),
+                        shifts=np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]),
+                        subset=np.array([1, 2]), scores=np.array([0.5, 0.4]), fsc=None)
+    out = refined_table(table, res, voxel_size=10.0)
+    # RELION: centre = coordinate - origin, and the alignment's shift t moves the centre by +t
+    assert out["rlnOriginXAngst"].tolist() == [-5.0, 0.0]
+    assert out["rlnOriginYAngst"].tolist() == [0.0, -20.0]
+    assert out["rlnOriginZAngst"].tolist() == [0.0, -5.0]
+    np.testing.assert_allclose(out[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]], 0.0,
+                               atol=1e-9)
+    assert out["rlnRandomSubset"].tolist() == [1, 2] and "tclAlignmentScore" in out
+    no_prior = refined_table(table[["rlnImageName"]], res, 10.0)
+    assert no_prior["rlnOriginXAngst"].tolist() == [-10.0, 0.0]
+
+
+def test_average_method_class_compares_with_the_dominant_template(tmp_path):
+    from tomoclust.average import TruthMaps, average_method_class, read_class
+    from tomoclust.formats.mrc import write_mrc
+    from tomoclust.formats.star import write_star
+
+    truth_map, parts, _, _ = _planted(16, 8, np.random.default_rng(5), max_shift=1.0)
+    clusters, particles, stack = _class_files(tmp_path, parts, [1] * 8)
+    # 6 of the 8 particles lie on true particles of class 2 (template "b"), 2 on none
+    truth = pd.DataFrame({"rlnTomoName": "t1", "rlnCenteredCoordinateXAngst": 100.0 * np.arange(6),
+                          "rlnCenteredCoordinateYAngst": 0.0, "rlnCenteredCoordinateZAngst": 0.0,
+                          "rlnClassNumber": 2})
+    write_star(tmp_path / "truth.star", truth)
+    write_mrc(tmp_path / "b.mrc", truth_map, 12.0)
+    ref = TruthMaps(str(tmp_path / "truth.star"), [str(tmp_path / "b.mrc")], ["a", "b"], 30.0)
+    cls = read_class(clusters, particles, stack, 1)
+    out = average_method_class(cls, AVG_CFG, "inv", 1, [-60.0, 60.0], "cpu", ref)
+    assert out.info["truth_matched"] == 6 and out.info["template"] == "b"
+    assert out.info["template_particles"] == 6 and out.info["n_particles"] == 8
+    assert list(out.fsc.columns) == ["shell", "resolution_angst", "fsc_half_maps", "fsc_truth"]
+    assert out.truth_view.shape == (16, 16, 16)
+    # noise-free copies of the true map: the average agrees with it at low resolution
+    assert out.fsc["fsc_truth"].iloc[1] > 0.9
+    assert set(out.particles) == {"optics", "particles"}
+    assert len(out.particles["particles"]) == 8
+    # no truth: no comparison
+    plain = average_method_class(cls, AVG_CFG, "inv", 1, [-60.0, 60.0], "cpu")
+    assert "truth_matched" not in plain.info and "fsc_truth" not in plain.fsc
+    np.testing.assert_array_equal(plain.result.average, out.result.average)

@@ -327,3 +327,35 @@ def test_constant_columns_counts_dead_units_and_a_collapse_gives_one_class(rng):
     with pytest.warns(ConvergenceWarning, match="distinct clusters"):  # k-means init of GMM
         res = cluster_features(dead, "gmm", k=3, pca_components=4, stability_seeds=0)
     assert res.k == 1 and set(res.labels) == {1}
+
+
+CLUSTER_CFG = {"algorithm": "gmm", "k": None, "k_min": 2, "k_max": 4, "pca_components": 3,
+               "n_init": 2, "seed": 0, "merge_ratio": 0.1, "merge_gap": 2.0,
+               "k_selection": "bic"}
+
+
+def test_cluster_method_summarises_and_reports_dead_columns(rng, caplog):
+    from tomoclust.cluster import cluster_method
+
+    centres = np.array([[0.0] * 4, [8.0] * 4, [-8.0, 8.0, -8.0, 8.0]])
+    x = np.concatenate([rng.standard_normal((40, 4)) + c for c in centres])
+    x = np.concatenate([x, np.zeros((120, 1))], axis=1)  # one dead unit
+    with caplog.at_level("WARNING", logger="tomoclust.cluster"):
+        res, summary = cluster_method(x, CLUSTER_CFG, "ae")
+    assert "ae: 1 of 5 feature columns are the same for every particle" in caplog.text
+    assert res.k == 3 and summary["k"] == 3 and summary["method"] == "ae"
+    assert sorted(summary["class_sizes"]) == [40, 40, 40]
+    assert summary["constant_feature_columns"] == 1 and summary["feature_columns"] == 5
+    assert summary["collapse_warning"] is None
+    assert summary["mean_probability"] == pytest.approx(float(res.probability.mean()))
+    assert 2.0 < summary["effective_dimension"] <= 4.0
+
+
+def test_cluster_method_warns_when_everything_is_constant(caplog):
+    from tomoclust.cluster import cluster_method
+
+    with caplog.at_level("WARNING", logger="tomoclust.cluster"), \
+            pytest.warns(ConvergenceWarning, match="distinct clusters"):
+        res, summary = cluster_method(np.zeros((60, 3)), {**CLUSTER_CFG, "k": 2}, "disca")
+    assert "disca: all 3 feature columns are the same for every particle" in caplog.text
+    assert summary["constant_feature_columns"] == 3 and summary["k"] == res.k == 1

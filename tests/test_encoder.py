@@ -18,7 +18,7 @@ import yaml
 from tomoclust import TomoclustError
 from tomoclust.features.encoder import (
     DEFAULT_MODEL,
-    EncoderConfig,
+    EncoderSettings,
     SubtomoEncoder,
     embed,
     load_encoder,
@@ -31,16 +31,16 @@ from tomoclust.features.encoder import (
 from tomoclust.features.pretrain import (
     HELD_OUT,
     Imager,
-    ImagingParams,
+    ImagingSettings,
     pseudo_molecule,
     supcon_loss,
 )
 from tomoclust.simulate.density import bounding_radius
 
-TINY = EncoderConfig(channels=(2, 4, 4, 4), hidden=8, embed_dim=4)
+TINY = EncoderSettings(channels=(2, 4, 4, 4), hidden=8, embed_dim=4)
 
 
-def _saved(tmp_path: Path, cfg: EncoderConfig = TINY) -> tuple[Path, SubtomoEncoder]:
+def _saved(tmp_path: Path, cfg: EncoderSettings = TINY) -> tuple[Path, SubtomoEncoder]:
     torch.manual_seed(0)
     model = SubtomoEncoder(cfg).eval()
     path = tmp_path / "enc.pt"
@@ -128,7 +128,7 @@ def test_embedding_ignores_box_scaling_and_rejects_tiny_boxes():
 
 
 def test_prepare_boxes_resamples_to_the_encoder_grid():
-    cfg = EncoderConfig()
+    cfg = EncoderSettings()
     d, vs = 64, 6.0  # the same 384 Å field of view at half the voxel size
     ax = np.arange(d) - d // 2
     zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
@@ -175,7 +175,7 @@ def test_pseudo_molecules_are_centred_varied_and_within_the_size_range():
 
 def test_imager_places_a_planted_blob_at_the_rotated_shifted_position():
     box = 32
-    imager = Imager(box, 12.0, ImagingParams())
+    imager = Imager(box, 12.0, ImagingSettings())
     ax = torch.arange(box, dtype=torch.float32) - box // 2
     zz, yy, xx = torch.meshgrid(ax, ax, ax, indexing="ij")
     # a blob at +5 in x; 90° about z sends x to y; then shift (x, y, z) = (1, 0, -2)
@@ -190,8 +190,8 @@ def test_imaged_boxes_are_standardised_and_noise_follows_the_snr():
     rng = np.random.default_rng(0)
     dens = torch.as_tensor(np.stack([pseudo_molecule(rng, 32, 12.0, (10, 20))[0]
                                      for _ in range(8)]))
-    clean = ImagingParams(snr=(1e4, 1e4), crowding=0.0, junk=0.0, max_shift=0.0)
-    noisy = ImagingParams(snr=(0.01, 0.01), crowding=0.0, junk=0.0, max_shift=0.0)
+    clean = ImagingSettings(snr=(1e4, 1e4), crowding=0.0, junk=0.0, max_shift=0.0)
+    noisy = ImagingSettings(snr=(0.01, 0.01), crowding=0.0, junk=0.0, max_shift=0.0)
     out_c = Imager(32, 12.0, clean)(dens, np.random.default_rng(1))
     out_n = Imager(32, 12.0, noisy)(dens, np.random.default_rng(1))
     for out in (out_c, out_n):
@@ -344,3 +344,20 @@ def test_fewshot_on_the_frozen_encoder_keeps_its_weights(tmp_path, variant):
                                                shot=2, query=3), "cpu")
     assert any(not torch.equal(v, tuned.model.encoder.net.state_dict()[k])
                for k, v in model.state_dict().items() if v.dtype.is_floating_point)
+
+
+def test_template_probabilities_follow_the_templates_in_order(repo):
+    from tomoclust.features.encoder import template_probabilities, template_prototypes
+    from tomoclust.simulate.density import template_density
+
+    torch.manual_seed(0)
+    model = SubtomoEncoder(TINY).eval()
+    lib = {n: str(repo / "resources" / "structures" / f"{n}.pdb.gz") for n in ("3j9i", "1bxn")}
+    ctf = {"defocus_um": 3.0, "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
+    z = np.random.default_rng(1).standard_normal((5, 4))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    p = template_probabilities(model, z, lib, 2, [-50.0, 50.0], ctf)
+    dens = {n: template_density(path, TINY.voxel_size) for n, path in lib.items()}
+    proto = template_prototypes(model, dens, 2, (-50.0, 50.0), ctf)
+    np.testing.assert_allclose(p, nearest_prototype(z, proto), atol=1e-6)
+    assert p.shape == (5, 2)

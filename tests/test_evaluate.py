@@ -209,3 +209,64 @@ def test_metrics_tsv_keeps_every_value_under_its_header(tmp_path):
     back = pd.read_csv(tmp_path / "m.tsv", sep="\t")
     assert back.loc[back["scope"] == "class", "n_picked"].isna().all()
     assert back.loc[back["name"] == "1:a", "recall"].item() == 1.0
+
+
+# ----------------------------------------------------------- a method's classes (rule steps)
+def _clusters():
+    """Six picks near true particles of two classes (clusters numbered the other way round),
+    and one junk pick far from every true particle."""
+    truth = _table("A", [[0, 0, 0], [100, 0, 0], [200, 0, 0], [0, 300, 0], [100, 300, 0],
+                         [200, 300, 0]], classes=[1, 1, 1, 2, 2, 2],
+                   names=["ribo"] * 3 + ["prot"] * 3)
+    picks = _table("A", [[3, 0, 0], [100, 4, 0], [200, 0, 2], [0, 300, 3], [101, 300, 0],
+                         [200, 302, 0], [900, 900, 0]], classes=[2, 2, 2, 1, 1, 1, 1])
+    return picks, truth
+
+
+def test_classification_scores_match_clusters_to_classes():
+    from tomoclust.evaluate import classification_scores
+
+    clusters, truth = _clusters()
+    m, scores, cm = classification_scores(clusters, truth, 30.0, 10.0, "inv")
+    assert m["method"] == "inv" and m["accuracy"] == pytest.approx(1.0)
+    assert m["ari"] == pytest.approx(1.0) and m["n_unmatched_picks"] == 1
+    s = scores.set_index("class")
+    # every true particle is hit within 10 Å by a pick of its matched class; the junk pick
+    # went to cluster 1 = prot, so prot has one false positive
+    assert s.loc["1", ["n_true", "n_predicted", "tp"]].tolist() == [3, 3, 3]
+    assert s.loc["2", ["n_true", "n_predicted", "tp"]].tolist() == [3, 4, 3]
+    assert s.loc["2", "name"] == "prot" and m["fbeta4_weighted"] == scores["fbeta"].iloc[-1]
+    assert int(cm.to_numpy().sum()) == len(clusters)
+
+
+def test_classification_scores_by_stack_index_have_no_challenge_table():
+    from tomoclust.evaluate import classification_scores
+
+    clusters = pd.DataFrame({"tclStackIndex": [0, 1, 2, 3], "rlnClassNumber": [1, 1, 2, 2]})
+    truth = pd.DataFrame({"tclStackIndex": [0, 1, 2, 3], "rlnClassNumber": [2, 2, 0, 1]})
+    m, scores, _ = classification_scores(clusters, truth, 30.0, 10.0, "inv")
+    # row 2 carries no class in the input: left out of the metrics, counted as unmatched
+    assert m["n_unmatched_picks"] == 1 and "fbeta4_weighted" not in m
+    assert scores.empty and "fbeta" in scores.columns
+
+
+def test_fewshot_scores_leave_the_support_out_and_compare_names():
+    from tomoclust.evaluate import fewshot_scores
+
+    labels, truth = _clusters()
+    labels["rlnClassNumber"] = [1, 1, 2, 2, 2, 2, 1]
+    labels["rlnClassName"] = ["ribo", "ribo", "prot", "prot", "prot", "prot", "ribo"]
+    labels["tclClassProbability"] = [0.9, 0.8, 0.6, 0.7, 0.7, 0.7, 0.5]
+    labels["tclSupport"] = [1, 0, 0, 1, 0, 0, 0]
+    m, cm = fewshot_scores(labels, truth, 30.0, "protonet3d")
+    # scored: rows 1, 2 (ribo; one called prot) and 4, 5 (prot, right); support and junk out
+    assert m["n_support"] == 2 and m["n_unmatched_picks"] == 1
+    assert m["accuracy_direct"] == pytest.approx(3 / 4)
+    assert m["mean_confidence"] == pytest.approx((0.8 + 0.6 + 0.7 + 0.7) / 4)
+    assert m["mean_confidence_wrong"] == pytest.approx(0.6)
+    assert m["mean_confidence_correct"] == pytest.approx((0.8 + 0.7 + 0.7) / 3)
+    assert cm.loc["ribo", "prot"] == 1 and int(cm.to_numpy().sum()) == 4
+    # classes not named after the templates: no direct accuracy
+    labels["rlnClassName"] = ["a", "a", "b", "b", "b", "b", "a"]
+    m, _ = fewshot_scores(labels, truth, 30.0, "protonet3d")
+    assert np.isnan(m["accuracy_direct"]) and "mean_confidence_wrong" not in m

@@ -244,3 +244,63 @@ def test_recentred_extraction_moves_off_centre_particles_to_the_centre_and_repor
         assert box.mean() == pytest.approx(0.0, abs=1e-5)  # normalised again
         assert box.std() == pytest.approx(1.0, rel=1e-4)
         assert np.corrcoef(box.ravel(), raw.ravel())[0, 1] < 0.999  # it did move
+
+
+# ------------------------------------------------------------- one tomogram file (rule step)
+def test_extract_tomogram_skips_edge_picks_and_names_the_images(tmp_path, rng):
+    from tomoclust.extract import extract_tomogram
+    from tomoclust.formats.mrc import write_mrc
+
+    vol = rng.standard_normal((40, 40, 40)).astype(np.float32)
+    tomo = tmp_path / "t1" / "tomogram.mrc"
+    tomo.parent.mkdir()
+    write_mrc(tomo, vol, 10.0)
+    xyz = np.array([[20.0, 20.0, 20.0], [2.0, 20.0, 20.0], [18.0, 22.0, 21.0]])
+    picks = particle_table("t1", xyz, vol.shape, 10.0, extra={"tclDogScore": [3.0, 2.0, 1.0]})
+    stack = tmp_path / "t1.mrcs"
+    table = extract_tomogram(tomo, picks, stack, 12.0, 16)
+    plan = plan_resampling(10.0, 12.0, 16)
+    # the pick 2 voxels from the x = 0 face has no whole box: skipped, not shifted
+    assert list(table["tclDogScore"]) == [3.0, 1.0]
+    assert list(table["rlnImageName"]) == ["1@t1.mrcs", "2@t1.mrcs"]
+    assert (table["rlnTomoTiltSeriesPixelSize"] == 10.0).all()
+    assert "rlnOriginXAngst" not in table
+    data, vs = open_stack(stack)
+    assert vs == pytest.approx(12.0, abs=1e-4)
+    np.testing.assert_allclose(np.asarray(data), extract_boxes(vol, xyz[[0, 2], ::-1], plan),
+                               atol=1e-5)
+
+
+def test_extract_tomogram_recentred_records_origins(tmp_path, rng):
+    from tomoclust.extract import extract_tomogram
+    from tomoclust.formats.mrc import write_mrc
+
+    # a dark particle (negative density, as in raw cryo-ET) off the pick
+    vol = (0.05 * rng.standard_normal((40, 40, 40)) - _blob((40, 40, 40), (20, 21, 22), 1.5)
+           ).astype(np.float32)
+    write_mrc(tmp_path / "tomogram.mrc", vol, 10.0)
+    picks = particle_table("t1", np.array([[20.0, 20.0, 20.0]]), vol.shape, 10.0)
+    table = extract_tomogram(tmp_path / "tomogram.mrc", picks, tmp_path / "s.mrcs", 10.0, 16,
+                             normalise=False, recentre=True)
+    origin = table[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy()[0]
+    # RELION: centre = coordinate - origin; the blob is 2 voxels up in x and 1 in y (10 Å).
+    # The centre of mass inside its sphere (d / 5) comes short of an off-centre blob by up to
+    # a few tenths of a voxel; 0.4 voxel is allowed, far below the 1-voxel axis steps checked
+    np.testing.assert_allclose(20.0 * 10 - origin, [220.0, 210.0, 200.0], atol=4.0)
+
+
+def test_tomogram_extents_reads_the_headers(tmp_path):
+    from tomoclust.extract import tomogram_extents
+    from tomoclust.formats.mrc import write_mrc
+
+    paths = []
+    for name, shape, vs in (("a", (20, 30, 40), 10.0), ("b", (24, 24, 24), 8.0)):
+        p = tmp_path / name / "tomogram.mrc"
+        p.parent.mkdir()
+        write_mrc(p, np.zeros(shape, np.float32), vs)
+        paths.append(str(p))
+    shapes, voxel, edge = tomogram_extents(paths, 12.0, 16)
+    assert shapes == {"a": (20, 30, 40), "b": (24, 24, 24)}
+    assert voxel == {"a": pytest.approx(10.0), "b": pytest.approx(8.0)}
+    for name, vs in voxel.items():
+        assert edge[name] == pytest.approx(edge_voxels(plan_resampling(vs, 12.0, 16)) * vs)

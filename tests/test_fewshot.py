@@ -370,6 +370,98 @@ def test_support_from_truth_is_a_valid_user_star(tmp_path):
     np.testing.assert_array_equal(truth["rlnClassNumber"].to_numpy()[s.rows], s.labels)
 
 
+def _write_stack(path: Path, n: int, box: int = 8) -> None:
+    from tomoclust.formats.stacks import StackWriter
+
+    with StackWriter(path, n, box, 12.0) as w:
+        w[:] = np.stack([np.full((box,) * 3, i, np.float32) for i in range(n)])
+
+
+def test_support_examples_from_the_particles_or_a_simulated_set(tmp_path):
+    from tomoclust.features.fewshot_support import support_examples
+    from tomoclust.formats.star import optics_table
+
+    particles = _particles()
+    stack = np.stack([np.full((8, 8, 8), i, np.float32) for i in range(6)])
+    write_star(tmp_path / "particles.star", {"optics": optics_table(10.0, 12.0, 8),
+                                             "particles": particles})
+    star = _star(tmp_path, {"rlnTomoName": ["t2", "t1"], "rlnCoordinateX": [41.0, 69.0],
+                            "rlnCoordinateY": [21.0, 20.0], "rlnCoordinateZ": [5.0, 6.0],
+                            "rlnClassNumber": [1, 2]})
+    # coordinates in voxels of the 10 Å tomogram (the optics' rlnTomoTiltSeriesPixelSize)
+    vols, sup = support_examples(particles, stack, class_names={"2": "b"}, support_star=star,
+                                 particle_star=tmp_path / "particles.star",
+                                 tolerance_angst=20.0)
+    assert sup.rows.tolist() == [4, 2] and vols[:, 0, 0, 0].tolist() == [4.0, 2.0]
+    assert sup.names == {1: "class1", 2: "b"}
+    # a simulated support set: its own stack, names from the set unless overridden
+    sim = _star(tmp_path, {"rlnImageName": ["1@sim.mrcs", "2@sim.mrcs", "3@sim.mrcs"],
+                           "rlnClassNumber": [1, 2, 2], "rlnClassName": ["x", "y", "y"]},
+                "sim.star")
+    _write_stack(tmp_path / "sim.mrcs", 3)
+    vols, sup = support_examples(particles, stack, class_names={1: "ribo"}, sim_star=sim,
+                                 sim_stack=tmp_path / "sim.mrcs")
+    assert sup.rows is None and sup.labels.tolist() == [1, 2, 2] and len(vols) == 3
+    assert sup.names == {1: "ribo", 2: "y"}
+    assert sup.table["rlnClassName"].tolist() == ["ribo", "y", "y"]
+
+
+def test_fewshot_labels_table_and_summary_mark_the_support():
+    from tomoclust.features.fewshot import Prediction
+    from tomoclust.features.fewshot_support import (
+        SupportSet,
+        fewshot_labels_table,
+        fewshot_summary,
+    )
+
+    particles = _particles().assign(tclDogScore=1.0)
+    pred = Prediction(features=np.zeros((6, 4), np.float32), labels=np.array([1, 1, 2, 2, 2, 1]),
+                      confidence=np.full(6, 0.75),
+                      probabilities=np.tile([[0.75, 0.25]], (6, 1)))
+    sup = SupportSet(np.array([4, 1]), np.array([2, 1]), {1: "a", 2: "b"},
+                     pd.DataFrame({"tclParticleIndex": [5, 2], "rlnClassNumber": [2, 1]}))
+    out = fewshot_labels_table(particles, pred, sup)
+    assert "tclDogScore" not in out
+    assert list(out.columns[-6:]) == ["rlnClassNumber", "rlnClassName", "tclClassProbability",
+                                      "tclProbabilityClass1", "tclProbabilityClass2",
+                                      "tclSupport"]
+    assert out["rlnClassName"].tolist() == ["a", "a", "b", "b", "b", "a"]
+    assert out["tclSupport"].tolist() == [0, 1, 0, 0, 1, 0]
+    info = fewshot_summary(pred, sup, "protonet3d")
+    assert info["class_sizes"] == {"a": 3, "b": 3} and info["support_source"] == "star"
+    assert info["n_particles"] == 6 and info["n_support"] == 2 and info["embedding_dim"] == 4
+    sim = SupportSet(None, np.array([1, 2]), {1: "a", 2: "b"}, pd.DataFrame())
+    assert fewshot_labels_table(particles, pred, sim)["tclSupport"].sum() == 0
+    assert fewshot_summary(pred, sim, "protonet3d")["support_source"] == "simulated"
+
+
+def test_training_set_and_trained_model_must_fit_the_data(tmp_path):
+    from tomoclust.features.fewshot import load_trained
+    from tomoclust.features.fewshot_support import load_training_set
+
+    star = _star(tmp_path, {"rlnImageName": ["1@t.mrcs", "2@t.mrcs", "3@t.mrcs"],
+                            "rlnClassNumber": [2, 1, 2], "rlnClassName": ["y", "x", "y"]})
+    _write_stack(tmp_path / "t.mrcs", 3)
+    stack, vs, labels, names = load_training_set(star, tmp_path / "t.mrcs")
+    assert stack.shape == (3, 8, 8, 8) and vs == pytest.approx(12.0)
+    assert labels.tolist() == [2, 1, 2] and names == {2: "y", 1: "x"}
+    _write_stack(tmp_path / "short.mrcs", 2)
+    with pytest.raises(TomoclustError, match=r"has 3 rows but .*short\.mrcs holds 2 volumes"):
+        load_training_set(star, tmp_path / "short.mrcs")
+    params = FewShotSettings(variant="protonet_ce", preset="tiny", width=4)
+    model = ProtoNet(16, params)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    info = {"box": 16, "voxel_size": 12.0, "params": {"preset": "tiny", "width": 4}}
+    loaded, got = load_trained(str(tmp_path / "model.pt"), info, "p.mrcs", 16, 12.0,
+                               "protonet_ce", "cpu")
+    assert got.variant == "protonet_ce" and got.width == 4
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(TomoclustError, match=r"trained on 16³ boxes at 12.0 Å but p.mrcs "
+                                             r"holds 32³ at 12.0 Å"):
+        load_trained(str(tmp_path / "model.pt"), info, "p.mrcs", 32, 12.0, "protonet3d", "cpu")
+
+
 def test_simulated_labelled_set_covers_every_class_at_every_snr():
     from tomoclust.simulate.tomograms import Template
 

@@ -351,3 +351,24 @@ def test_refine_picks_keeps_the_dog_peak_and_merges_converged_picks(rng):
     out, moved = refine_picks(vol, picks, params, 5.0)
     assert len(out) == 1 and moved.all()  # both converged on the ball: the stronger stays
     assert out.loc[0, "dog_x"] == 18.0 and abs(out.loc[0, "x"] - 20.0) < 0.2
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_pick_tomogram_writes_the_particle_table(planted, tmp_path, refine):
+    from tomoclust.pick import pick_tomogram
+
+    vol, centre = planted
+    write_mrc(tmp_path / "tomogram.mrc", vol, 10.0)
+    cfg = {"particle_radius": 40.0, "sigma_scale": 0.577, "sigma_ratio": 1.1,
+           "contrast": "dark", "threshold": 3.0, "min_distance": 40.0, "max_count": None,
+           "chunk_z": 32, "bin": 1, "refine": refine}
+    table = pick_tomogram(str(tmp_path / "tomogram.mrc"), "t1", cfg, 10.0, 8)
+    assert (table["rlnTomoName"] == "t1").all()
+    xyz = table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy()
+    best = xyz[table["tclDogScore"].to_numpy().argmax()]
+    np.testing.assert_allclose(best, np.asarray(centre)[::-1], atol=1.0)
+    dog = table[["tclDogCoordinateX", "tclDogCoordinateY", "tclDogCoordinateZ"]].to_numpy()
+    if not refine:  # without refinement the coordinates are the DoG peaks themselves
+        np.testing.assert_array_equal(dog, xyz)
+    # a box of 8 at 10 Å needs 4 voxels to every face: the picks keep that margin
+    assert (xyz >= 4).all() and (xyz < np.asarray(SHAPE[::-1]) - 4).all()

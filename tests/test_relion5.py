@@ -4,6 +4,8 @@ own importer (mode 1) and with copick 1.31's RELION reader."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,3 +144,70 @@ def test_copick_reader_agrees(tmp_path):
     pixel = formats.relion_coordinates_to_angstrom(out, optics=opt, relion_version="relion4")
     np.testing.assert_allclose(centred, j * 15.0, atol=1e-6)
     np.testing.assert_allclose(pixel, j * 15.0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ one method's export
+RELION = {"tilt_series_pixel_size": None, "hand": -1, **OPTICS}
+ORIG = ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
+
+
+def _clusters():
+    """Four particles of two classes in one tomogram, boxes re-centred at extraction."""
+    return pd.DataFrame({
+        "rlnImageName": [f"{i}@particles.mrcs" for i in range(1, 5)],
+        "rlnTomoName": "TS_01", "rlnCoordinateX": [10.0, 20, 30, 40],
+        "rlnCoordinateY": [5.0, 5, 5, 5], "rlnCoordinateZ": [3.0, 3, 3, 3],
+        "rlnOriginXAngst": [1.0, 2, 3, 4], "rlnOriginYAngst": 0.0, "rlnOriginZAngst": 0.0,
+        "rlnClassNumber": [1, 2, 1, 2], "tclClassProbability": 0.9, "tclStackIndex": [0, 1, 2, 3],
+        "tclDogScore": 5.0})
+
+
+def test_class_particles_take_refined_origins_where_a_class_was_averaged():
+    from tomoclust.formats.relion5 import class_particles
+
+    clusters = _clusters()
+    refined = clusters[clusters["rlnClassNumber"] == 1][["tclStackIndex", *ORIG]].copy()
+    refined[ORIG] = [[11.0, 1.0, 0.0], [13.0, 1.0, 0.0]]  # extraction's origins included
+    for c, v in (("rlnAngleRot", 10.0), ("rlnAngleTilt", 20.0), ("rlnAnglePsi", 30.0),
+                 ("rlnRandomSubset", 1)):
+        refined[c] = v
+    out = class_particles(clusters, [refined])
+    assert "tclDogScore" not in out and "rlnImageName" not in out
+    # class 1 averaged: the refined origins; class 2: extraction's, no angles
+    assert out["rlnOriginXAngst"].tolist() == [11.0, 2.0, 13.0, 4.0]
+    assert out["rlnOriginYAngst"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert out["rlnAngleRot"].isna().tolist() == [False, True, False, True]
+    assert not any(c.endswith("_extract") for c in out.columns)
+    # no averages: the extraction origins only
+    assert class_particles(clusters, [])[ORIG].to_numpy()[:, 0].tolist() == [1.0, 2, 3, 4]
+
+
+def test_export_classes_writes_the_whole_directory(tmp_path):
+    from tomoclust.formats.relion5 import export_classes, export_optics, source_tomogram
+
+    tomo = source_tomogram({"name": "TS_01", "path": "t.mrc", "shape_in_zyx": [50, 100, 100],
+                            "voxel_size_in": 10.0, "voxel_size_out": 10.0})
+    assert tomo.shape_xyz == (100, 100, 50) and Path(tomo.path).is_absolute()
+    out = tmp_path / "relion" / "inv"
+    export_classes(out, _clusters(), [], {"TS_01": tomo}, RELION)
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt", "class1", "class2",
+                                                     "particles.star", "tomograms.star"]
+    assert "No tilt series are known here" in (out / "README.txt").read_text()
+    blocks = read_star_blocks(out / "class2" / "particles.star")
+    assert blocks["particles"]["tclStackIndex"].tolist() == [1, 3]
+    assert blocks["optics"]["rlnVoltage"].tolist() == [300.0]
+    assert not (tmp_path / "relion" / "inv.tmp").exists()
+    # a simulation's own microscope wins over the relion settings
+    assert export_optics(RELION, {"voltage_kv": 200.0, "cs_mm": 2.0,
+                                  "amplitude_contrast": 0.07})["voltage"] == 200.0
+
+
+def test_read_project_needs_a_global_block(tmp_path):
+    from tomoclust.formats.relion5 import read_project
+
+    path = tmp_path / "tomograms.star"
+    write_star(path, {"tomos": pd.DataFrame({"rlnTomoName": ["TS_01"]})})
+    with pytest.raises(TomoclustError, match="no data_global block"):
+        read_project(path)
+    write_star(path, {"global": pd.DataFrame({"rlnTomoName": ["TS_01"]})})
+    assert read_project(path)["rlnTomoName"].tolist() == ["TS_01"]

@@ -389,3 +389,24 @@ def test_embedding_table_rows_and_columns():
     np.testing.assert_array_equal(t[["f0", "f1", "f2"]].to_numpy(), feats)
     with pytest.raises(TomoclustError):
         embedding_table(clusters, feats[:1])
+
+
+def test_averaging_summary_one_row_per_class(caplog):
+    from tomoclust.report.tables import averaging_summary
+
+    summary = {"k": 3, "class_sizes": [12, 3, 20]}
+    infos = [{"class": 3, "n_particles": 20, "resolution_0143_angst": 31.5},
+             {"class": 1, "n_particles": 12, "resolution_0143_angst": 40.0, "template": "4v1w",
+              "template_particles": 11.0, "fsc_truth_05_angst": 45.0,
+              "fsc_truth_0143_angst": 38.0}]
+    with caplog.at_level("INFO", logger="tomoclust.report.tables"):
+        table = averaging_summary(summary, infos, min_particles=10)
+    assert "class 2: 3 particles, too few to average (min_particles 10" in caplog.text
+    assert table["class"].tolist() == [1, 2, 3]
+    assert table["status"].tolist() == ["averaged", "too few particles", "averaged"]
+    assert table["n_particles"].tolist() == [12, 3, 20]
+    assert table.loc[0, "template"] == "4v1w" and table.loc[0, "fsc_truth_0143_angst"] == 38.0
+    # integer counts, missing where unknown (not 11.0 and NaN)
+    assert str(table["template_particles"].dtype) == "Int64"
+    assert table.loc[0, "template_particles"] == 11
+    assert table["template_particles"].isna().tolist() == [False, True, True]

@@ -97,11 +97,34 @@ def test_fewshot_needs_exactly_one_support_source(config):
     check_config(config)
 
 
-def test_renamed_keys_are_read_with_a_warning():
-    old, new = "averaging.max_shift", RENAMED["averaging.max_shift"]
-    cfg = {"averaging": {"max_shift": 2.5}}
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_renamed_keys_are_read_with_a_warning(old):
+    new = RENAMED[old]
+    section, old_name = old.split(".")
+    new_name = new.split(".")[1]
+    cfg = {section: {old_name: 2.5}}
     with pytest.warns(FutureWarning, match=f"config {old} is renamed to {new}"):
         assert apply_renames(cfg) == [old]
-    assert cfg == {"averaging": {"max_shift_vox": 2.5}}
+    assert cfg == {section: {new_name: 2.5}}
     with pytest.raises(TomoclustError, match=f"config {old}: renamed to {new}; give only"):
-        apply_renames({"averaging": {"max_shift": 2.5, "max_shift_vox": 2.5}})
+        apply_renames({section: {old_name: 2.5, new_name: 2.5}})
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_renamed_keys_are_voxel_lengths_with_a_deprecated_schema_alias(repo, old):
+    new = RENAMED[old]
+    assert new.endswith("_vox") and new in leaf_fields()
+    section, old_name = old.split(".")
+    schema = yaml.safe_load((repo / "schemas" / "config.schema.yaml").read_text())
+    alias = schema["properties"][section]["properties"][old_name]
+    assert alias.get("deprecated") is True and new.split(".")[1] in alias["description"]
+
+
+def test_renamed_disca_lowpass_reaches_the_method(config):
+    """disca.invariant_lowpass (old name) arrives at DiscaSettings as invariant_lowpass_vox."""
+    config["disca"].pop("invariant_lowpass_vox", None)
+    config["disca"]["invariant_lowpass"] = 2.0
+    with pytest.warns(FutureWarning, match="disca.invariant_lowpass is renamed"):
+        apply_renames(config)
+    assert check_config(config).disca.invariant_lowpass_vox == 2.0
+    assert rule_params(config, "features_disca", "disca")["invariant_lowpass_vox"] == 2.0

@@ -334,3 +334,17 @@ def test_subtomograms_errors(templates):
         _subtomo(templates, convention="loud")
     with pytest.raises(TomoclustError, match="SNR"):
         _subtomo(templates, snr=0.0)
+
+
+def test_tomogram_settings_from_the_simulation_section(repo):
+    import yaml
+
+    sim = yaml.safe_load((repo / "tests" / "data" / "tiny.yaml").read_text())["simulation"]
+    spec = TomogramSettings.from_config(sim, "sim02", ["3j9i", "4v1w"], seed=7)
+    assert spec.name == "sim02" and spec.shape == (48, 96, 96) and spec.voxel_size == 10.0
+    assert spec.counts == {"3j9i": 6, "4v1w": 6} and spec.seed == 7
+    assert (spec.snr, spec.snr_region) == (0.5, "particles")
+    assert (spec.tilt_min, spec.tilt_max, spec.tilt_step) == (-60.0, 60.0, 3.0)
+    assert spec.ctf == CtfSettings(defocus_um=5.0, voltage_kv=300.0, cs_mm=2.7,
+                                   amplitude_contrast=0.07)
+    assert (spec.membranes, spec.gold_beads) == (0, 0)

@@ -388,3 +388,31 @@ def test_rerun_matrix(transfer_run, repo):
     config = transfer_run / "tiny_transfer.yaml"
     problems = check(repo, transfer_run, config, schema_leaf_keys(repo), {"truth", "simulation"})
     assert not problems, problems
+
+
+def test_training_set_files_and_the_model_input_check(tmp_path):
+    from tomoclust.features.transfer import check_model_input, read_training_set
+    from tomoclust.formats.stacks import StackWriter
+    from tomoclust.formats.star import write_star
+
+    write_star(tmp_path / "training_set.star",
+               pd.DataFrame({"rlnImageName": ["1@training_set.mrcs", "2@training_set.mrcs"],
+                             "rlnClassNumber": [2, 1]}))
+    with StackWriter(tmp_path / "training_set.mrcs", 2, 8, 12.0) as w:
+        w[:] = np.zeros((2, 8, 8, 8), np.float32)
+    (tmp_path / "training_set.json").write_text(json.dumps(
+        {"class_names": ["ball", "rod"], "params": {"box": 8}}))
+    stack, vs, labels, names, params = read_training_set(tmp_path / "training_set.star",
+                                                         tmp_path / "training_set.mrcs")
+    assert labels.tolist() == [1, 0] and names == ["ball", "rod"] and params == {"box": 8}
+    assert stack.shape == (2, 8, 8, 8) and vs == pytest.approx(12.0)
+    write_star(tmp_path / "training_set.star", pd.DataFrame({"rlnClassNumber": [1, 2, 1]}))
+    with pytest.raises(TomoclustError, match=r"has 3 rows but .* holds 2 volumes"):
+        read_training_set(tmp_path / "training_set.star", tmp_path / "training_set.mrcs")
+    extra = {"box": 16, "voxel_size": 12.0}
+    check_model_input("m.pt", extra, "p.mrcs", 16, 12.005)  # within 0.1 %
+    with pytest.raises(TomoclustError, match=r"particles are 16³ at 10 Å but the transfer model "
+                                             r"m\.pt was trained on 16³ at 12 Å"):
+        check_model_input("m.pt", extra, "p.mrcs", 16, 10.0)
+    with pytest.raises(TomoclustError, match="particles are 24³"):
+        check_model_input("m.pt", extra, "p.mrcs", 24, 12.0)

@@ -1,7 +1,7 @@
 """tomoclust: find which macromolecules are in cryo-electron tomograms, without labels.
 
 The library behind the Snakemake workflow, in rooms. Lower rooms never import higher ones
-(checked by the import-linter contract in pyproject.toml):
+(checked by the import-linter contracts in .importlinter):
 
 - :mod:`tomoclust.formats`    files: ``atomic`` (temp file + rename for every output, JSON/TSV/
                               text/npy), ``mrc`` volumes, ``stacks`` (MRC stacks of subtomograms),
@@ -32,8 +32,11 @@ The library behind the Snakemake workflow, in rooms. Lower rooms never import hi
                               encoder) and ``pretrain`` (its corpus and recipe)
 - :mod:`tomoclust.average`    reference-free alignment and averaging with gold-standard FSC
 - :mod:`tomoclust.report`     ``plots`` (matplotlib figures), ``tables`` (HTML tables)
-- :mod:`tomoclust.rule`       the rule scripts' glue (logging, device, particle loading, run
-                              info); library modules never import it
+- :mod:`tomoclust.rule`       the rule scripts' glue (logging, threads and device, particle
+                              loading, label and prediction tables, run info); library
+                              modules never import it. A rule script (scripts/*.py, at most
+                              40 lines) reads its settings, makes one library call and
+                              writes the outputs
 
 Conventions: arrays are ``(z, y, x)``; tables and files speak ``x, y, z``; lengths in
 configuration and tables are in Ångström, voxels only inside functions that say so.

@@ -60,20 +60,32 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import TomoclustError
+from .evaluate import truth_classes
+from .formats.image_names import stack_rows
+from .formats.mrc import read_mrc
+from .formats.stacks import open_stack
+from .formats.star import read_star
 from .numerics.class_maps import (
     MIN_PER_HALF,
+    ctf_phase_flip,
+    dominant_class,
     fsc,
     resolution_at,
+    shell_resolution,
     soft_sphere,
 )
 from .numerics.fourier import wedge_mask
-from .numerics.rotations import local_grid, so3_grid
+from .numerics.rotations import local_grid, relion_angles, so3_grid
 
 log = logging.getLogger(__name__)
 
@@ -495,82 +507,145 @@ def average_class(particles: np.ndarray | torch.Tensor, settings: AveragingSetti
     TooFewParticles
         Fewer than ``max(min_particles, 4)`` particles.
     """
-    n = len(particles)
-    check_size(n, settings.min_particles)
-    if device is None:
-        device = particles.device if isinstance(particles, torch.Tensor) else "cpu"
-    dev = torch.device(device)
-    x = torch.as_tensor(np.asarray(particles, dtype=np.float32) if not isinstance(
-        particles, torch.Tensor) else particles, dtype=torch.float32).to(dev)
-    b = x.shape[-1]
-    if x.shape[1:] != (b, b, b):
-        raise TomoclustError(f"particles must be cubes, got shape {tuple(x.shape[1:])}")
-    x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-    if tilt_range is None:
-        wedge = np.ones((b,) * 3, dtype=np.float32)
-    else:
-        wedge = wedge_mask((b,) * 3, float(tilt_range[0]), float(tilt_range[1]), rfft=False)
-    wedge_t = torch.as_tensor(wedge, device=dev)
-    wedge_shifted = torch.fft.fftshift(wedge_t)
-    radius = settings.radius(b)
-    mask = torch.as_tensor(soft_sphere(b, radius, settings.mask_edge), device=dev)
-    subset = split_halves(n, settings.seed)
-    halves = [np.flatnonzero(subset == h) for h in (1, 2)]
-    k_cur = 1.0 / max(settings.initial_resolution, 2.0)
-    refs = []
-    for idx in halves:
-        i0 = typical_particle(x[idx])
-        refs.append(lowpass(x[idx[i0]], k_cur) * mask)
-    rots = torch.zeros((n, 3, 3), device=dev)
-    shifts = torch.zeros((n, 3), device=dev)
-    scores = torch.zeros(n, device=dev)
+    check_size(len(particles), settings.min_particles)
+    run = _Run.prepare(particles, settings, tilt_range, device)
+    refs = run.initial_references()
     history: list[dict] = []
-    sums: list[tuple[torch.Tensor, torch.Tensor]] = [None, None]  # type: ignore[list-item]
-    spectra = _centre_fft(x).reshape(n, -1)
     for it in range(settings.iterations):
-        for h, idx in enumerate(halves):
-            it_idx = torch.as_tensor(idx, device=dev)
+        maps = run.refine_halves(refs, it)
+        q, u = run.measure_fsc(maps, it, history)
+        refs = [lowpass(mp, run.k_cur) * run.mask for mp in maps]
+    run.one_frame(q, u)
+    return run.result(history)
+
+
+@dataclass
+class _Run:
+    """The state of one gold-standard refinement: the centred particles and their spectra,
+    the wedge and mask, the half sets, each particle's current orientation and score, and the
+    current band (cycles/voxel)."""
+
+    settings: AveragingSettings
+    x: torch.Tensor
+    spectra: torch.Tensor
+    wedge: torch.Tensor
+    wedge_shifted: torch.Tensor
+    mask: torch.Tensor
+    radius: float
+    subset: np.ndarray
+    halves: list[np.ndarray]
+    rots: torch.Tensor
+    shifts: torch.Tensor
+    scores: torch.Tensor
+    k_cur: float
+
+    @classmethod
+    def prepare(cls, particles, settings: AveragingSettings,
+                tilt_range: tuple[float, float] | None, device) -> _Run:
+        """Particles as mean-free float32 cubes on the device, the wedge, the soft mask, the
+        random half sets and the initial band."""
+        n = len(particles)
+        if device is None:
+            device = particles.device if isinstance(particles, torch.Tensor) else "cpu"
+        dev = torch.device(device)
+        x = torch.as_tensor(np.asarray(particles, dtype=np.float32) if not isinstance(
+            particles, torch.Tensor) else particles, dtype=torch.float32).to(dev)
+        b = x.shape[-1]
+        if x.shape[1:] != (b, b, b):
+            raise TomoclustError(f"particles must be cubes, got shape {tuple(x.shape[1:])}")
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        if tilt_range is None:
+            wedge = np.ones((b,) * 3, dtype=np.float32)
+        else:
+            wedge = wedge_mask((b,) * 3, float(tilt_range[0]), float(tilt_range[1]),
+                               rfft=False)
+        wedge_t = torch.as_tensor(wedge, device=dev)
+        radius = settings.radius(b)
+        subset = split_halves(n, settings.seed)
+        return cls(settings=settings, x=x, spectra=_centre_fft(x).reshape(n, -1),
+                   wedge=wedge_t, wedge_shifted=torch.fft.fftshift(wedge_t),
+                   mask=torch.as_tensor(soft_sphere(b, radius, settings.mask_edge), device=dev),
+                   radius=radius, subset=subset,
+                   halves=[np.flatnonzero(subset == h) for h in (1, 2)],
+                   rots=torch.zeros((n, 3, 3), device=dev),
+                   shifts=torch.zeros((n, 3), device=dev), scores=torch.zeros(n, device=dev),
+                   k_cur=1.0 / max(settings.initial_resolution, 2.0))
+
+    @property
+    def box(self) -> int:
+        return self.x.shape[-1]
+
+    def _index(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(idx, device=self.x.device)
+
+    def initial_references(self) -> list[torch.Tensor]:
+        """Each half's most typical particle, low-passed to the initial band and masked."""
+        refs = []
+        for idx in self.halves:
+            i0 = typical_particle(self.x[idx])
+            refs.append(lowpass(self.x[idx[i0]], self.k_cur) * self.mask)
+        return refs
+
+    def refine_halves(self, refs: list[torch.Tensor], it: int) -> list[torch.Tensor]:
+        """Align each half to its own reference (iteration ``it``); return the half maps."""
+        s = self.settings
+        sums = []
+        for h, idx in enumerate(self.halves):
+            it_idx = self._index(idx)
             # a global search lets particles misaligned against an early, noisy reference
             # recover; without it later iterations refine locally from the last result
-            glob = it == 0 or settings.global_every_iteration
-            r, t, sc = align(x[it_idx], wedge_t, refs[h], settings.angular_step,
-                             settings.local_step, settings.max_shift, radius, k_cur,
-                             settings.batch, start=None if glob else rots[it_idx],
-                             spectra=spectra[it_idx])
-            rots[it_idx], shifts[it_idx], scores[it_idx] = r, t, sc
-            sums[h] = reconstruct(x[it_idx], wedge_shifted, r, t, settings.wiener)
-        maps = [_map(nm, dn, settings.wiener * len(idx)) for (nm, dn), idx in zip(sums, halves,
-                                                                                    strict=True)]
-        q, u, cc = align_maps(maps[0] * mask, maps[1] * mask, settings.angular_step,
-                              settings.local_step, settings.max_shift, radius)
+            glob = it == 0 or s.global_every_iteration
+            r, t, sc = align(self.x[it_idx], self.wedge, refs[h], s.angular_step,
+                             s.local_step, s.max_shift, self.radius, self.k_cur, s.batch,
+                             start=None if glob else self.rots[it_idx],
+                             spectra=self.spectra[it_idx])
+            self.rots[it_idx], self.shifts[it_idx], self.scores[it_idx] = r, t, sc
+            sums.append(reconstruct(self.x[it_idx], self.wedge_shifted, r, t, s.wiener))
+        return [_map(nm, dn, s.wiener * len(idx))
+                for (nm, dn), idx in zip(sums, self.halves, strict=True)]
+
+    def measure_fsc(self, maps: list[torch.Tensor], it: int, history: list[dict]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Align half 2's map to half 1's, record the masked FSC of iteration ``it`` in
+        ``history`` and widen the band to its 0.143 crossing; return the alignment."""
+        s, mask, b = self.settings, self.mask, self.box
+        q, u, cc = align_maps(maps[0] * mask, maps[1] * mask, s.angular_step, s.local_step,
+                              s.max_shift, self.radius)
         h2 = place_volume(maps[1], q, u)
         curve = fsc((maps[0] * mask).cpu().numpy(), (h2 * mask).cpu().numpy())
         res = resolution_at(curve, 0.143, b)
-        history.append({"iteration": it + 1, "band_cycles_per_voxel": k_cur,
+        history.append({"iteration": it + 1, "band_cycles_per_voxel": self.k_cur,
                         "resolution_0143_voxels": res, "half_alignment_cc": cc,
-                        "mean_score": float(scores.mean())})
+                        "mean_score": float(self.scores.mean())})
         log.info("iteration %d: band %.3f cycles/voxel, half-map FSC 0.143 at %.2f voxels, "
-                 "mean score %.3f", it + 1, k_cur, res, float(scores.mean()))
-        k_cur = min(0.5, max(k_cur, 1.0 / res + 1.0 / b))
-        refs = [lowpass(mp, k_cur) * mask for mp in maps]
-    # one frame for all: half 2 composed with its alignment to half 1 (R' = R Qᵀ, t' = t − R' u)
-    i2 = torch.as_tensor(halves[1], device=dev)
-    r2 = rots[i2] @ q.T
-    rots[i2] = r2
-    shifts[i2] = shifts[i2] - torch.einsum("nij,j->ni", r2, u)
-    lam = [settings.wiener * len(idx) for idx in halves]
-    sums = [reconstruct(x[torch.as_tensor(idx, device=dev)], wedge_shifted,
-                        rots[torch.as_tensor(idx, device=dev)],
-                        shifts[torch.as_tensor(idx, device=dev)], settings.wiener)
-            for idx in halves]
-    half_maps = [_map(nm, dn, lm) for (nm, dn), lm in zip(sums, lam, strict=True)]
-    full = _map(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], settings.wiener * n)
-    curve = fsc((half_maps[0] * mask).cpu().numpy(), (half_maps[1] * mask).cpu().numpy())
-    return AverageResult(
-        average=full.cpu().numpy(), half1=half_maps[0].cpu().numpy(),
-        half2=half_maps[1].cpu().numpy(), rotations=rots.double().cpu().numpy(),
-        shifts=shifts.double().cpu().numpy(), subset=subset,
-        scores=scores.cpu().numpy(), fsc=curve, history=history)
+                 "mean score %.3f", it + 1, self.k_cur, res, float(self.scores.mean()))
+        self.k_cur = min(0.5, max(self.k_cur, 1.0 / res + 1.0 / b))
+        return q, u
+
+    def one_frame(self, q: torch.Tensor, u: torch.Tensor) -> None:
+        """Half 2's orientations composed with its alignment to half 1 (R' = R Qᵀ,
+        t' = t − R' u), so that every particle and map shares one frame."""
+        i2 = self._index(self.halves[1])
+        r2 = self.rots[i2] @ q.T
+        self.rots[i2] = r2
+        self.shifts[i2] = self.shifts[i2] - torch.einsum("nij,j->ni", r2, u)
+
+    def result(self, history: list[dict]) -> AverageResult:
+        """Both half maps and the full average from the final orientations, and their FSC."""
+        s, mask = self.settings, self.mask
+        lam = [s.wiener * len(idx) for idx in self.halves]
+        sums = [reconstruct(self.x[self._index(idx)], self.wedge_shifted,
+                            self.rots[self._index(idx)], self.shifts[self._index(idx)],
+                            s.wiener)
+                for idx in self.halves]
+        half_maps = [_map(nm, dn, lm) for (nm, dn), lm in zip(sums, lam, strict=True)]
+        full = _map(sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], s.wiener * len(self.x))
+        curve = fsc((half_maps[0] * mask).cpu().numpy(), (half_maps[1] * mask).cpu().numpy())
+        return AverageResult(
+            average=full.cpu().numpy(), half1=half_maps[0].cpu().numpy(),
+            half2=half_maps[1].cpu().numpy(), rotations=self.rots.double().cpu().numpy(),
+            shifts=self.shifts.double().cpu().numpy(), subset=self.subset,
+            scores=self.scores.cpu().numpy(), fsc=curve, history=history)
 
 
 def fsc_against_truth(average: np.ndarray, truth: np.ndarray, settings: AveragingSettings,
@@ -589,3 +664,155 @@ def fsc_against_truth(average: np.ndarray, truth: np.ndarray, settings: Averagin
     placed = place_volume(tru, q, u)
     curve = fsc((avg * mask).numpy(), (placed * mask).numpy())
     return curve, placed.numpy(), cc
+
+
+# ------------------------------------------------------------------ one class of a method
+def settings_from_config(cfg: Mapping[str, Any], voxel_size: float) -> AveragingSettings:
+    """The ``averaging`` section (lengths in Å unless named ``_vox``) as the settings of
+    particles at ``voxel_size`` Å (lengths in voxels)."""
+    return AveragingSettings(
+        angular_step=float(cfg["angular_step"]), local_step=float(cfg["local_step"]),
+        iterations=int(cfg["iterations"]), max_shift=float(cfg["max_shift_vox"]),
+        mask_radius=None if cfg["mask_radius"] is None else cfg["mask_radius"] / voxel_size,
+        mask_edge=float(cfg["mask_edge_vox"]),
+        initial_resolution=float(cfg["initial_resolution"]) / voxel_size,
+        wiener=float(cfg["wiener"]), min_particles=int(cfg["min_particles"]),
+        seed=int(cfg["seed"]))
+
+
+@dataclass
+class ClassParticles:
+    """The particles of one class: their rows of the cluster table, the optics block of the
+    particle table (None when it has none) and the stack they live in."""
+
+    table: pd.DataFrame
+    optics: pd.DataFrame | None
+    rows: np.ndarray  # 0-based rows of the stack, in table order
+    stack: np.ndarray  # the whole stack (memory-mapped)
+    voxel_size: float
+
+    def volumes(self, device) -> torch.Tensor:
+        """The class's subtomograms in table order on ``device`` (read in stack order)."""
+        parts = torch.as_tensor(np.asarray(self.stack[np.sort(self.rows)], dtype=np.float32))
+        return parts[np.argsort(np.argsort(self.rows))].to(device)
+
+
+def read_class(clusters: str, particles: str, stack: str, k: int) -> ClassParticles:
+    """Class ``k`` of a cluster table (``clusters``), with the optics of the particle table
+    (``particles``; the clustering writes the particles block only) and the gathered
+    ``stack``; every image must lie in the stack."""
+    table = read_star(clusters, what="cluster table")
+    try:
+        optics = read_star(particles, block="optics", what="particle table")
+    except TomoclustError:
+        optics = None
+    table = table[table["rlnClassNumber"].to_numpy() == k].reset_index(drop=True)
+    data, vs = open_stack(stack)
+    rows = stack_rows(table["rlnImageName"], f"cluster table {clusters}")
+    if len(rows) and rows.max() >= len(data):
+        raise TomoclustError(f"cluster table {clusters}: image {rows.max() + 1} is "
+                             f"beyond the {len(data)} subtomograms of {stack}")
+    return ClassParticles(table, optics, rows, data, vs)
+
+
+@dataclass
+class TruthMaps:
+    """A simulation's ground truth for the class averages: the truth table, the true maps
+    (``<template>.mrc`` at the particles' voxel size), the template names in class-number
+    order, the matching tolerance (Å) and the microscope (the averages are not CTF-corrected:
+    the true map is compared as imaged)."""
+
+    star: str
+    maps: Sequence[str]
+    templates: Sequence[str]
+    tolerance_angst: float
+    ctf: Mapping[str, Any] | None = None
+
+
+def compare_with_truth(average: np.ndarray, table: pd.DataFrame, truth: TruthMaps,
+                       settings: AveragingSettings, voxel_size: float
+                       ) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    """Which template the class's particles are (the dominant true class of those matching a
+    true particle) and the FSC of the average against its true map: (what info.json
+    records, the FSC curve, the true map placed on the average), the last two None when no
+    particle matches."""
+    true_cls = truth_classes(table, read_star(truth.star, what="ground truth"),
+                             truth.tolerance_angst)
+    cls, count = dominant_class(true_cls)
+    info: dict[str, Any] = {"truth_matched": int((true_cls > 0).sum())}
+    if not cls:
+        log.info("no particle of this class matches a true particle: no FSC against truth")
+        return info, None, None
+    name = truth.templates[cls - 1]
+    tmap, _ = read_mrc(next(p for p in truth.maps if Path(p).stem == name), what="true map")
+    if truth.ctf:
+        tmap = ctf_phase_flip(tmap, voxel_size, **truth.ctf)
+    curve, placed, cc = fsc_against_truth(average, tmap, settings)
+    box = average.shape[0]
+    info.update({"template": name, "template_particles": count, "truth_alignment_cc": cc,
+                 "fsc_truth_05_angst": resolution_at(curve, 0.5, box) * voxel_size,
+                 "fsc_truth_0143_angst": resolution_at(curve, 0.143, box) * voxel_size})
+    log.info("dominant template %s (%d of %d particles); FSC vs truth 0.5 at %.1f Å, "
+             "0.143 at %.1f Å", name, count, len(table), info["fsc_truth_05_angst"],
+             info["fsc_truth_0143_angst"])
+    return info, curve, placed
+
+
+def refined_table(table: pd.DataFrame, res: AverageResult, voxel_size: float) -> pd.DataFrame:
+    """The class's particle table with RELION's angles, origins (Å; added to extraction's
+    where the boxes were re-centred), half sets and the alignment scores."""
+    out = table.copy()
+    ang = relion_angles(res.rotations)
+    out["rlnAngleRot"], out["rlnAngleTilt"], out["rlnAnglePsi"] = ang.T
+    origin = -res.shifts * voxel_size  # RELION: the particle's centre is at coordinate - origin
+    prior = [c for c in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+             if c in table.columns]
+    if len(prior) == 3:  # the boxes were re-centred at extraction: origins add up
+        origin = origin + table[prior].to_numpy(dtype=np.float64)
+    out["rlnOriginXAngst"], out["rlnOriginYAngst"], out["rlnOriginZAngst"] = origin.T
+    out["rlnRandomSubset"] = res.subset
+    out["tclAlignmentScore"] = res.scores
+    return out
+
+
+@dataclass
+class ClassAverage:
+    """One class averaged: the maps and orientations, the refined particle table (with the
+    optics block, if any), the FSC table (half maps, and against the truth where known),
+    what info.json records, and the true map placed on the average (or None)."""
+
+    result: AverageResult
+    particles: pd.DataFrame | dict[str, pd.DataFrame]
+    fsc: pd.DataFrame
+    info: dict
+    truth_view: np.ndarray | None
+    voxel_size: float
+
+
+def average_method_class(cls: ClassParticles, cfg: Mapping[str, Any], method: str, k: int,
+                         tilt_range: Sequence[float], device: str,
+                         truth: TruthMaps | None = None) -> ClassAverage:
+    """Average class ``k`` of ``method`` (:func:`average_class`) with the ``averaging``
+    settings ``cfg``, and compare it with the truth when there is one."""
+    vs = cls.voxel_size
+    settings = settings_from_config(cfg, vs)
+    log.info("%s class %d: %d particles, %d³ at %.4g Å, tilt range %s, device %s", method, k,
+             len(cls.table), cls.stack.shape[-1], vs, list(tilt_range), device)
+    res = average_class(cls.volumes(device), settings, tilt_range=tuple(tilt_range))
+    box = res.average.shape[0]
+    fsc_table = pd.DataFrame({"shell": np.arange(box // 2 + 1),
+                              "resolution_angst": shell_resolution(box, vs),
+                              "fsc_half_maps": res.fsc})
+    info = {"method": method, "class": k, "n_particles": len(cls.table), "voxel_size": vs,
+            "box": box, "device": device,
+            "resolution_0143_angst": resolution_at(res.fsc, 0.143, box) * vs,
+            "history": res.history}
+    view = None
+    if truth is not None:
+        extra, curve, view = compare_with_truth(res.average, cls.table, truth, settings, vs)
+        info.update(extra)
+        if curve is not None:
+            fsc_table["fsc_truth"] = curve
+    out = refined_table(cls.table, res, vs)
+    particles = {"optics": cls.optics, "particles": out} if cls.optics is not None else out
+    return ClassAverage(res, particles, fsc_table, info, view, vs)

@@ -30,7 +30,9 @@ A merged class's posterior is the sum of its components'.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -498,3 +500,46 @@ def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, s
         groups = None
     return best_k, {"gap": float(best_gap), "fits": n_fits, "n_points": m,
                     "points": zp, "labels": groups}
+
+
+
+def _warn_constant_columns(features: np.ndarray, method: str) -> int:
+    """Log how many feature columns are constant (dead units); return that number."""
+    n_const = constant_columns(features)
+    if n_const == features.shape[1]:
+        log.warning("%s: all %d feature columns are the same for every particle (the model "
+                    "collapsed, e.g. dead units of a network trained on very noisy data); the "
+                    "clustering cannot separate anything and puts every particle in one class",
+                    method, n_const)
+    elif n_const:
+        log.warning("%s: %d of %d feature columns are the same for every particle (dead "
+                    "units); the clustering uses the other %d", method, n_const,
+                    features.shape[1], features.shape[1] - n_const)
+    return n_const
+
+
+def cluster_method(features: np.ndarray, cfg: Mapping[str, Any], method: str
+                   ) -> tuple[ClusterResult, dict]:
+    """Cluster one method's features with the ``clustering`` settings ``cfg``
+    (:func:`cluster_features`); return the result and its summary (summary.json: K, class
+    sizes, stability, dead feature columns, effective dimension and any collapse warning,
+    which is also logged)."""
+    n_const = _warn_constant_columns(features, method)
+    res = cluster_features(features, cfg["algorithm"], k=cfg["k"], k_min=cfg["k_min"],
+                           k_max=cfg["k_max"], pca_components=cfg["pca_components"],
+                           n_init=cfg["n_init"], seed=cfg["seed"],
+                           merge_ratio=cfg["merge_ratio"], merge_gap=cfg["merge_gap"],
+                           k_selection=cfg["k_selection"])
+    sizes = np.bincount(res.labels)[1:].tolist()
+    collapsed = collapse_warning(features, res.k, cfg["k"] or cfg["k_max"], sizes)
+    if collapsed:
+        log.warning("%s: %s", method, collapsed)
+    summary = {"method": method, "algorithm": cfg["algorithm"], "k": res.k,
+               "class_sizes": sizes, "mixture_components": res.k_components,
+               "stability_ari": res.stability_ari,
+               "mean_probability": float(res.probability.mean()),
+               "constant_feature_columns": n_const, "feature_columns": int(features.shape[1]),
+               "effective_dimension": effective_dimension(features),
+               "collapse_warning": collapsed}
+    log.info("%s: K=%d, sizes %s, stability ARI %.3f", method, res.k, sizes, res.stability_ari)
+    return res, summary

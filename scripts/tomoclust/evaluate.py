@@ -15,6 +15,8 @@ clusters mapped to true classes by the Hungarian matching).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
@@ -22,6 +24,9 @@ from scipy.spatial import cKDTree
 
 from . import TomoclustError
 from .formats.star import voxels_from_centered_angst
+from .numerics.metrics import clustering_metrics, confusion, hungarian_mapping
+
+log = logging.getLogger(__name__)
 
 
 def match_points(picks: np.ndarray, truth: np.ndarray, tolerance: float
@@ -48,7 +53,6 @@ def match_points(picks: np.ndarray, truth: np.ndarray, tolerance: float
 
 
 CHALLENGE_BETA = 4.0
-CHALLENGE_RADIUS_FRACTION = 0.5
 
 
 def _prf(tp: int, n_pred: int, n_true: int) -> tuple[float, float, float]:
@@ -243,3 +247,87 @@ def truth_by_index(particles: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
         raise TomoclustError(f"{len(missing)} particle(s) have no ground-truth row (first "
                              f"tclStackIndex {missing[0]}); the truth table is stale")
     return np.array([lut[int(i)] for i in idx], dtype=np.int64)
+
+
+# ------------------------------------------------------------------ a method's classes
+CHALLENGE_COLUMNS = ["class", "name", "n_true", "n_predicted", "tp", "precision", "recall",
+                     "fbeta", "weight"]
+
+
+def classification_scores(clusters: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: float,
+                          challenge_tolerance_angst: float, method: str
+                          ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """A method's classes (``clusters``) against the ground truth: (the clustering metrics
+    as one row, the challenge's per-class F-beta table, the confusion matrix).
+
+    ``truth`` with ``tclStackIndex`` holds the input STAR's classes, matched by row; else it
+    is a simulation's, matched by position within ``tolerance_angst`` (picks without a match
+    are junk: they count in ``n_unmatched_picks`` and, through the class their cluster is
+    matched to, in the challenge score, where a pick counts within
+    ``challenge_tolerance_angst`` of a true particle). The input STAR's classes have no
+    positions, so their challenge table is empty.
+    """
+    by_index = "tclStackIndex" in truth.columns
+    if by_index:
+        true_cls = truth_by_index(clusters, truth)
+        ok = true_cls > 0
+        log.info("%d of %d particles carry a class number in the input STAR", int(ok.sum()),
+                 len(ok))
+    else:
+        true_cls = truth_classes(clusters, truth, tolerance_angst)
+        ok = true_cls > 0
+        log.info("%d of %d particles match a true particle within %.0f Å; the rest are junk "
+                 "picks", int(ok.sum()), len(ok), tolerance_angst)
+    pred = clusters["rlnClassNumber"].to_numpy()
+    m = {"method": method, **clustering_metrics(true_cls[ok], pred[ok]),
+         "n_unmatched_picks": int((~ok).sum())}
+    scores = pd.DataFrame(columns=CHALLENGE_COLUMNS)
+    if not by_index:
+        mapping = hungarian_mapping(true_cls[ok], pred[ok])
+        predicted = np.array([mapping.get(int(c), 0) for c in pred])
+        names = {}
+        if "tclTemplateName" in truth.columns:
+            names = dict(zip(truth["rlnClassNumber"].astype(int), truth["tclTemplateName"],
+                             strict=True))
+        scores = challenge_scores(clusters, predicted, truth, challenge_tolerance_angst,
+                                  names=names)
+        m["fbeta4_weighted"] = float(scores["fbeta"].iloc[-1])
+        log.info("challenge F-beta (β = 4, within %.0f Å):\n%s", challenge_tolerance_angst,
+                 scores.to_string(index=False))
+    return m, scores, confusion(true_cls, pred)
+
+
+def _mean_or_nan(x: np.ndarray) -> float:
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def fewshot_scores(labels: pd.DataFrame, truth: pd.DataFrame, tolerance_angst: float,
+                   variant: str) -> tuple[dict, pd.DataFrame]:
+    """Few-shot predicted classes (``labels``, with ``tclSupport``) against a simulation's
+    ground truth: (metrics as one row, confusion of true against predicted class names).
+
+    Support particles are left out (their class was given), and so are picks that match no
+    true particle within ``tolerance_angst``. Besides the clustering metrics,
+    ``accuracy_direct`` compares the predicted class *names* with the true template names,
+    with no matching; it (and the mean confidence of right and wrong predictions) is NaN when
+    the support classes are not named after the templates.
+    """
+    true_cls = truth_classes(labels, truth, tolerance_angst)
+    support = labels["tclSupport"].to_numpy() == 1
+    ok = (true_cls > 0) & ~support
+    names = dict(zip(truth["rlnClassNumber"].astype(int), truth["tclTemplateName"].astype(str),
+                     strict=True))
+    true_names = np.array([names.get(int(c), "") for c in true_cls])
+    pred_names = labels["rlnClassName"].astype(str).to_numpy()
+    conf = labels["tclClassProbability"].to_numpy(dtype=float)
+    m = {"method": variant, **clustering_metrics(true_cls[ok], labels["rlnClassNumber"][ok])}
+    direct = set(pred_names) <= set(names.values())
+    right = true_names == pred_names
+    m["accuracy_direct"] = float(right[ok].mean()) if direct and ok.any() else float("nan")
+    m["mean_confidence"] = _mean_or_nan(conf[ok])
+    if direct and ok.any():
+        m["mean_confidence_correct"] = _mean_or_nan(conf[ok & right])
+        m["mean_confidence_wrong"] = _mean_or_nan(conf[ok & ~right])
+    m["n_support"] = int(support.sum())
+    m["n_unmatched_picks"] = int(((true_cls == 0) & ~support).sum())
+    return m, confusion(true_names[ok], pred_names[ok])

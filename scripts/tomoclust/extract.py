@@ -25,8 +25,9 @@ from threadpoolctl import ThreadpoolController
 
 from . import TomoclustError
 from .formats.image_names import image_names
+from .formats.mrc import open_mrc
 from .formats.stacks import StackWriter, open_stack
-from .formats.star import optics_table, read_star, write_star
+from .formats.star import optics_table, read_star, write_star, xyz_to_zyx
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,64 @@ def extract_recentred(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: Resamp
         writer[a:a + len(boxes)] = boxes
         origins[a:a + len(boxes)] = -off[:, ::-1] * plan.voxel_size_out
     return origins
+
+
+def extract_tomogram(tomogram: str | Path, picks: pd.DataFrame, stack: str | Path,
+                     voxel_size: float, box: int, normalise: bool = True, recentre: bool = False,
+                     workers: int = 1) -> pd.DataFrame:
+    """Extract the picks of one tomogram file into the MRC stack ``stack`` (``box``³ at
+    ``voxel_size`` Å, :func:`extract_to_stack`, or :func:`extract_recentred` with
+    ``recentre``); return the picks' table for it.
+
+    Picks too close to a face for a whole box are skipped (and counted in the log), not
+    shifted. The table gains ``rlnImageName`` (``N@<stack file name>``), the tomogram's voxel
+    size as ``rlnTomoTiltSeriesPixelSize`` and, with ``recentre``, the origins
+    ``rlnOrigin{X,Y,Z}Angst``.
+    """
+    with open_mrc(tomogram, "tomogram") as mrc:
+        vs = float(mrc.voxel_size.x)
+        plan = plan_resampling(vs, float(voxel_size), int(box))
+        log.info("box %d at %.4g Å -> Fourier %d -> box %d at %.4g Å", plan.box_in, vs,
+                 plan.n_fourier, plan.box_out, plan.voxel_size_out)
+        coords = xyz_to_zyx(picks[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]]
+                            .to_numpy(dtype=np.float64)) if len(picks) else np.zeros((0, 3))
+        inside = boxes_in_bounds(coords, mrc.data.shape, plan.box_in)
+        if not inside.all():
+            log.warning("%d picks too close to the edge for a %d-voxel box: skipped, not shifted",
+                        int((~inside).sum()), plan.box_in)
+        picks = picks[inside].reset_index(drop=True)
+        coords = coords[inside]
+        with StackWriter(stack, len(picks), plan.box_out, plan.voxel_size_out) as w:
+            if recentre:
+                origins = extract_recentred(mrc.data, coords, plan, w, normalise=bool(normalise),
+                                            workers=workers)
+                dist = np.linalg.norm(origins, axis=1)
+                if len(dist):
+                    log.info("re-centred %d boxes: median shift %.1f Å, 90th percentile %.1f Å",
+                             len(dist), float(np.median(dist)), float(np.percentile(dist, 90)))
+            else:
+                extract_to_stack(mrc.data, coords, plan, w, normalise=bool(normalise),
+                                 workers=workers)
+    picks.insert(0, "rlnImageName", image_names(len(picks), Path(stack).name))
+    picks["rlnTomoTiltSeriesPixelSize"] = vs
+    if recentre:
+        picks["rlnOriginXAngst"], picks["rlnOriginYAngst"], picks["rlnOriginZAngst"] = origins.T
+    return picks
+
+
+def tomogram_extents(tomograms: list[str], voxel_size: float, box: int
+                     ) -> tuple[dict[str, tuple[int, ...]], dict[str, float], dict[str, float]]:
+    """Per tomogram file (named by its folder, ``<name>/tomogram.mrc``): its shape (z, y, x
+    voxels), its voxel size and the margin (Å) inside each face where no box of ``box``³ at
+    ``voxel_size`` Å can be extracted (from the MRC headers only)."""
+    shapes, voxel, edge = {}, {}, {}
+    for path in tomograms:
+        name = Path(path).parent.name
+        with open_mrc(path, "tomogram") as mrc:
+            shapes[name], voxel[name] = mrc.data.shape, float(mrc.voxel_size.x)
+        plan = plan_resampling(voxel[name], float(voxel_size), int(box))
+        edge[name] = edge_voxels(plan) * voxel[name]
+    return shapes, voxel, edge
 
 
 def gather_stacks(stars: list[str], stacks: list[str], out_star: str, out_stack: str,

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,9 @@ import scipy.fft
 from scipy.spatial import cKDTree
 
 from . import TomoclustError
+from .extract import edge_voxels, plan_resampling
+from .formats.mrc import open_mrc
+from .formats.star import particle_table
 
 log = logging.getLogger(__name__)
 
@@ -521,3 +526,44 @@ def refine_picks(volume: np.ndarray, picks: pd.DataFrame, params: DogSettings, r
         out[f"dog_{a}"] = dog[:, k]
         out[a] = zyx[:, k]
     return out.iloc[keep].reset_index(drop=True), moved[keep]
+
+
+def pick_tomogram(tomogram: str, name: str, cfg: Mapping[str, Any], extraction_voxel_size: float,
+                  box: int, device: str = "cpu") -> pd.DataFrame:
+    """DoG picks of one tomogram file as its RELION particle table.
+
+    ``cfg`` holds the ``picking`` settings (Å); picks closer to a face than half an
+    extraction box (``box``³ at ``extraction_voxel_size`` Å) are left out. The numpy engine
+    runs on the CPU, torch only where it brings a GPU (``device``). With ``cfg["refine"]``
+    the centres are refined at full resolution (:func:`refine_picks`). The table keeps the
+    DoG score, its robust z-score and the DoG peak itself (``tclDogCoordinateX/Y/Z``, voxels,
+    before refinement).
+    """
+    with open_mrc(tomogram, "tomogram") as mrc:
+        vs = float(mrc.voxel_size.x)
+        edge = edge_voxels(plan_resampling(vs, float(extraction_voxel_size), int(box)))
+        params = params_from_angst(
+            vs, cfg["particle_radius"], sigma_scale=cfg["sigma_scale"], ratio=cfg["sigma_ratio"],
+            contrast=cfg["contrast"], threshold=cfg["threshold"],
+            min_distance_angst=cfg["min_distance"], edge_angst=edge * vs,
+            max_count=cfg["max_count"], chunk_z=cfg["chunk_z"], bin=cfg["bin"],
+        )
+        picks = dog_pick(mrc.data, params, device=None if device == "cpu" else device)
+        shape = mrc.data.shape
+        if cfg["refine"]:  # sub-voxel centres at full resolution (local centre of mass)
+            picks, moved = refine_picks(mrc.data, picks, params, cfg["particle_radius"] / vs)
+            shift = np.linalg.norm(picks[["x", "y", "z"]].to_numpy()
+                                   - picks[["dog_x", "dog_y", "dog_z"]].to_numpy(), axis=1) * vs
+            log.info("%s: centres refined for %d of %d picks (median shift %.1f Å)",
+                     name, int(moved.sum()), len(moved),
+                     float(np.median(shift)) if len(shift) else 0.0)
+        else:
+            for a in "xyz":
+                picks[f"dog_{a}"] = picks[a]
+    log.info("%s: %d picks (σ1 = %.2f voxels, backend %s)", name, len(picks),
+             params.sigma, "numpy" if device == "cpu" else f"torch/{device}")
+    return particle_table(name, picks[["x", "y", "z"]].to_numpy(), shape, vs,
+                          extra={"tclDogScore": picks["score"].to_numpy(),
+                                 "tclDogZScore": picks["zscore"].to_numpy(),
+                                 **{f"tclDogCoordinate{a.upper()}": picks[f"dog_{a}"].to_numpy()
+                                    for a in "xyz"}})

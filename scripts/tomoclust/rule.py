@@ -6,6 +6,7 @@ it (:func:`_torch`), so CPU-only steps can import this module. Library modules n
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import sys
@@ -87,6 +88,18 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+def torch_device(smk: Any) -> str:
+    """A torch rule's threads (``threads:``, at least 1) and device (``params.device``)."""
+    _torch("this step").set_num_threads(max(int(smk.threads), 1))
+    return resolve_device(smk.params.device)
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file written by an earlier rule."""
+    with open(path) as fh:
+        return json.load(fh)
+
+
 # ------------------------------------------------------------------- feature rules
 def _torch(what: str):
     """torch, imported when a feature rule needs it (CPU-only steps import this module too)."""
@@ -136,6 +149,40 @@ def run_info(device: str, **extra) -> dict:
 
 def write_info(path: str | Path, info: dict) -> None:
     write_json(path, info)
+
+
+def write_run_info(path: str | Path, device: str, **extra) -> None:
+    """info.json of a torch rule: :func:`run_info` with ``extra``."""
+    write_info(path, run_info(device, **extra))
+
+
+#: the columns of the particle table that a method's labels table keeps
+LABEL_COLUMNS = ("rlnImageName", "rlnTomoName", "rlnCoordinate")
+
+
+def labels_table(particles: pd.DataFrame, labels: np.ndarray, probability: np.ndarray,
+                 prefixes: tuple[str, ...] = LABEL_COLUMNS) -> pd.DataFrame:
+    """A method's own classes: the particle table's columns starting with ``prefixes``, then
+    ``rlnClassNumber`` and ``tclClassProbability``."""
+    out = particles[[c for c in particles.columns if c.startswith(prefixes)]].copy()
+    out["rlnClassNumber"] = labels
+    out["tclClassProbability"] = probability
+    return out
+
+
+def class_predictions(image_names: pd.Series, names: list[str],
+                      probability: np.ndarray) -> pd.DataFrame:
+    """predictions.tsv of a library classifier: per particle the most probable class, its
+    probability and ``p_<name>`` of every class (``probability``: particles x classes)."""
+    if probability.shape != (len(image_names), len(names)):
+        raise ValueError(f"probabilities of shape {probability.shape} for {len(image_names)} "
+                         f"particles and {len(names)} classes")
+    pred = pd.DataFrame({"rlnImageName": image_names,
+                         "class": [names[i] for i in probability.argmax(1)],
+                         "probability": probability.max(1)})
+    for j, nm in enumerate(names):
+        pred[f"p_{nm}"] = probability[:, j]
+    return pred
 
 
 # ----------------------------------------------------------------------- particle sets

@@ -52,6 +52,7 @@ RENAMED = {
     "averaging.max_shift": "averaging.max_shift_vox",
     "averaging.mask_edge": "averaging.mask_edge_vox",
     "transfer.max_shift": "transfer.max_shift_vox",
+    "disca.invariant_lowpass": "disca.invariant_lowpass_vox",
 }
 
 
@@ -301,7 +302,7 @@ class DiscaConfigSettings(_Section):
     init: str = reads("auto", *_DISCA)
     pretrained: str | None = reads("resources/models/encoder-v1.pt", *_DISCA)
     invariant_l_max: int = reads(6, *_DISCA)
-    invariant_lowpass: float = reads(1.0, *_DISCA)  # voxels (renaming it is pending)
+    invariant_lowpass_vox: float = reads(1.0, *_DISCA)
     invariant_radial: bool = reads(False, *_DISCA)
     invariant_components: int | None = reads(None, *_DISCA)
     seed: int = reads(0, *_DISCA)

@@ -181,52 +181,14 @@ def import_coordinates(
             raise TomoclustError(f"{where}: {exc}") from None
         col = name_column(df)
         if col is not None and sheet_names is not None:
-            vals = df[col].astype(str).str.strip().to_numpy()
-            mapping = match_names(vals, sheet_names, sheet_paths)
-            # a row naming another tomogram of the sheet, or rows naming several unknown
-            # tomograms, are errors; one unknown name (e.g. the file a picker ran on) is logged
-            other = [v for v, n in mapping.items() if n is not None and n != tomo]
-            unknown = [v for v, n in mapping.items() if n is None]
-            bad = other[:1] or (unknown[1:2] if len(unknown) > 1 else [])
-            if bad:
-                i = int(np.flatnonzero(vals == bad[0])[0])
-                raise TomoclustError(f"{where}, {row_label(i)}: {col} {bad[0]!r} is not tomogram "
-                                     f"{tomo!r}, which this file is given for (names in the "
-                                     f"file: {list(mapping)[:5]})")
-            if unknown:
-                log.warning("%s: %s %r matches no sheet name; its rows are taken as tomogram %s "
-                            "because the sheet gives this file for it", where, col, unknown[0],
-                            tomo)
-        if conv == "relion5":
-            cen = numeric_columns(df, CENTRED, where)
-            phys = cen + (shape_in / 2.0) * voxel_size_in
-            src = f"centred Å, centre = size/2 of {tuple(int(s) for s in shape_in)} voxels at " \
-                  f"{voxel_size_in:.4g} Å"
-        else:
-            xyz = numeric_columns(df, COORDS, where)
-            vs, src = coordinate_voxel_size(df, optics, where, coordinates_voxel_size)
-            phys = xyz * vs[:, None]
-            src = f"voxels at {np.unique(np.round(vs, 4)).tolist()} Å (from {src})"
-        applied: tuple[str, ...] = ()
-        if set(ORIGINS) <= set(df.columns):  # refined particles: centre = position - origin
-            phys = phys - numeric_columns(df, ORIGINS, where)
-            applied = ORIGINS  # kept as tclOriginalOrigin*: not to be applied twice
-            src += "; rlnOriginX/Y/ZAngst subtracted"
-        elif any(c in df.columns for c in ("rlnOriginX", "rlnOriginY", "rlnOriginZ")):
-            log.warning("%s: rlnOriginX/Y/Z (pixels of an unstated size) are not applied; "
-                        "only rlnOriginX/Y/ZAngst are", where)
+            _check_tomogram_names(df, col, tomo, sheet_names, sheet_paths, where)
+        phys, src, applied = _physical_positions(df, optics, conv, shape_in, voxel_size_in,
+                                                 coordinates_voxel_size, where)
         vox = phys / float(voxel_size)  # x, y, z voxels of the ingested tomogram
-        zyx = xyz_to_zyx(vox)
-        r = np.round(zyx)
-        inside = np.all((r >= 0) & (r < np.asarray(shape_zyx)), axis=1)
-        fits = boxes_in_bounds(zyx, tuple(shape_zyx), plan.box_in)
-        reason = np.where(~inside, "outside the tomogram",
-                          np.where(~fits, f"closer than {(plan.box_in + 1) // 2} voxels to a "
-                                   "face (box crosses it)", ""))
+        reason, n_out, n_edge = _skip_reasons(vox, shape_zyx, plan)
         for i in np.flatnonzero(reason != ""):
             skipped.append((label, i + 1, reason[i], *vox[i], conv))
         keep = reason == ""
-        n_out, n_edge = int((~inside).sum()), int((inside & ~fits).sum())
         if n_out or n_edge:
             log.warning("%s: %d of %d rows outside tomogram %s and %d too close to a face for a "
                         "%d-voxel box: skipped, not shifted (listed in the skipped table)",
@@ -235,21 +197,91 @@ def import_coordinates(
         info["sources"].append({"file": label, "rows": len(df), "convention": conv,
                                 "conversion": src, "kept": int(keep.sum()),
                                 "outside": n_out, "edge": n_edge})
-        angles = (numeric_columns(df, ANGLES, where)[keep] if set(ANGLES) <= set(df.columns)
-                  else None)
-        extra = carry_columns(df[keep], drop=ANGLES if angles is not None else (),
-                              rename=applied)
-        if col == "rlnTomoName":  # the sheet's name replaces it; keep a differing original
-            same = df.loc[keep, col].astype(str).str.strip().eq(tomo).all()
-            if same:
-                extra.pop(original_name("rlnTomoName"), None)
-        extra["tclSourceStar"] = np.full(int(keep.sum()), label, dtype=object)
-        extra["tclSourceRow"] = np.flatnonzero(keep) + 1
-        extra["tclCoordinateConvention"] = np.full(int(keep.sum()), conv, dtype=object)
-        tables.append(particle_table(tomo, vox[keep], tuple(shape_zyx), voxel_size,
-                                     angles=angles, extra=extra))
+        tables.append(_kept_rows(df, keep, vox, col, applied, label, conv, tomo, shape_zyx,
+                                 voxel_size, where))
     cols = ["rlnTomoName", *COORDS, *CENTRED]
     particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=cols)
     skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
     info.update(n_particles=len(particles), n_skipped=len(skipped_df))
     return CoordinateImport(particles, skipped_df, info)
+
+
+# ------------------------------------------------------------ steps of import_coordinates
+def _check_tomogram_names(df: pd.DataFrame, col: str, tomo: str, sheet_names: Sequence[str],
+                          sheet_paths: Sequence[str] | None, where: str) -> None:
+    """A row naming another tomogram of the sheet, or rows naming several unknown
+    tomograms, are errors; one unknown name (e.g. the file a picker ran on) is logged."""
+    vals = df[col].astype(str).str.strip().to_numpy()
+    mapping = match_names(vals, sheet_names, sheet_paths)
+    other = [v for v, n in mapping.items() if n is not None and n != tomo]
+    unknown = [v for v, n in mapping.items() if n is None]
+    bad = other[:1] or (unknown[1:2] if len(unknown) > 1 else [])
+    if bad:
+        i = int(np.flatnonzero(vals == bad[0])[0])
+        raise TomoclustError(f"{where}, {row_label(i)}: {col} {bad[0]!r} is not tomogram "
+                             f"{tomo!r}, which this file is given for (names in the "
+                             f"file: {list(mapping)[:5]})")
+    if unknown:
+        log.warning("%s: %s %r matches no sheet name; its rows are taken as tomogram %s "
+                    "because the sheet gives this file for it", where, col, unknown[0], tomo)
+
+
+def _physical_positions(df: pd.DataFrame, optics: pd.DataFrame | None, conv: str,
+                        shape_in: np.ndarray, voxel_size_in: float,
+                        coordinates_voxel_size: float | None, where: str
+                        ) -> tuple[np.ndarray, str, tuple[str, ...]]:
+    """Positions (x, y, z Å from the first voxel's centre of the sheet's tomogram), how they
+    were converted, and the origin columns applied (refined particles: centre = position -
+    origin)."""
+    if conv == "relion5":
+        cen = numeric_columns(df, CENTRED, where)
+        phys = cen + (shape_in / 2.0) * voxel_size_in
+        src = f"centred Å, centre = size/2 of {tuple(int(s) for s in shape_in)} voxels at " \
+              f"{voxel_size_in:.4g} Å"
+    else:
+        xyz = numeric_columns(df, COORDS, where)
+        vs, src = coordinate_voxel_size(df, optics, where, coordinates_voxel_size)
+        phys = xyz * vs[:, None]
+        src = f"voxels at {np.unique(np.round(vs, 4)).tolist()} Å (from {src})"
+    applied: tuple[str, ...] = ()
+    if set(ORIGINS) <= set(df.columns):
+        phys = phys - numeric_columns(df, ORIGINS, where)
+        applied = ORIGINS  # kept as tclOriginalOrigin*: not to be applied twice
+        src += "; rlnOriginX/Y/ZAngst subtracted"
+    elif any(c in df.columns for c in ("rlnOriginX", "rlnOriginY", "rlnOriginZ")):
+        log.warning("%s: rlnOriginX/Y/Z (pixels of an unstated size) are not applied; "
+                    "only rlnOriginX/Y/ZAngst are", where)
+    return phys, src, applied
+
+
+def _skip_reasons(vox: np.ndarray, shape_zyx: Sequence[int], plan: ResamplePlan
+                  ) -> tuple[np.ndarray, int, int]:
+    """Why each row (x, y, z voxels of the ingested tomogram) is skipped ("" when kept):
+    outside the tomogram, or too close to a face for a whole box; and how many of each."""
+    zyx = xyz_to_zyx(vox)
+    r = np.round(zyx)
+    inside = np.all((r >= 0) & (r < np.asarray(shape_zyx)), axis=1)
+    fits = boxes_in_bounds(zyx, tuple(shape_zyx), plan.box_in)
+    reason = np.where(~inside, "outside the tomogram",
+                      np.where(~fits, f"closer than {(plan.box_in + 1) // 2} voxels to a "
+                               "face (box crosses it)", ""))
+    return reason, int((~inside).sum()), int((inside & ~fits).sum())
+
+
+def _kept_rows(df: pd.DataFrame, keep: np.ndarray, vox: np.ndarray, col: str | None,
+               applied: tuple[str, ...], label: str, conv: str, tomo: str,
+               shape_zyx: Sequence[int], voxel_size: float, where: str) -> pd.DataFrame:
+    """The particle table of the kept rows of one source, its other columns carried through
+    with where each row came from."""
+    angles = (numeric_columns(df, ANGLES, where)[keep] if set(ANGLES) <= set(df.columns)
+              else None)
+    extra = carry_columns(df[keep], drop=ANGLES if angles is not None else (), rename=applied)
+    if col == "rlnTomoName":  # the sheet's name replaces it; keep a differing original
+        same = df.loc[keep, col].astype(str).str.strip().eq(tomo).all()
+        if same:
+            extra.pop(original_name("rlnTomoName"), None)
+    extra["tclSourceStar"] = np.full(int(keep.sum()), label, dtype=object)
+    extra["tclSourceRow"] = np.flatnonzero(keep) + 1
+    extra["tclCoordinateConvention"] = np.full(int(keep.sum()), conv, dtype=object)
+    return particle_table(tomo, vox[keep], tuple(shape_zyx), voxel_size, angles=angles,
+                          extra=extra)

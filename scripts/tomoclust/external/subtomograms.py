@@ -118,150 +118,30 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
     working box.
     """
     star = Path(star)
-    df, optics, block = read_particles(star, "particle STAR")
-    where = f"particle STAR {star} ({block})"
-    if "rlnImageName" not in df.columns:
-        raise TomoclustError(f"{where}: missing column 'rlnImageName'; found {list(df.columns)}")
-    if len(df) == 0:
-        raise TomoclustError(f"{where}: has no particles")
-    if "general" in star_labels(star):  # RELION 5 writes data_general before data_optics
-        general = starfile.read(star, always_dict=True).get("general")
-        flag = general.get("rlnTomoSubTomosAre2DStacks") if isinstance(general, Mapping) else None
-        if flag is not None and str(flag).strip() not in ("0", "0.0", "False"):
-            raise TomoclustError(f"{where}: rlnTomoSubTomosAre2DStacks is {flag}: RELION 5 "
-                                 "2D-stack pseudo-subtomograms are not supported; extract 3D "
-                                 "subtomograms (Extract job, 'Write output as 2D stacks?' No)")
-    root = Path(image_root) if image_root else star.parent
-    parsed = [parse_image_name(v, f"{where}, {row_label(i)}") for i, v in
-              enumerate(df["rlnImageName"])]
-    meta: dict[Path, tuple[int, int, float | None]] = {}  # volumes, box, header voxel size
-    cache: OrderedDict[Path, _Volumes] = OrderedDict()  # a few open files, not thousands
-
-    def volumes(p: Path, i: int) -> _Volumes:
-        if p in cache:
-            cache.move_to_end(p)
-            return cache[p]
-        try:
-            v = _open_volumes(p, f"{where}, {row_label(i)}")
-        except TomoclustError as exc:
-            msg = str(exc)
-            raise TomoclustError(msg if msg.startswith(where) else f"{where}, {row_label(i)}: {msg}"
-                                 ) from None
-        cache[p] = v
-        if len(cache) > 16:
-            cache.popitem(last=False)[1].mrc.close()
-        return v
+    df, optics, where = _read_input(star)
+    cache = _VolumeCache(where)
     try:
-        files, index = [], np.zeros(len(df), dtype=np.int64)
-        for i, (name, idx) in enumerate(parsed):
-            p = Path(name)
-            p = p if p.is_absolute() else root / p
-            if p not in meta:
-                if not p.is_file():
-                    hint = ""
-                    if not image_root:
-                        hint = ("; relative names are resolved against the STAR file's "
-                                "directory unless 'external.image_root' is set")
-                        if Path(name).is_file():
-                            hint += (f" ({name} exists relative to the current directory, "
-                                     "as in a RELION project: set 'external.image_root' to it)")
-                    raise TomoclustError(f"{where}, {row_label(i)}: image file {p} (from "
-                                         f"rlnImageName {df['rlnImageName'].iloc[i]!r}) does not "
-                                         f"exist{hint}")
-                v = volumes(p, i)
-                meta[p] = (v.data.shape[0], v.data.shape[-1], v.header_voxel_size)
-            n_in = meta[p][0]
-            if idx is None:
-                if n_in != 1:
-                    raise TomoclustError(f"{where}, {row_label(i)}: {p} holds {n_in} volumes; name "
-                                         "one as 'N@file'")
-                idx = 1
-            if not 1 <= idx <= n_in:
-                raise TomoclustError(f"{where}, {row_label(i)}: index {idx} out of range: {p} "
-                                     f"holds {n_in} volume(s) (indices are 1-based)")
-            files.append(p)
-            index[i] = idx - 1
-        # voxel size per particle
+        files, index, meta = _locate(df, star, image_root, cache, where)
         if voxel_size_override is not None:
             vs, vs_src = np.full(len(df), float(voxel_size_override)), "configuration"
         else:
-            got = _optics_voxel_size(optics, df, where)
-            if got is None:
-                col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in df.columns),
-                           None)
-                if col is not None:
-                    got = numeric_columns(df, [col], where)[:, 0], col
-                elif "rlnDetectorPixelSize" in df.columns:  # Warp 1 / RELION 3.0 style
-                    dps = numeric_columns(df, ["rlnDetectorPixelSize"], where)[:, 0]
-                    if "rlnMagnification" in df.columns:
-                        mag = numeric_columns(df, ["rlnMagnification"], where)[:, 0]
-                        got = dps * 1e4 / mag, "rlnDetectorPixelSize/rlnMagnification"
-                    else:
-                        got = dps, "rlnDetectorPixelSize"
-            if got is None:
-                hv = [meta[f][2] for f in files]
-                miss = [i for i, v in enumerate(hv) if v is None]
-                if miss:
-                    raise TomoclustError(
-                        f"{where}, {row_label(miss[0])}: no voxel size (no optics "
-                        f"rlnImagePixelSize, no pixel-size column, and {files[miss[0]]} has none "
-                        "in its header); "
-                        "set 'external.subtomograms_voxel_size'")
-                got = np.array(hv, dtype=np.float64), "MRC header"
-            vs, vs_src = got
+            vs, vs_src = _voxel_sizes(df, optics, [meta[f][2] for f in files], files, where)
         bad = np.flatnonzero(~(np.isfinite(vs) & (vs > 0)))
         if len(bad):
             raise TomoclustError(f"{where}, {row_label(int(bad[0]))}: voxel size {vs[bad[0]]} "
                                  f"({vs_src}) is not > 0")
         boxes = np.array([meta[f][1] for f in files])
-        # one resampling plan per (voxel size, box) group
-        groups: dict[tuple[float, int], list[int]] = {}
-        for i in range(len(df)):
-            groups.setdefault((round(float(vs[i]), 4), int(boxes[i])), []).append(i)
-        plans: dict[tuple[float, int], ResamplePlan] = {}
-        for (v, b), rows in groups.items():
-            plan = plan_resampling(v, float(voxel_size), int(box))
-            if plan.box_in > b:
-                raise TomoclustError(
-                    f"{where}, {row_label(rows[0])}: the subtomogram is {b} voxels at {v:.4g} Å "
-                    f"({b * v:.0f} Å) but the working box of {box} voxels at {voxel_size:.4g} Å "
-                    f"needs {plan.box_in} input voxels ({plan.box_in * v:.0f} Å); lower "
-                    f"extraction.box or re-extract larger subtomograms ({len(rows)} such rows)")
-            if abs(plan.voxel_size_out - voxel_size) > 1e-3 * voxel_size:
-                raise TomoclustError(
-                    f"{where}, {row_label(rows[0])}: {v:.4g} Å cannot be resampled to exactly "
-                    f"{voxel_size:.4g} Å with a box of {box} (closest {plan.voxel_size_out:.5g} "
-                    "Å); choose another extraction.voxel_size or box")
-            plans[(v, b)] = plan
+        groups, plans = _plan_groups(vs, boxes, voxel_size, box, where)
         for (v, b), rows in sorted(groups.items()):
             log.info("%d subtomograms of %d voxels at %.4g Å (%s) -> %d at %.4g Å", len(rows), b,
                      v, vs_src, box, plans[(v, b)].voxel_size_out)
-        # resample group by group, batch by batch, straight into the output stack
-        name = Path(out_stack).name
         with StackWriter(out_stack, len(df), int(box), float(voxel_size)) as w:
-            for key, rows in groups.items():
-                plan = plans[key]
-                b, k = key[1], plan.box_in
-                lo = b // 2 - k // 2
-                for a in range(0, len(rows), batch):
-                    chunk = rows[a:a + batch]
-                    raw = np.empty((len(chunk), k, k, k), dtype=np.float32)
-                    for j, i in enumerate(chunk):
-                        raw[j] = volumes(files[i], i).data[index[i], lo:lo + k, lo:lo + k,
-                                                           lo:lo + k]
-                    bad = ~np.isfinite(raw).reshape(len(chunk), -1).all(axis=1)
-                    if bad.any():
-                        i = chunk[int(np.flatnonzero(bad)[0])]
-                        raise TomoclustError(f"{where}, {row_label(i)}: the subtomogram has NaN or "
-                                             "infinite voxels")
-                    out = resample_boxes(raw, plan, normalise=normalise, workers=workers)
-                    for j, i in enumerate(chunk):
-                        w[i] = out[j]
+            _resample_into(w, groups, plans, files, index, cache, normalise, batch, workers,
+                           where)
     finally:
-        for v in cache.values():
-            v.mrc.close()
+        cache.close()
     table = pd.DataFrame(carry_columns(df))
-    table.insert(0, "rlnImageName", image_names(len(df), name))
+    table.insert(0, "rlnImageName", image_names(len(df), Path(out_stack).name))
     table["tclStackIndex"] = np.arange(len(df))
     table["rlnOpticsGroup"] = 1
     table["tclOriginalVoxelSize"] = vs
@@ -279,3 +159,172 @@ def import_subtomograms(star: str | Path, out_star: str | Path, out_stack: str |
             "voxel_size_out": float(voxel_size), "box_out": int(box),
             "has_class_numbers": "rlnClassNumber" in df.columns}
     return info
+
+
+# ---------------------------------------------------------- steps of import_subtomograms
+def _read_input(star: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """The particle STAR's particles and optics, and how errors name it; it must name
+    images, hold particles and not be RELION 5's 2D-stack pseudo-subtomograms."""
+    df, optics, block = read_particles(star, "particle STAR")
+    where = f"particle STAR {star} ({block})"
+    if "rlnImageName" not in df.columns:
+        raise TomoclustError(f"{where}: missing column 'rlnImageName'; found {list(df.columns)}")
+    if len(df) == 0:
+        raise TomoclustError(f"{where}: has no particles")
+    if "general" in star_labels(star):  # RELION 5 writes data_general before data_optics
+        general = starfile.read(star, always_dict=True).get("general")
+        flag = general.get("rlnTomoSubTomosAre2DStacks") if isinstance(general, Mapping) else None
+        if flag is not None and str(flag).strip() not in ("0", "0.0", "False"):
+            raise TomoclustError(f"{where}: rlnTomoSubTomosAre2DStacks is {flag}: RELION 5 "
+                                 "2D-stack pseudo-subtomograms are not supported; extract 3D "
+                                 "subtomograms (Extract job, 'Write output as 2D stacks?' No)")
+    return df, optics, where
+
+
+class _VolumeCache:
+    """A few open subtomogram files (not thousands), least recently used closed first."""
+
+    def __init__(self, where: str, size: int = 16) -> None:
+        self.where, self.size = where, size
+        self.open: OrderedDict[Path, _Volumes] = OrderedDict()
+
+    def __call__(self, p: Path, i: int) -> _Volumes:
+        """File ``p``, opened for row ``i`` (which errors name)."""
+        if p in self.open:
+            self.open.move_to_end(p)
+            return self.open[p]
+        where = self.where
+        try:
+            v = _open_volumes(p, f"{where}, {row_label(i)}")
+        except TomoclustError as exc:
+            msg = str(exc)
+            raise TomoclustError(msg if msg.startswith(where) else f"{where}, {row_label(i)}: {msg}"
+                                 ) from None
+        self.open[p] = v
+        if len(self.open) > self.size:
+            self.open.popitem(last=False)[1].mrc.close()
+        return v
+
+    def close(self) -> None:
+        for v in self.open.values():
+            v.mrc.close()
+
+
+def _locate(df: pd.DataFrame, star: Path, image_root: str | Path | None, volumes: _VolumeCache,
+            where: str) -> tuple[list[Path], np.ndarray, dict[Path, tuple[int, int, float | None]]]:
+    """The file and 0-based volume of every row's ``rlnImageName`` (relative names against
+    ``image_root`` or the STAR's directory), and per file (volumes, box, header voxel size)."""
+    root = Path(image_root) if image_root else star.parent
+    parsed = [parse_image_name(v, f"{where}, {row_label(i)}") for i, v in
+              enumerate(df["rlnImageName"])]
+    meta: dict[Path, tuple[int, int, float | None]] = {}
+    files, index = [], np.zeros(len(df), dtype=np.int64)
+    for i, (name, idx) in enumerate(parsed):
+        p = Path(name)
+        p = p if p.is_absolute() else root / p
+        if p not in meta:
+            if not p.is_file():
+                hint = ""
+                if not image_root:
+                    hint = ("; relative names are resolved against the STAR file's "
+                            "directory unless 'external.image_root' is set")
+                    if Path(name).is_file():
+                        hint += (f" ({name} exists relative to the current directory, "
+                                 "as in a RELION project: set 'external.image_root' to it)")
+                raise TomoclustError(f"{where}, {row_label(i)}: image file {p} (from "
+                                     f"rlnImageName {df['rlnImageName'].iloc[i]!r}) does not "
+                                     f"exist{hint}")
+            v = volumes(p, i)
+            meta[p] = (v.data.shape[0], v.data.shape[-1], v.header_voxel_size)
+        n_in = meta[p][0]
+        if idx is None:
+            if n_in != 1:
+                raise TomoclustError(f"{where}, {row_label(i)}: {p} holds {n_in} volumes; name "
+                                     "one as 'N@file'")
+            idx = 1
+        if not 1 <= idx <= n_in:
+            raise TomoclustError(f"{where}, {row_label(i)}: index {idx} out of range: {p} "
+                                 f"holds {n_in} volume(s) (indices are 1-based)")
+        files.append(p)
+        index[i] = idx - 1
+    return files, index, meta
+
+
+def _voxel_sizes(df: pd.DataFrame, optics: pd.DataFrame | None,
+                 header: list[float | None], files: list[Path], where: str
+                 ) -> tuple[np.ndarray, str]:
+    """Each particle's voxel size and where it came from: the optics block, a pixel-size
+    column, the detector pixel size and magnification, else the MRC headers (``header``)."""
+    got = _optics_voxel_size(optics, df, where)
+    if got is None:
+        col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in df.columns), None)
+        if col is not None:
+            got = numeric_columns(df, [col], where)[:, 0], col
+        elif "rlnDetectorPixelSize" in df.columns:  # Warp 1 / RELION 3.0 style
+            dps = numeric_columns(df, ["rlnDetectorPixelSize"], where)[:, 0]
+            if "rlnMagnification" in df.columns:
+                mag = numeric_columns(df, ["rlnMagnification"], where)[:, 0]
+                got = dps * 1e4 / mag, "rlnDetectorPixelSize/rlnMagnification"
+            else:
+                got = dps, "rlnDetectorPixelSize"
+    if got is None:
+        miss = [i for i, v in enumerate(header) if v is None]
+        if miss:
+            raise TomoclustError(
+                f"{where}, {row_label(miss[0])}: no voxel size (no optics "
+                f"rlnImagePixelSize, no pixel-size column, and {files[miss[0]]} has none "
+                "in its header); "
+                "set 'external.subtomograms_voxel_size'")
+        got = np.array(header, dtype=np.float64), "MRC header"
+    return got
+
+
+def _plan_groups(vs: np.ndarray, boxes: np.ndarray, voxel_size: float, box: int, where: str
+                 ) -> tuple[dict[tuple[float, int], list[int]],
+                            dict[tuple[float, int], ResamplePlan]]:
+    """The rows of each (voxel size, box) group and its resampling plan; every input box must
+    cover the working box and its voxel size must resample exactly."""
+    groups: dict[tuple[float, int], list[int]] = {}
+    for i in range(len(vs)):
+        groups.setdefault((round(float(vs[i]), 4), int(boxes[i])), []).append(i)
+    plans: dict[tuple[float, int], ResamplePlan] = {}
+    for (v, b), rows in groups.items():
+        plan = plan_resampling(v, float(voxel_size), int(box))
+        if plan.box_in > b:
+            raise TomoclustError(
+                f"{where}, {row_label(rows[0])}: the subtomogram is {b} voxels at {v:.4g} Å "
+                f"({b * v:.0f} Å) but the working box of {box} voxels at {voxel_size:.4g} Å "
+                f"needs {plan.box_in} input voxels ({plan.box_in * v:.0f} Å); lower "
+                f"extraction.box or re-extract larger subtomograms ({len(rows)} such rows)")
+        if abs(plan.voxel_size_out - voxel_size) > 1e-3 * voxel_size:
+            raise TomoclustError(
+                f"{where}, {row_label(rows[0])}: {v:.4g} Å cannot be resampled to exactly "
+                f"{voxel_size:.4g} Å with a box of {box} (closest {plan.voxel_size_out:.5g} "
+                "Å); choose another extraction.voxel_size or box")
+        plans[(v, b)] = plan
+    return groups, plans
+
+
+def _resample_into(writer, groups: dict[tuple[float, int], list[int]],
+                   plans: dict[tuple[float, int], ResamplePlan], files: list[Path],
+                   index: np.ndarray, volumes: _VolumeCache, normalise: bool, batch: int,
+                   workers: int, where: str) -> None:
+    """Resample group by group, batch by batch, the central cut of every input box straight
+    into the output stack (row ``i`` to ``writer[i]``)."""
+    for key, rows in groups.items():
+        plan = plans[key]
+        b, k = key[1], plan.box_in
+        lo = b // 2 - k // 2
+        for a in range(0, len(rows), batch):
+            chunk = rows[a:a + batch]
+            raw = np.empty((len(chunk), k, k, k), dtype=np.float32)
+            for j, i in enumerate(chunk):
+                raw[j] = volumes(files[i], i).data[index[i], lo:lo + k, lo:lo + k, lo:lo + k]
+            bad = ~np.isfinite(raw).reshape(len(chunk), -1).all(axis=1)
+            if bad.any():
+                i = chunk[int(np.flatnonzero(bad)[0])]
+                raise TomoclustError(f"{where}, {row_label(i)}: the subtomogram has NaN or "
+                                     "infinite voxels")
+            out = resample_boxes(raw, plan, normalise=normalise, workers=workers)
+            for j, i in enumerate(chunk):
+                writer[i] = out[j]

@@ -88,7 +88,7 @@ class DiscaSettings:
     # "network" (the backbone's own features; with a pretrained backbone)
     pretrained: str | None = None  # encoder weights: the backbone starts from them
     invariant_l_max: int = 6
-    invariant_lowpass: float = 1.0
+    invariant_lowpass_vox: float = 1.0  # voxels
     invariant_radial: bool = False
     invariant_components: int | None = None
     seed: int = 0
@@ -226,28 +226,12 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
     best: dict = {"db": np.inf}
     state = checkpoint.load(device) if checkpoint is not None else None
     if state is not None:
-        model.new_head(int(state["n_classes"]))
-        model.load_state_dict(state["model"])
-        opt = torch.optim.NAdam(model.parameters(), lr=params.lr)
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(rng, state["rng"])
-        start = int(state["iteration"]) + 1
-        prev = state["labels"].cpu().numpy() if state["labels"] is not None else None
-        history = list(state["history"])
-        best = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) and k != "state_dict" else v)
-                for k, v in state["best"].items()}
-        log.info("resuming DISCA from checkpoint after iteration %d", start - 1)
+        opt, start, prev, history, best = _resume(state, model, params, rng)
 
     if params.init not in ("invariant", "random", "network"):
         raise ValueError(f"unknown DISCA init {params.init!r} (invariant, random or network)")
     if params.init == "invariant":
-        from .invariant import invariant_features
-
-        inv = invariant_features(stack, params.invariant_l_max, params.invariant_lowpass,
-                                 radial=params.invariant_radial,
-                                 spectrum_components=params.invariant_components, device=device)
-        check_finite(inv, "the invariant features of the first labels", "DISCA", "iteration 0")
-        z_inv = reduce_features(inv, params.pca_components, params.seed)
+        inv, z_inv = _invariant_start(stack, params, device)
     n_passes = params.iterations + (1 if params.init == "invariant" else 0)
     for it in range(start, n_passes):
         t0 = time.time()
@@ -259,16 +243,8 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
             feats = infer(model.features, stack, device, what="DISCA features")
             check_finite(feats, "the network features", "DISCA", f"iteration {it}")
             z = reduce_features(feats, params.pca_components, params.seed)
-        gm, bic = gmm_bic(z, k_values, n_init=params.gmm_n_init, seed=params.seed + it,
-                          warm_labels=prev)
-        post = gm.predict_proba(z)
-        labels = compact_labels(post.argmax(axis=1))
-        prob = post.max(axis=1)
+        labels, prob, bic, changed, db = _cluster_step(z, k_values, params, it, prev)
         k = int(labels.max()) + 1
-        if prev is not None and k == int(prev.max()) + 1:
-            labels = match_labels(labels, prev)
-        changed = float(np.mean(labels != prev)) if prev is not None else 1.0
-        db = davies_bouldin_mahalanobis(z, labels)
         row = {"iteration": it, "k": k, "bic": float(bic["bic"].min()), "davies_bouldin": db,
                "changed_fraction": changed, "sizes": ",".join(map(str, np.bincount(labels))),
                "features": "invariant" if from_invariants else "network"}
@@ -315,19 +291,79 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
         write_history(history_path, history)
         prev = labels
         if checkpoint is not None:
-            checkpoint.save({
-                "iteration": it, "n_classes": model.n_classes, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "rng": rng_state(rng),
-                "labels": torch.as_tensor(prev), "history": history,
-                "best": {kk: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v)
-                         for kk, v in best.items()},
-            })
+            checkpoint.save(_checkpoint_state(it, model, opt, rng, prev, history, best))
         if on_iteration is not None:
             on_iteration(it)
         if converged:
             log.info("converged: %.3f%% of labels unchanged", 100 * (1 - changed))
             break
     write_history(history_path, history)  # also when a resumed run had nothing left to do
+    return _result(best, history)
+
+
+# ------------------------------------------------------------------- steps of run_disca
+def _resume(state: dict, model, params: DiscaSettings, rng: np.random.Generator
+            ) -> tuple[torch.optim.Optimizer, int, np.ndarray | None, list, dict]:
+    """Restore a checkpointed run: the head's size, the weights, the optimiser and the random
+    state; return (optimiser, first iteration to run, last labels, history, best so far)."""
+    model.new_head(int(state["n_classes"]))
+    model.load_state_dict(state["model"])
+    opt = torch.optim.NAdam(model.parameters(), lr=params.lr)
+    opt.load_state_dict(state["optimizer"])
+    set_rng_state(rng, state["rng"])
+    start = int(state["iteration"]) + 1
+    prev = state["labels"].cpu().numpy() if state["labels"] is not None else None
+    best = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) and k != "state_dict" else v)
+            for k, v in state["best"].items()}
+    log.info("resuming DISCA from checkpoint after iteration %d", start - 1)
+    return opt, start, prev, list(state["history"]), best
+
+
+def _invariant_start(stack: np.ndarray, params: DiscaSettings, device
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation-invariant shell spectra of the first labels and their reduced form."""
+    from .invariant import invariant_features
+
+    inv = invariant_features(stack, params.invariant_l_max, params.invariant_lowpass_vox,
+                             radial=params.invariant_radial,
+                             spectrum_components=params.invariant_components, device=device)
+    check_finite(inv, "the invariant features of the first labels", "DISCA", "iteration 0")
+    return inv, reduce_features(inv, params.pca_components, params.seed)
+
+
+def _cluster_step(z: np.ndarray, k_values: list[int], params: DiscaSettings, it: int,
+                  prev: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, float, float]:
+    """The E step of iteration ``it``: a GMM with K by BIC on the reduced features ``z``
+    (warm-started from the last labels ``prev``), labels matched to the last ones when K
+    is unchanged. Returns (0-based labels, their posterior, the BIC table, the fraction of
+    labels changed, the Davies-Bouldin index)."""
+    gm, bic = gmm_bic(z, k_values, n_init=params.gmm_n_init, seed=params.seed + it,
+                      warm_labels=prev)
+    post = gm.predict_proba(z)
+    labels = compact_labels(post.argmax(axis=1))
+    prob = post.max(axis=1)
+    k = int(labels.max()) + 1
+    if prev is not None and k == int(prev.max()) + 1:
+        labels = match_labels(labels, prev)
+    changed = float(np.mean(labels != prev)) if prev is not None else 1.0
+    return labels, prob, bic, changed, davies_bouldin_mahalanobis(z, labels)
+
+
+def _checkpoint_state(it: int, model, opt: torch.optim.Optimizer, rng: np.random.Generator,
+                      labels: np.ndarray, history: list, best: dict) -> dict:
+    """What a checkpoint after iteration ``it`` holds (tensors, loadable weights-only)."""
+    return {
+        "iteration": it, "n_classes": model.n_classes, "model": model.state_dict(),
+        "optimizer": opt.state_dict(), "rng": rng_state(rng),
+        "labels": torch.as_tensor(labels), "history": history,
+        "best": {kk: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v)
+                 for kk, v in best.items()},
+    }
+
+
+def _result(best: dict, history: list) -> DiscaResult:
+    """The result at the best iteration (lowest Davies-Bouldin index on network features)."""
     return DiscaResult(
         features=np.asarray(best["features"], dtype=np.float32),
         labels=np.asarray(best["labels"]) + 1,

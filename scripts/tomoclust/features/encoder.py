@@ -36,7 +36,7 @@ DEFAULT_MODEL = "resources/models/encoder-v1.pt"
 
 
 @dataclass
-class EncoderConfig:
+class EncoderSettings:
     channels: tuple[int, int, int, int] = (16, 32, 64, 64)
     hidden: int = 128
     embed_dim: int = 64
@@ -49,7 +49,7 @@ class EncoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
+    def from_dict(cls, d: dict) -> EncoderSettings:
         d = dict(d)
         d["channels"] = tuple(d["channels"])
         return cls(**d)
@@ -65,9 +65,9 @@ class SubtomoEncoder(nn.Module):
 
     MIN_BOX = 16
 
-    def __init__(self, cfg: EncoderConfig | None = None):
+    def __init__(self, cfg: EncoderSettings | None = None):
         super().__init__()
-        self.cfg = cfg or EncoderConfig()
+        self.cfg = cfg or EncoderSettings()
         c1, c2, c3, c4 = self.cfg.channels
         self.conv = nn.Sequential(*_conv(1, c1, 2), *_conv(c1, c2), nn.MaxPool3d(2),
                                   *_conv(c2, c3), nn.MaxPool3d(2), *_conv(c3, c4))
@@ -153,7 +153,7 @@ def load_encoder(path: str | Path, device="cpu") -> tuple[SubtomoEncoder, dict]:
         raise TomoclustError(f"{p}: SHA-256 {digest[:16]}… differs from its manifest's "
                              f"{str(man['sha256'])[:16]}… (the file is corrupt or was replaced)")
     try:
-        model = SubtomoEncoder(EncoderConfig.from_dict(man["architecture"]))
+        model = SubtomoEncoder(EncoderSettings.from_dict(man["architecture"]))
         state = torch.load(p, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # unreadable, or weights of another architecture
@@ -183,7 +183,7 @@ def embed(model: SubtomoEncoder, stack: np.ndarray, batch_size: int = 256) -> np
     return out
 
 
-def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderConfig,
+def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderSettings,
                   chunk: int = 512) -> np.ndarray:
     """Boxes as the encoder was trained on them: Fourier-resampled to its voxel size and
     centre-cropped or zero-padded to its box side. Returns ``stack`` itself when it already
@@ -234,13 +234,26 @@ def nearest_prototype(z: np.ndarray, prototypes: np.ndarray, temperature: float 
     return p / p.sum(axis=1, keepdims=True)
 
 
+def template_probabilities(model: SubtomoEncoder, z: np.ndarray, templates: dict[str, str],
+                           views: int, tilt: tuple[float, float], ctf: dict | None = None
+                           ) -> np.ndarray:
+    """``(n_particles, n_templates)``: how near each embedding of ``z`` is to the
+    prototype of each atomic model of ``templates`` (name -> PDB/mmCIF path), simulated with
+    the data's tilt range and CTF (:func:`template_prototypes`, :func:`nearest_prototype`)."""
+    from ..simulate.density import template_density
+
+    dens = {n: template_density(p, model.cfg.voxel_size) for n, p in templates.items()}
+    return nearest_prototype(z, template_prototypes(model, dens, int(views), tuple(tilt),
+                                                    dict(ctf or {})))
+
+
 class EncoderClassifier(nn.Module):
     """The encoder with a linear classification head on its embedding: DISCA's backbone when
     it starts from the shipped weights. Same interface as :class:`tomoclust.nn.Yopo`
     (``features``, ``forward``, ``new_head``, ``n_classes``, ``min_box``); the logits are
     the head applied to the unit embedding divided by ``temperature``."""
 
-    def __init__(self, cfg: EncoderConfig, n_classes: int = 2, temperature: float = 0.1):
+    def __init__(self, cfg: EncoderSettings, n_classes: int = 2, temperature: float = 0.1):
         super().__init__()
         self.encoder = SubtomoEncoder(cfg)
         self.cfg = cfg

@@ -140,9 +140,9 @@ class PretrainedProtoEncoder(nn.Module):
 
     def __init__(self, path: str, tau: float = 0.1):
         super().__init__()
-        from .encoder import EncoderConfig, SubtomoEncoder, read_manifest
+        from .encoder import EncoderSettings, SubtomoEncoder, read_manifest
 
-        self.net = SubtomoEncoder(EncoderConfig.from_dict(read_manifest(path)["architecture"]))
+        self.net = SubtomoEncoder(EncoderSettings.from_dict(read_manifest(path)["architecture"]))
         self.scale = 1.0 / math.sqrt(2 * tau)
         self.out_dim = self.net.feature_dim
 
@@ -447,3 +447,19 @@ def evaluate_episodes(model: ProtoNet, stack: np.ndarray, labels: np.ndarray, wa
         prob = classify_embeddings(model, emb[e.support], e.support_y, way, emb[e.query])
         accs.append(float((prob.argmax(1) == e.query_y).mean()))
     return np.array(accs)
+
+
+def load_trained(model_path: str, training_info: dict, stack_path: str, box: int,
+                 voxel_size: float, variant: str, device) -> tuple[ProtoNet, FewShotSettings]:
+    """A trained ProtoNet (``model_path``, its training run's info.json as
+    ``training_info``) on ``device``; its boxes must be those of the particles
+    (``box``³ at ``voxel_size`` Å, from ``stack_path``)."""
+    if int(training_info["box"]) != box or abs(float(training_info["voxel_size"])
+                                                 - voxel_size) > 1e-3:
+        raise TomoclustError(
+            f"{model_path} was trained on {training_info['box']}³ boxes at "
+            f"{training_info['voxel_size']} Å but {stack_path} holds {box}³ at {voxel_size} Å")
+    params = params_from_config(dict(training_info["params"]), variant)
+    model = ProtoNet(box, params).to(device)
+    model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
+    return model, params

@@ -39,7 +39,7 @@ from ..numerics.ctf import ctf_grid
 from ..numerics.fourier import wedge_mask
 from ..numerics.rotations import random_rotations
 from ..simulate.density import bounding_radius, fit_box, template_density
-from .encoder import EncoderConfig, SubtomoEncoder
+from .encoder import EncoderSettings, SubtomoEncoder
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ HELD_OUT = ("1bxn", "1qvr", "3cf3", "1u6g", "3d2f")
 
 
 @dataclass
-class CorpusParams:
+class CorpusSettings:
     n_pseudo: int = 1500
     voxel_size: float = 12.0
     box: int = 32
@@ -59,7 +59,7 @@ class CorpusParams:
 
 
 @dataclass
-class ImagingParams:
+class ImagingSettings:
     snr: tuple[float, float] = (0.03, 100.0)  # log-uniform, aitom convention
     defocus_um: tuple[float, ...] = (2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0)
     tilt_ranges: tuple[tuple[float, float], ...] = (
@@ -71,7 +71,7 @@ class ImagingParams:
 
 
 @dataclass
-class TrainParams:
+class PretrainSettings:
     steps: int = 1500
     shapes_per_batch: int = 48
     views: int = 2
@@ -80,7 +80,7 @@ class TrainParams:
     temperature: float = 0.1
     checkpoint_every: int = 50
     seed: int = 0
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
 
 
 # ------------------------------------------------------------------------- pseudo-molecules
@@ -173,7 +173,7 @@ def pseudo_molecule(rng: np.random.Generator, box: int, voxel_size: float,
     return dens.astype(np.float32), str(kind)
 
 
-def build_corpus(structures_dir: str | Path, params: CorpusParams) -> dict:
+def build_corpus(structures_dir: str | Path, params: CorpusSettings) -> dict:
     """Densities of the corpus: ``{"density": (n, b, b, b), "names": [...], "kinds": [...]}``."""
     structures = sorted(Path(structures_dir).glob("*.pdb.gz")) + sorted(
         Path(structures_dir).glob("*.cif.gz"))
@@ -204,7 +204,7 @@ def build_corpus(structures_dir: str | Path, params: CorpusParams) -> dict:
 class Imager:
     """Turns canonical densities into simulated subtomograms (see module docstring), torch."""
 
-    def __init__(self, box: int, voxel_size: float, params: ImagingParams, device="cpu"):
+    def __init__(self, box: int, voxel_size: float, params: ImagingSettings, device="cpu"):
         self.box, self.p, self.device = box, params, device
         shape = (box, box, box)
         self.ctfs = torch.as_tensor(np.stack([
@@ -283,7 +283,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
     return -mean_log_prob.mean()
 
 
-def sample_batch(corpus: torch.Tensor, params: TrainParams, imaging: ImagingParams,
+def sample_batch(corpus: torch.Tensor, params: PretrainSettings, imaging: ImagingSettings,
                  imager: Imager, rng: np.random.Generator, weights: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``views`` views of ``shapes_per_batch`` shapes drawn with probabilities ``weights``
@@ -298,7 +298,7 @@ def sample_batch(corpus: torch.Tensor, params: TrainParams, imaging: ImagingPara
     return x, torch.as_tensor(labels)
 
 
-def train_encoder(corpus: np.ndarray, params: TrainParams, imaging: ImagingParams,
+def train_encoder(corpus: np.ndarray, params: PretrainSettings, imaging: ImagingSettings,
                   checkpoint_path: str | Path | None = None, device="cpu",
                   weights: np.ndarray | None = None,
                   on_step=None) -> tuple[SubtomoEncoder, list[dict]]:

@@ -396,3 +396,31 @@ def transfer_features(model: TransferNet, stack: np.ndarray, batch_size: int = 1
     if out.size == 0:
         return (np.zeros((0, k), np.float32), np.zeros((0, model.cfg.n_classes), np.float32))
     return out[:, :k], out[:, k:]
+
+
+# ------------------------------------------------------------------------ rule inputs
+def read_training_set(star: str | Path, stack: str | Path
+                      ) -> tuple[np.ndarray, float, np.ndarray, list[str], dict]:
+    """A simulated training set as written by the transfer_training_set rule: (stack, voxel
+    size, 0-based labels, class names, the set's parameters from the JSON beside the stack)."""
+    from ..formats.stacks import open_stack
+    from ..formats.star import read_star
+
+    with open(str(stack).rsplit(".", 1)[0] + ".json") as fh:  # training_set.json
+        set_info = json.load(fh)
+    df = read_star(star, what="transfer training set")
+    data, vs = open_stack(stack)
+    if len(df) != len(data):
+        raise TomoclustError(f"{star} has {len(df)} rows but {stack} holds {len(data)} volumes")
+    return data, vs, df["rlnClassNumber"].to_numpy() - 1, set_info["class_names"], \
+        set_info["params"]
+
+
+def check_model_input(model_path: str | Path, extra: Mapping, stack_path: str | Path,
+                      box: int, voxel_size: float) -> None:
+    """The particles (``box``³ at ``voxel_size`` Å) must be what the model was trained on
+    (``extra`` of :func:`load_model`)."""
+    if box != extra["box"] or not np.isclose(voxel_size, extra["voxel_size"], rtol=1e-3):
+        raise TomoclustError(
+            f"{stack_path}: particles are {box}³ at {voxel_size:g} Å but the transfer model "
+            f"{model_path} was trained on {extra['box']}³ at {extra['voxel_size']:g} Å")

@@ -32,13 +32,20 @@ What this workflow can and cannot know:
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import TomoclustError
+from .atomic import write_text
+from .star import read_star_blocks, write_star
+
+log = logging.getLogger(__name__)
 
 CENTRED = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
 
@@ -197,3 +204,101 @@ def particles_table(particles: pd.DataFrame, tomos: Mapping[str, SourceTomogram]
         "rlnTomoTiltSeriesPixelSize": list(group),
     })
     return opt, df
+
+
+# ------------------------------------------------------------------ one method's export
+#: what goes to RELION from clusters.star (and, for averaged classes, their refinement)
+KEEP = ["rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnClassNumber",
+        "tclClassProbability", "tclStackIndex"]
+ORIGINS = ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
+REFINED = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", *ORIGINS, "rlnRandomSubset"]
+
+_README = (
+    "RELION 5 tables of one method's classes.\n"
+    "tomograms.star: one row per tomogram (rlnTomoSizeX/Y/Z in tilt-series pixels of "
+    "rlnTomoTiltSeriesPixelSize).\n"
+    "particles.star (all classes) and classK/particles.star: rlnCenteredCoordinate*Angst "
+    "from each tomogram's centre at rlnTomoSize / 2 (RELION 5.0.1).\n")
+_NO_TILT_SERIES = (
+    "No tilt series are known here: add rlnTomoTiltSeriesStarFile (or use your "
+    "project's tomograms.star, config relion.tomograms_star) before RELION "
+    "reconstructs subtomograms.\n")
+
+
+def source_tomogram(ingest_info: Mapping) -> SourceTomogram:
+    """A tomogram from its ingest.json; the path absolute (RELION reads paths relative to
+    its own project directory)."""
+    info = ingest_info
+    return SourceTomogram(
+        name=info["name"], path=str(Path(info["path"]).resolve()),
+        shape_xyz=tuple(int(v) for v in info["shape_in_zyx"][::-1]),
+        voxel_size=float(info["voxel_size_in"]), working_voxel_size=float(info["voxel_size_out"]))
+
+
+def read_project(path: str | Path) -> pd.DataFrame:
+    """The ``global`` block of a RELION 5 project's tomograms.star."""
+    blocks = read_star_blocks(path, what="RELION tomograms.star")
+    if "global" not in blocks:
+        raise TomoclustError(f"{path}: no data_global block (not a RELION 5 tomograms.star)")
+    return blocks["global"]
+
+
+def export_optics(relion: Mapping, ctf: Mapping | None) -> dict[str, float]:
+    """The microscope of the export: a simulation's own (``ctf``), else the ``relion``
+    settings'."""
+    if ctf:
+        return {"voltage": ctf["voltage_kv"], "spherical_aberration": ctf["cs_mm"],
+                "amplitude_contrast": ctf["amplitude_contrast"]}
+    return {k: relion[k] for k in ("voltage", "spherical_aberration", "amplitude_contrast")}
+
+
+def class_particles(clusters: pd.DataFrame, refined: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The columns of ``clusters`` that go to RELION, with the origins of boxes re-centred at
+    extraction (centre = coordinate - origin) and, for the particles of averaged classes
+    (``refined``: their particles.star blocks), the refined angles, origins (which include
+    extraction's) and half sets."""
+    table = clusters[[c for c in KEEP if c in clusters.columns]].copy()
+    origins = [c for c in ORIGINS if c in clusters.columns]
+    if len(origins) == 3:
+        table[origins] = clusters[origins].to_numpy()
+    if refined:
+        ref = pd.concat(refined, ignore_index=True)[["tclStackIndex", *REFINED]]
+        table = table.merge(ref, on="tclStackIndex", how="left", suffixes=("_extract", ""))
+        for c in ORIGINS:
+            if f"{c}_extract" in table.columns:
+                table[c] = table[c].fillna(table.pop(f"{c}_extract"))
+    return table
+
+
+def export_classes(out: str | Path, clusters: pd.DataFrame, refined: Sequence[pd.DataFrame],
+                   tomos: Mapping[str, SourceTomogram], relion: Mapping,
+                   ctf: Mapping | None = None, project: pd.DataFrame | None = None) -> None:
+    """Write the directory ``out`` (whole, or not at all): tomograms.star, particles.star of
+    every class, classK/particles.star per class and a README.txt. ``relion`` holds the
+    ``relion`` settings, ``project`` a RELION project's tomograms.star rows."""
+    table = class_particles(clusters, refined)
+    optics = export_optics(relion, ctf)
+    used = [tomos[n] for n in sorted(set(table["rlnTomoName"]))]
+    tomo_table = tomograms_table(used, relion["tilt_series_pixel_size"], optics, relion["hand"],
+                                 project=project)
+    opt, parts = particles_table(table, tomos, tomo_table, optics)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write_star(tmp / "tomograms.star", {"global": tomo_table})
+    write_star(tmp / "particles.star", {"optics": opt, "particles": parts})
+    for k, sub in parts.groupby("rlnClassNumber"):
+        sub = sub.dropna(axis=1, how="all")  # classes too small to average have no angles
+        write_star(tmp / f"class{int(k)}" / "particles.star",
+                   {"optics": opt[opt["rlnOpticsGroup"].isin(sub["rlnOpticsGroup"])],
+                    "particles": sub})
+        log.info("class %d: %d particles%s", int(k), len(sub),
+                 " with angles and origins" if "rlnOriginXAngst" in sub else "")
+    write_text(tmp / "README.txt", _README + ("" if project is not None else _NO_TILT_SERIES))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("%d particles of %d tomograms in %d classes -> %s", len(parts), len(used),
+             parts["rlnClassNumber"].nunique(), out)

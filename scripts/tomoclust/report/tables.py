@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import pandas as pd
 
 from .. import TomoclustError
 from ..formats.atomic import write_text
+from ..numerics.class_maps import classes_to_average
+
+log = logging.getLogger(__name__)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; font-size: 14px; margin: 12px; color: #222; }
@@ -150,3 +154,36 @@ def embedding_table(clusters: pd.DataFrame, features: np.ndarray) -> pd.DataFram
     feats = pd.DataFrame(features.astype(np.float64),
                          columns=[f"f{i}" for i in range(features.shape[1])])
     return pd.concat([out, feats], axis=1)
+
+
+def averaging_summary(summary: Mapping, infos: list[Mapping], min_particles: int
+                      ) -> pd.DataFrame:
+    """One row per class of a method's clustering (``summary``: its summary.json): averaged
+    (resolution, and the dominant template with its FSC against the truth where known, from
+    the class's info.json in ``infos``) or too small to average (fewer than
+    ``min_particles``, or under 2 per half set; logged)."""
+    k_total = int(summary["k"])
+    _, skipped = classes_to_average(summary["class_sizes"], k_total, min_particles)
+    by_class = {int(info["class"]): info for info in infos}
+    rows = []
+    for k in range(1, k_total + 1):
+        if k in skipped:
+            log.info("class %d: %d particles, too few to average (min_particles %d, 2 per "
+                     "half set): no average", k, skipped[k], min_particles)
+            rows.append({"class": k, "n_particles": skipped[k], "status": "too few particles"})
+            continue
+        info = by_class[k]
+        rows.append({
+            "class": k, "n_particles": info["n_particles"], "status": "averaged",
+            "resolution_0143_angst": info["resolution_0143_angst"],
+            "template": info.get("template"),
+            "template_particles": info.get("template_particles"),
+            "fsc_truth_05_angst": info.get("fsc_truth_05_angst"),
+            "fsc_truth_0143_angst": info.get("fsc_truth_0143_angst"),
+        })
+    table = pd.DataFrame(rows)
+    if "template_particles" in table:
+        table["template_particles"] = pd.array(
+            [None if v in ("", None) or v != v else int(v) for v in table["template_particles"]],
+            dtype="Int64")
+    return table

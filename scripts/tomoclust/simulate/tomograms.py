@@ -14,8 +14,9 @@ Tomogram mode (:func:`simulate_tomogram`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,6 +96,19 @@ class TomogramSettings:
     gold_radius_angst: float = 50.0
     snr_region: str = "particles"
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, sim: Mapping[str, Any], name: str, template_names: Sequence[str],
+                    seed: int) -> TomogramSettings:
+        """One tomogram of the ``simulation`` section ``sim``: ``particles_per_class`` of
+        every template, its own ``seed``."""
+        return cls(
+            name=name, shape=tuple(sim["shape"]), voxel_size=float(sim["voxel_size"]),
+            counts={t: int(sim["particles_per_class"]) for t in template_names},
+            snr=float(sim["snr"]), snr_region=sim["snr_region"],
+            tilt_min=float(sim["tilt_min"]), tilt_max=float(sim["tilt_max"]),
+            tilt_step=float(sim["tilt_step"]), ctf=CtfSettings(**sim["ctf"]),
+            membranes=int(sim["membranes"]), gold_beads=int(sim["gold_beads"]), seed=int(seed))
 
 
 @dataclass
