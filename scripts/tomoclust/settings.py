@@ -280,6 +280,7 @@ class DiscaConfigSettings(_Section):
     width_step: int | None = reads(None, *_DISCA)
     feature_dim: int | None = reads(None, *_DISCA)
     input_binning: int | None = reads(None, *_DISCA)
+    dropout: float | None = reads(None, *_DISCA)
     iterations: int = reads(10, *_DISCA)
     epochs_per_iteration: int = reads(1, *_DISCA)
     k_min: int = reads(2, *_DISCA)

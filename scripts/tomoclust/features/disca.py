@@ -68,6 +68,7 @@ class DiscaSettings:
     width_step: int | None = None
     feature_dim: int | None = None
     input_binning: int | None = None
+    dropout: float | None = None  # Gaussian dropout on the input; None: the preset's
     k_min: int = 2
     k_max: int = 20
     pca_components: int = 8
@@ -98,7 +99,8 @@ class DiscaSettings:
         """The YOPO configuration (the backbone unless ``pretrained``)."""
         return YopoSettings.from_preset(
             self.preset, blocks=self.blocks, width=self.width, width_step=self.width_step,
-            feature_dim=self.feature_dim, input_binning=self.input_binning)
+            feature_dim=self.feature_dim, input_binning=self.input_binning,
+            dropout=self.dropout)
 
 
 @dataclass

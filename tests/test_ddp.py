@@ -1,0 +1,211 @@
+"""Data-parallel training (tomoclust.features.distributed) on the CPU: two gloo processes
+against one process on the same global batches, for every trainer that can run
+data-parallel, and the exact resume of a two-process run.
+
+Tolerance. Two processes compute the same global batch as one (same data order, same
+augmentations, BatchNorm over the whole batch), but every reduction sums its float32 terms in
+another order (per-process partial sums, then the all-reduce): each loss and gradient differs
+by a few units of float32 rounding, |δ| ≲ n·ε·Σ|terms| with ε = 6e-8 and n ≲ 10² terms, i.e.
+~1e-6 relative. Adam's update is bounded by the learning rate, so after T ≤ 12 steps a weight
+differs by at most ~T·lr·1e-6/(√v̂+ε)… in practice 1e-7 to 1e-6 (measured: 6e-7 for the
+transfer network). We allow 1e-4 relative on losses and 1e-4 absolute on weights: two
+orders above the rounding, and far below what a wrong split (a missing gradient share, an
+unsynchronised BatchNorm, a shuffled gather) gives, which is 1e-2 or more.
+
+One family of parameters is compared through the function instead: a bias feeding a
+BatchNorm has an analytically zero gradient (the normalisation removes any shift), so each run
+feeds Adam pure rounding noise there and the bias wanders by up to lr per step in both runs,
+differently; the BatchNorm's running mean follows it. Those entries are skipped; every weight
+matrix, every BatchNorm scale/shift and running variance, and the losses are compared.
+
+Dropout draws differ by construction (each process draws its own), so the equivalence runs
+switch it off; the resume test keeps it on, which checks that every process's generator is
+saved and restored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tomoclust.features import distributed
+from tomoclust.features.train import Checkpoint
+
+RTOL_LOSS = 1e-4
+ATOL_WEIGHT = 1e-4
+
+
+def _close_losses(a, b) -> None:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert a.shape == b.shape and len(a) > 0
+    np.testing.assert_allclose(b, a, rtol=RTOL_LOSS, atol=0)
+
+
+def _close_weights(sd1: dict, sd2: dict, skip_bias_before_bn: tuple[str, ...] = ()) -> int:
+    """Compare state dicts; returns how many entries were compared."""
+    assert sd1.keys() == sd2.keys()
+    n = 0
+    for k in sd1:
+        if k.endswith("num_batches_tracked"):
+            assert int(sd1[k]) == int(sd2[k]), k
+            continue
+        if any(k.startswith(p) for p in skip_bias_before_bn):
+            continue
+        d = float((sd1[k].float() - sd2[k].float()).abs().max())
+        assert d < ATOL_WEIGHT, f"{k}: differs by {d:.2e}"
+        n += 1
+    return n
+
+
+def _blobs(rng, n: int, box: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy boxes of ``classes`` planted shapes (balls of different radii)."""
+    zz, yy, xx = np.indices((box, box, box)) - box // 2
+    r2 = zz**2 + yy**2 + xx**2
+    labels = np.arange(n) % classes
+    stack = rng.normal(0, 0.5, (n, box, box, box)).astype(np.float32)
+    for c in range(classes):
+        stack[labels == c] += (r2 <= (2 + 1.5 * c) ** 2).astype(np.float32)
+    return stack, labels
+
+
+# ------------------------------------------------------------------------ how many processes
+def test_processes_from_the_gpu_resource_and_the_environment(monkeypatch):
+    monkeypatch.delenv(distributed.ENV_PROCESSES, raising=False)
+    assert distributed.gpus_requested(2) == 2
+    assert distributed.gpus_requested(0, "'gpu:a100:4'") == 4
+    assert distributed.gpus_requested(0, "gpu:3") == 3
+    assert distributed.gpus_requested(None, None) == 1
+    assert distributed.processes_for("cpu", 4) == 1  # no GPU: one process
+    assert distributed.processes_for("cuda:1", 4) == 1  # one named GPU
+    monkeypatch.setenv(distributed.ENV_PROCESSES, "2")
+    assert distributed.processes_for("cpu", 1) == 2
+    monkeypatch.setenv(distributed.ENV_PROCESSES, "zero")
+    with pytest.raises(Exception, match="whole number"):
+        distributed.processes_for("cpu", 1)
+
+
+def test_shares_cover_the_batch_in_order():
+    for n in (0, 1, 5, 8):
+        for world in (1, 2, 3):
+            parts = [distributed.Parallel(r, world).bounds(n) for r in range(world)]
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+            sizes = [b - a for a, b in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+# ------------------------------------------------------------------------------- trainers
+def test_transfer_two_processes_train_as_one(rng):
+    from tomoclust.features.transfer import train_transfer
+    from tomoclust.features.transfer_settings import TransferSettings
+
+    stack, labels = _blobs(rng, 36, 16, 3)
+    p = TransferSettings(width=4, stages=2, hidden=16, feature_dim=8, dropout=0.0, epochs=2,
+                         batch_size=11, lr=3e-3, val_fraction=0.1)  # 11: unequal shares
+    one = train_transfer(stack, labels, ["a", "b", "c"], p, "cpu", processes=1)
+    two = train_transfer(stack, labels, ["a", "b", "c"], p, "cpu", processes=2)
+    _close_losses(one.history["loss"], two.history["loss"])
+    np.testing.assert_allclose(two.history["val_loss"], one.history["val_loss"], rtol=RTOL_LOSS)
+    # fc.0 and fc.4 are Linear layers feeding BatchNorm1d fc.1 and fc.5
+    skip = ("fc.0.bias", "fc.1.running_mean", "fc.4.bias", "fc.5.running_mean")
+    assert _close_weights(one.model.state_dict(), two.model.state_dict(), skip) >= 20
+
+
+def test_fewshot_two_processes_train_as_one(rng):
+    from tomoclust.features.fewshot import FewShotSettings, train_protonet
+
+    stack, labels = _blobs(rng, 30, 8, 3)
+    # ProtoNet-CE: the encoder runs split, the set attention on the gathered embeddings
+    p = FewShotSettings(variant="protonet_ce", width=4, blocks=2, way=3, shot=2, query=3,
+                        epochs=2, episodes_per_epoch=3, lr=3e-3, seed=1)
+    one = train_protonet(stack, labels, p, "cpu", processes=1)
+    two = train_protonet(stack, labels, p, "cpu", processes=2)
+    _close_losses(one.history["loss"], two.history["loss"])
+    # every conv feeds a BatchNorm3d: its bias has a zero gradient
+    skip = ("encoder.net.0.bias", "encoder.net.1.running_mean", "encoder.net.4.bias",
+            "encoder.net.5.running_mean")
+    assert _close_weights(one.model.state_dict(), two.model.state_dict(), skip) >= 12
+
+
+def test_disca_two_processes_train_as_one(rng):
+    from tomoclust.features.disca import DiscaSettings, run_disca
+    from tomoclust.features.networks import Yopo
+    from tomoclust.features.train import infer
+
+    stack, _ = _blobs(rng, 30, 16, 3)
+    p = DiscaSettings(preset="tiny", dropout=0.0, init="random", iterations=2, k_min=2,
+                      k_max=3, gmm_n_init=1, pca_components=3, batch_size=10,
+                      head_warmup_steps=5, seed=0)
+    one = run_disca(stack, p, "cpu", processes=1)
+    two = run_disca(stack, p, "cpu", processes=2)
+    _close_losses(one.history["loss"], two.history["loss"])
+    np.testing.assert_array_equal(one.history["k"], two.history["k"])
+    np.testing.assert_array_equal(one.labels, two.labels)
+    # the features of the best iteration were computed in two shares and gathered in order:
+    # they are the best model's features of every particle, in particle order
+    model = Yopo(p.network(), n_classes=two.state_dict["head.weight"].shape[0])
+    model.load_state_dict(two.state_dict)
+    own = infer(model.eval().features, stack, "cpu")
+    np.testing.assert_allclose(two.features, own, rtol=0, atol=1e-5)
+    # the last block's BatchNorm shift passes a global max pool into BatchNorm1d `norm`,
+    # which removes it: a zero-gradient direction (see the module docstring); it enters the
+    # eval-mode features through norm's running mean, by up to ~1e-3 after these few steps
+    skip = ("blocks.2.2.bias", "norm.running_mean")
+    assert _close_weights(one.state_dict, two.state_dict, skip) >= 20
+    np.testing.assert_allclose(two.features, one.features, rtol=0, atol=2e-3)
+
+
+def test_pretraining_two_processes_train_as_one(rng):
+    from tomoclust.features.encoder import EncoderConfig
+    from tomoclust.features.pretrain import ImagingParams, TrainParams, train_encoder
+
+    corpus, _ = _blobs(rng, 6, 16, 3)
+    corpus = np.clip(corpus, 0, None)
+    tp = TrainParams(steps=3, shapes_per_batch=5, views=2, lr=2e-3, checkpoint_every=50,
+                     encoder=EncoderConfig(channels=(4, 4, 4, 4), hidden=8, embed_dim=8,
+                                           box=16))
+    ip = ImagingParams(defocus_um=(3.0,), tilt_ranges=((-60.0, 60.0),))
+    m1, h1 = train_encoder(corpus, tp, ip, processes=1)
+    m2, h2 = train_encoder(corpus, tp, ip, processes=2)
+    _close_losses([h["loss"] for h in h1], [h["loss"] for h in h2])
+    # the contrastive loss couples every view with every other: the gather must be in order
+    # and the gradient of each embedding summed over the processes' loss terms
+    skip = ("fc.0.bias", "fc.1.running_mean")
+    assert _close_weights(m1.state_dict(), m2.state_dict(), skip) >= 15
+
+
+# ---------------------------------------------------------------------------------- resume
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def hook(ep: int) -> None:
+        if ep == epoch:
+            raise _Stop(f"stopped after epoch {ep}")
+    return hook
+
+
+def test_two_process_run_resumes_exactly(rng, tmp_path):
+    """Killed after epoch 1 of 3 and resumed with two processes, the transfer network (with
+    dropout: each process's generator must come back) ends where the uninterrupted run
+    does; the checkpoint holds what a one-process checkpoint holds, plus each process's
+    generators."""
+    from tomoclust.features.transfer import train_transfer
+    from tomoclust.features.transfer_settings import TransferSettings
+
+    stack, labels = _blobs(rng, 24, 16, 2)
+    p = TransferSettings(width=4, stages=2, hidden=16, feature_dim=8, dropout=0.3, epochs=3,
+                         batch_size=8, lr=3e-3)
+    full = train_transfer(stack, labels, ["a", "b"], p, "cpu", processes=2)
+    ck = Checkpoint(tmp_path / "ck.pt", "fp")
+    with pytest.raises(_Stop):
+        train_transfer(stack, labels, ["a", "b"], p, "cpu", checkpoint=ck, processes=2,
+                       on_epoch=_stop_after(1))
+    state = torch.load(ck.path, weights_only=True)
+    assert {"epoch", "model", "optimizer", "rng", "augment_rng", "history"} <= set(state)
+    assert int(state["epoch"]) == 1 and len(state["rng"]["ranks"]) == 2
+    resumed = train_transfer(stack, labels, ["a", "b"], p, "cpu", checkpoint=ck, processes=2)
+    assert resumed.history["loss"].tolist() == full.history["loss"].tolist()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
