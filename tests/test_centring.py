@@ -1,11 +1,12 @@
-"""tomoclust.centring: re-centring of subtomograms and noise pre-whitening."""
+"""Re-centring of subtomograms (numerics.centring: arrays; features.centring: tensors)
+and noise pre-whitening."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from tomoclust.numerics.centring import (
+from tomoclust.features.centring import (
     align_offsets,
     com_offsets,
     fourier_shift,
@@ -85,3 +86,33 @@ def test_noise_spectrum_from_corners_matches_the_true_spectrum_and_whitening_fla
     assert true[1] / true[-2] > 50
     flat = noise_spectrum(whiten(noise, est), empty=None)
     assert flat[1:-1].max() / flat[1:-1].min() < 2.0
+
+
+def test_array_and_tensor_centring_agree_and_extraction_needs_no_torch(rng):
+    """The array code (used by extraction, which runs without torch) and the tensor code
+    give the same shifts and offsets, to float32 rounding."""
+    import subprocess
+    import sys
+
+    from tomoclust.numerics import centring as arrays
+
+    true = rng.uniform(-3, 3, size=(12, 3))
+    vols = np.stack([_blob(32, 16 + t) for t in true])
+    vols += 0.05 * rng.standard_normal(vols.shape).astype(np.float32)
+    s = rng.uniform(-2, 2, size=(12, 3)).astype(np.float32)
+    np.testing.assert_allclose(arrays.fourier_shift(vols, s),
+                               fourier_shift(torch.as_tensor(vols), torch.as_tensor(s)).numpy(),
+                               atol=1e-5)
+    out, off = recentre(vols, "com")
+    out2, off2 = arrays.recentre_com(vols, batch_size=5)
+    np.testing.assert_array_equal(off, off2)
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_allclose(off, true, atol=0.3)
+    # importing the extraction module (and calling its re-centring) loads no torch
+    code = ("import sys, numpy as np; from tomoclust.extract import extract_recentred; "
+            "from tomoclust.numerics.centring import recentre_com; "
+            "recentre_com(np.zeros((2, 8, 8, 8), np.float32)); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env_path = str(__import__("pathlib").Path(__file__).parents[1] / "scripts")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})

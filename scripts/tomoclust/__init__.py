@@ -11,7 +11,8 @@ The library behind the Snakemake workflow, in rooms. Lower rooms never import hi
 - :mod:`tomoclust.numerics`   arrays in, arrays out (no files, no torch): ``fourier``,
                               ``rotations`` (RELION Euler angles, SO(3) grids), ``ctf``,
                               ``tilt_geometry`` (projection, weighted back-projection),
-                              ``class_maps`` (masks, FSC, resolution), ``metrics``
+                              ``class_maps`` (masks, FSC, resolution), ``metrics``,
+                              ``centring`` (centre of mass, Fourier shift)
 - :mod:`tomoclust.simulate`   ``density`` (atomic models and maps at a voxel size),
                               ``tomograms`` (crowded tomograms with ground truth),
                               ``subtomograms``, ``labelled_sets`` (few-shot training sets)
@@ -24,7 +25,8 @@ The library behind the Snakemake workflow, in rooms. Lower rooms never import hi
                               pytom-match-pick, TomoTwin), ``subtomograms``; copick projects
                               in and out: ``copick_project`` (needs the optional copick)
 - :mod:`tomoclust.features`   feature learning (torch): ``networks``, ``train``, ``augment``,
-                              ``invariant``, ``disca``, ``autoencoder``, ``fewshot`` (+ the
+                              ``invariant``, ``centring`` (alignment, whitening), ``disca``,
+                              ``autoencoder``, ``fewshot`` (+ the
                               torch-free ``fewshot_support``), ``transfer`` (+ the torch-free
                               ``transfer_settings``), ``encoder`` (the shipped pretrained
                               encoder) and ``pretrain`` (its corpus and recipe)

@@ -318,7 +318,7 @@ def extract_recentred(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: Resamp
                       writer, normalise: bool = True, workers: int = 1, chunk: int = 2048
                       ) -> np.ndarray:
     """Extract boxes chunk by chunk (:func:`extract_boxes`), move each particle's centre of
-    mass to the box centre (:func:`tomoclust.numerics.centring.recentre`, a periodic
+    mass to the box centre (:func:`tomoclust.numerics.centring.recentre_com`, a periodic
     sub-voxel shift: it keeps each box's mean, and its variance up to the energy at the
     Nyquist frequency, so boxes are normalised again when ``normalise``), and write them as
     ``writer[a:b] = boxes`` (a :class:`tomoclust.formats.stacks.StackWriter` or an array).
@@ -326,16 +326,13 @@ def extract_recentred(tomogram: np.ndarray, coords_zyx: np.ndarray, plan: Resamp
     Returns the RELION origins ``(n, 3)``, xyz Å at ``plan.voxel_size_out``: the particle's
     centre lies at the pick coordinate minus its origin.
     """
-    import torch
+    from .numerics.centring import recentre_com
 
-    from .numerics.centring import recentre
-
-    torch.set_num_threads(max(int(workers), 1))
     origins = np.zeros((len(coords_zyx), 3))
     for a in range(0, len(coords_zyx), chunk):
         boxes = extract_boxes(tomogram, coords_zyx[a:a + chunk], plan, normalise=normalise,
                               workers=workers)
-        boxes, off = recentre(boxes, "com")
+        boxes, off = recentre_com(boxes)
         if normalise:
             _normalise_inplace(boxes)
         writer[a:a + len(boxes)] = boxes

@@ -202,11 +202,11 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     "Radial profile".
 
     ``centring`` other than ``"none"`` re-centres every box first
-    (:func:`tomoclust.numerics.centring.recentre`: ``"com"`` or ``"align"``), since every descriptor
+    (:func:`tomoclust.features.centring.recentre`: ``"com"`` or ``"align"``), since every descriptor
     here is expanded about the box centre.
     """
     if centring != "none":
-        from ..numerics.centring import recentre
+        from .centring import recentre
 
         stack, _ = recentre(stack, centring, device=device)
     spec = shell_spectra(stack, l_max, lowpass_sigma, device=device)
