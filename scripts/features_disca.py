@@ -4,6 +4,7 @@ import time
 
 import torch
 from tomoclust.features.disca import describe, params_from_config, run_disca
+from tomoclust.features.distributed import job_processes
 from tomoclust.features.train import Checkpoint, fingerprint
 from tomoclust.formats.star import write_star
 from tomoclust.rule import (
@@ -26,7 +27,8 @@ def main(smk) -> None:
     log.info("DISCA on %d particles, device %s, %s", len(df), device, describe(params))
     ckpt = Checkpoint(smk.params.checkpoint, fingerprint(describe(params), smk.input.stack))
     t0 = time.time()
-    res = run_disca(stack, params, device, checkpoint=ckpt, history_path=smk.output.history)
+    res = run_disca(stack, params, device, checkpoint=ckpt, history_path=smk.output.history,
+                    processes=job_processes(device, smk.resources))
     save_features(smk.output.features, res.features, len(df))
     save_state_dict(smk.output.model, res.state_dict)
     out = df[[c for c in df.columns if c.startswith(("rlnImageName", "rlnTomoName",

@@ -4,6 +4,7 @@ import json
 import time
 
 import torch
+from tomoclust.features.distributed import job_processes
 from tomoclust.features.fewshot import describe, params_from_config, train_protonet
 from tomoclust.features.train import Checkpoint, fingerprint
 from tomoclust.formats.stacks import open_stack
@@ -24,7 +25,8 @@ def main(smk) -> None:
     t0 = time.time()
     tilt = json.loads(open(smk.input.info).read())["tilt"]
     res = train_protonet(stack, labels, params, device, checkpoint=ckpt,
-                         history_path=smk.output.history, tilt_range=tuple(tilt))
+                         history_path=smk.output.history, tilt_range=tuple(tilt),
+                         processes=job_processes(device, smk.resources))
     save_state_dict(smk.output.model, res.model.state_dict())
     names = truth.drop_duplicates("rlnClassNumber").set_index("rlnClassNumber")["rlnClassName"]
     write_info(smk.output.info, run_info(

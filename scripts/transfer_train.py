@@ -5,6 +5,7 @@ import time
 
 import torch
 from tomoclust import TomoclustError
+from tomoclust.features.distributed import job_processes
 from tomoclust.features.train import Checkpoint, fingerprint
 from tomoclust.features.transfer import save_model, train_transfer
 from tomoclust.features.transfer_settings import TransferSettings
@@ -33,7 +34,8 @@ def main(smk) -> None:
     ckpt = Checkpoint(smk.params.checkpoint, fp)
     t0 = time.time()
     res = train_transfer(stack, labels, names, params, device, checkpoint=ckpt,
-                         history_path=smk.output.history)
+                         history_path=smk.output.history,
+                         processes=job_processes(device, smk.resources))
     last = res.history.iloc[-1]
     extra = {"box": int(stack.shape[-1]), "voxel_size": float(vs),
              "training_set": set_info["params"], "training": params.as_dict(),

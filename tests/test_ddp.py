@@ -25,6 +25,8 @@ saved and restored.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -89,7 +91,7 @@ def test_shares_cover_the_batch_in_order():
         for world in (1, 2, 3):
             parts = [distributed.Parallel(r, world).bounds(n) for r in range(world)]
             assert parts[0][0] == 0 and parts[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
             sizes = [b - a for a, b in parts]
             assert max(sizes) - min(sizes) <= 1
 
@@ -209,3 +211,66 @@ def test_two_process_run_resumes_exactly(rng, tmp_path):
     assert resumed.history["loss"].tolist() == full.history["loss"].tolist()
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_memory_mapped_stacks_reach_the_other_processes_as_file_references(rng, tmp_path):
+    """A particle stack (an MRC memory map) is handed to the other processes as its file,
+    offset and shape, not as a copy of its data; slices keep their place in the file."""
+    import pickle
+
+    from tomoclust.formats.stacks import StackWriter, open_stack
+
+    data = rng.normal(size=(7, 8, 8, 8)).astype(np.float32)
+    with StackWriter(tmp_path / "s.mrcs", 7, 8, 10.0) as w:
+        w[0:7] = data
+    stack, _ = open_stack(tmp_path / "s.mrcs")
+    for view in (stack, stack[2:5]):
+        ref = distributed._portable(view)
+        assert isinstance(ref, distributed._MemmapRef)
+        assert len(pickle.dumps(ref)) < 1000
+        np.testing.assert_array_equal(distributed._restore(pickle.loads(pickle.dumps(ref))),
+                                      view)
+    assert distributed._portable(data) is data  # arrays in memory travel as they are
+
+
+SCRIPT = '''
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+from tomoclust.features.distributed import job_processes
+from tomoclust.features.transfer import train_transfer
+from tomoclust.features.transfer_settings import TransferSettings
+from tomoclust.formats.stacks import StackWriter, open_stack
+
+work = sys.argv[1]
+with open(work + "/runs.txt", "a") as fh:  # a rule script runs its rule at import
+    fh.write("run\\n")
+rng = np.random.default_rng(0)
+with StackWriter(work + "/s.mrcs", 12, 16, 10.0) as w:
+    w[0:12] = rng.normal(size=(12, 16, 16, 16)).astype(np.float32)
+stack, _ = open_stack(work + "/s.mrcs")
+n = job_processes("cpu", SimpleNamespace(gpu=1))
+p = TransferSettings(width=4, stages=2, hidden=8, feature_dim=4, epochs=1, batch_size=6,
+                     val_fraction=0.0)
+res = train_transfer(stack, np.arange(12) % 2, ["a", "b"], p, "cpu", processes=n)
+print("processes", n, "epochs", len(res.history))
+'''
+
+
+def test_a_rule_script_is_not_rerun_by_the_other_processes(tmp_path, repo):
+    """As in a Snakemake job: a script (main module with side effects at import) on a
+    memory-mapped stack, the process count from TOMOCLUST_PROCESSES; the other process runs
+    the library function only."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "rule.py").write_text(SCRIPT)
+    env = {**os.environ, distributed.ENV_PROCESSES: "2", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(repo / "scripts")}
+    out = subprocess.run([sys.executable, str(tmp_path / "rule.py"), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "processes 2 epochs 1" in out.stdout
+    assert (tmp_path / "runs.txt").read_text() == "run\n"

@@ -111,6 +111,12 @@ def processes_for(device: str, gpus: int = 1) -> int:
     return max(min(gpus, visible), 1)
 
 
+def job_processes(device: str, resources: Any) -> int:
+    """:func:`processes_for` a Snakemake job: its ``resources`` (``gpu``, ``gres``)."""
+    return processes_for(device, gpus_requested(getattr(resources, "gpu", None),
+                                                getattr(resources, "gres", None)))
+
+
 # ------------------------------------------------------------------------------ the context
 @dataclass
 class Parallel:
