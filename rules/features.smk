@@ -255,6 +255,7 @@ if TRANSFER is not None and TRANSFER["pretrained"]:
 
     rule features_transfer:
         input:
+            unpack(transfer_chunks_input),
             star="results/particles/particles.star",
             stack="results/particles/particles.mrcs",
             model=TRANSFER["model"],
@@ -352,6 +353,7 @@ if TRANSFER is not None and not TRANSFER["pretrained"]:
 
     rule features_transfer:
         input:
+            unpack(transfer_chunks_input),
             star="results/particles/particles.star",
             stack="results/particles/particles.mrcs",
             model=f"{TRANSFER['model_dir']}/model.pt",
@@ -374,3 +376,36 @@ if TRANSFER is not None and not TRANSFER["pretrained"]:
             "../envs/torch-gpu.yaml"
         script:
             "../scripts/features_transfer.py"
+
+
+# Feature inference of the transfer method in shares of the particles, one job each
+# (inference_jobs > 1); features_transfer gathers them in particle order.
+if TRANSFER is not None and config["inference_jobs"] > 1:
+
+    rule features_transfer_chunk:
+        input:
+            star="results/particles/particles.star",
+            stack="results/particles/particles.mrcs",
+            model=TRANSFER["model"] if TRANSFER["pretrained"]
+            else f"{TRANSFER['model_dir']}/model.pt",
+        output:
+            "results/features/transfer/chunks/chunk{i}.npy",
+        wildcard_constraints:
+            i=r"\d+",
+        log:
+            "logs/features/transfer_chunk{i}.log",
+        benchmark:
+            "benchmarks/runs/features/transfer_chunk{i}.tsv"
+        params:
+            device=param("features_transfer_chunk", "device"),
+            jobs=param("features_transfer_chunk", "inference_jobs"),
+            kind="encoder" if TRANSFER["pretrained"] else "transfer",
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=60,
+        conda:
+            "../envs/torch-gpu.yaml"
+        script:
+            "../scripts/features_transfer_chunk.py"

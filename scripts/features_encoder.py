@@ -10,10 +10,9 @@ import time
 import pandas as pd
 import torch
 from tomoclust.features.encoder import (
-    embed,
+    embed_particles,
     load_encoder,
     nearest_prototype,
-    prepare_boxes,
     template_prototypes,
 )
 from tomoclust.formats.atomic import write_tsv
@@ -36,9 +35,8 @@ def main(smk) -> None:
     model, man = load_encoder(smk.input.model, device)
     log.info("encoder %s (sha256 %s…, %s, trained %s)", smk.input.model, man["sha256"][:12],
              man.get("name"), man.get("date"))
-    boxes = prepare_boxes(stack, vs, model.cfg)
     t0 = time.time()
-    feats = embed(model, boxes)
+    feats = embed_particles(model, stack, vs, chunks=smk.input.get("chunks"))
     seconds = time.time() - t0
     log.info("%d particles in %.1f s (%.0f/s), device %s", len(df), seconds,
              len(df) / max(seconds, 1e-9), device)

@@ -30,7 +30,7 @@ def main(smk) -> None:
             f"{smk.input.stack}: particles are {box}³ at {vs:g} Å but the transfer model "
             f"{smk.input.model} was trained on {extra['box']}³ at {extra['voxel_size']:g} Å")
     t0 = time.time()
-    feats, prob = transfer_features(model, stack)
+    feats, prob = transfer_features(model, stack, chunks=smk.input.get("chunks"))
     seconds = time.time() - t0
     log.info("%d particles in %.1f s (%.0f/s), device %s", len(df), seconds,
              len(df) / max(seconds, 1e-9), device)

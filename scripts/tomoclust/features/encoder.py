@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -181,6 +182,22 @@ def embed(model: SubtomoEncoder, stack: np.ndarray, batch_size: int = 256) -> np
     if out.size == 0:
         return np.zeros((0, model.feature_dim), np.float32)
     return out
+
+
+def embed_particles(model: SubtomoEncoder, stack: np.ndarray, voxel_size: float,
+                    chunks: Sequence[str] | None = None) -> np.ndarray:
+    """The embedding of every particle (:func:`prepare_boxes`, then :func:`embed`); with
+    ``chunks``, gathered from the files of jobs that computed it in shares
+    (:mod:`tomoclust.features.chunks`)."""
+    if chunks:
+        from .chunks import gather
+
+        out = gather(chunks, len(stack))
+        if out.shape[1] != model.feature_dim:
+            raise TomoclustError(f"feature chunks hold {out.shape[1]} columns, the encoder "
+                                 f"gives {model.feature_dim}")
+        return out
+    return embed(model, prepare_boxes(stack, voxel_size, model.cfg))
 
 
 def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderConfig,

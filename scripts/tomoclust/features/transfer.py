@@ -399,12 +399,22 @@ def load_model(path: str | Path, device="cpu") -> tuple[TransferNet, list[str], 
     return model, json.loads(payload["class_names"]), json.loads(payload["extra"])
 
 
-def transfer_features(model: TransferNet, stack: np.ndarray, batch_size: int = 128
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The 32-d features and the class probabilities of every box (model's device)."""
+def transfer_features(model: TransferNet, stack: np.ndarray, batch_size: int = 128,
+                      chunks: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 32-d features and the class probabilities of every box (model's device); with
+    ``chunks``, gathered from the files of jobs that computed them in shares
+    (:mod:`tomoclust.features.chunks`)."""
+    k = model.cfg.feature_dim
+    if chunks:
+        from .chunks import gather
+
+        out = gather(chunks, len(stack))
+        if out.shape[1] != k + model.cfg.n_classes:
+            raise TomoclustError(f"feature chunks hold {out.shape[1]} columns, the model "
+                                 f"gives {k} features + {model.cfg.n_classes} probabilities")
+        return out[:, :k], out[:, k:]
     device = next(model.parameters()).device
     model.eval()
-    k = model.cfg.feature_dim
 
     def both(x: torch.Tensor) -> torch.Tensor:
         f = model.features(x)
