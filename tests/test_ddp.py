@@ -96,6 +96,36 @@ def test_shares_cover_the_batch_in_order():
             assert max(sizes) - min(sizes) <= 1
 
 
+# -------------------------------------------------------------------------------- gradients
+def _gradient_probe(x: np.ndarray, y: np.ndarray, *, device: str) -> dict:
+    """One forward and backward of a small network with BatchNorm, split over the processes
+    as the trainers do (wrap, shard, gather, loss of the whole batch); the gradients and the
+    BatchNorm statistics."""
+    par = distributed.current()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(),
+                                torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3))
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    with par.wrap(model) as net:
+        logits = par.gather(net(par.shard(xt)))
+        torch.nn.functional.cross_entropy(logits, yt).backward()
+    out = {n: p.grad.clone() for n, p in model.named_parameters()}
+    out.update({f"{n}[buffer]": b.clone() for n, b in model.named_buffers()})
+    return out
+
+
+def test_split_gradients_equal_the_whole_batch_gradient(rng):
+    """Not only their direction (Adam would hide a scale error): the gradient itself, the
+    BatchNorm statistics, with shares of 4 and 3 rows."""
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 7)
+    one = distributed.run(_gradient_probe, 1, "cpu", x, y)
+    two = distributed.run(_gradient_probe, 2, "cpu", x, y)
+    for k, v in one.items():
+        np.testing.assert_allclose(two[k].numpy(), v.numpy(), rtol=1e-5, atol=1e-7,
+                                   err_msg=k)
+
+
 # ------------------------------------------------------------------------------- trainers
 def test_transfer_two_processes_train_as_one(rng):
     from tomoclust.features.transfer import train_transfer
