@@ -527,13 +527,14 @@ def _transfer_setup():
 TRANSFER = _transfer_setup()
 
 
-def transfer_chunks_input(wildcards):
-    """{"chunks": [...]}: the shares of the transfer method's inference when
-    ``inference_jobs`` > 1 (rule features_transfer_chunk), else {} (one job)."""
+def chunks_input(wildcards):
+    """{"chunks": [...]}: the shares of a method's feature inference when ``inference_jobs``
+    > 1 (rules features_transfer_chunk, features_fewshot_chunk), else {} (one job)."""
     jobs = config["inference_jobs"]
     if jobs <= 1:
         return {}
-    return {"chunks": [f"results/features/transfer/chunks/chunk{i}.npy" for i in range(jobs)]}
+    method = getattr(wildcards, "variant", "transfer")
+    return {"chunks": [f"results/features/{method}/chunks/chunk{i}.npy" for i in range(jobs)]}
 
 
 def transfer_template_source(wildcards):

@@ -60,7 +60,7 @@ def main(smk) -> None:
     model.load_state_dict(torch.load(smk.input.model, map_location=device, weights_only=True))
     sup_stack, sup_labels, names, sup_table = _support(smk, df, stack)
     t0 = time.time()
-    pred = classify(model, sup_stack, sup_labels, stack, device)
+    pred = classify(model, sup_stack, sup_labels, stack, device, chunks=smk.input.get("chunks"))
     save_features(smk.output.features, pred.features, len(df))
     out = df[[c for c in df.columns if c.startswith(("rlnImageName", "rlnTomoName",
                                                      "rlnCoordinate", "rlnCentered"))]].copy()

@@ -42,7 +42,7 @@ def _write_chunks(tmp_path, kind, model_path, stack, vs, jobs):
     paths = []
     for i in range(jobs):
         p = tmp_path / f"chunk{i}.npy"
-        save_npy(p, chunks.transfer_chunk(kind, model_path, stack, vs, "cpu", jobs, i))
+        save_npy(p, chunks.feature_chunk(kind, model_path, stack, vs, "cpu", jobs, i))
         paths.append(str(p))
     return paths
 
@@ -62,7 +62,7 @@ def test_chunks_of_a_retrained_transfer_model_equal_one_job(rng, tmp_path):
     np.testing.assert_allclose(f2, feats, rtol=0, atol=ATOL)
     np.testing.assert_allclose(p2, prob, rtol=0, atol=ATOL)
     with pytest.raises(TomoclustError, match="trained on 16"):
-        chunks.transfer_chunk("transfer", tmp_path / "m.pt", stack[:, :8, :8, :8], 10.0,
+        chunks.feature_chunk("transfer", tmp_path / "m.pt", stack[:, :8, :8, :8], 10.0,
                               "cpu", 2, 0)
 
 
@@ -76,6 +76,35 @@ def test_chunks_of_the_pretrained_encoder_equal_one_job(rng, tmp_path, repo):
     paths = _write_chunks(tmp_path, "encoder", path, stack, 16.0, 2)
     np.testing.assert_allclose(embed_particles(model, stack, 16.0, chunks=paths), one,
                                rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("variant", ["protonet3d", "protonet_ce"])
+def test_chunks_of_a_fewshot_network_classify_as_one_job(rng, tmp_path, variant):
+    import json
+
+    from tomoclust.features.fewshot import FewShotSettings, ProtoNet, classify, describe
+
+    params = FewShotSettings(variant=variant, width=4, blocks=2)
+    torch.manual_seed(0)
+    model = ProtoNet(8, params).eval()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "training.json").write_text(json.dumps(
+        {"params": describe(params), "box": 8, "voxel_size": 10.0}))
+    stack = rng.normal(size=(11, 8, 8, 8)).astype(np.float32)
+    sup, sup_labels = stack[:4], np.array([1, 2, 1, 2])
+    one = classify(model, sup, sup_labels, stack, "cpu")
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"chunk{i}.npy"
+        save_npy(p, chunks.feature_chunk(variant, tmp_path / "model.pt", stack, 10.0, "cpu", 3,
+                                         i, tmp_path / "training.json"))
+        paths.append(str(p))
+    three = classify(model, sup, sup_labels, stack, "cpu", chunks=paths)
+    np.testing.assert_allclose(three.features, one.features, rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(three.labels, one.labels)
+    with pytest.raises(TomoclustError, match="trained on 8"):
+        chunks.feature_chunk(variant, tmp_path / "model.pt", stack, 12.0, "cpu", 3, 0,
+                             tmp_path / "training.json")
 
 
 def test_a_stale_or_foreign_chunk_is_a_clear_error(tmp_path):
@@ -94,22 +123,30 @@ def test_a_stale_or_foreign_chunk_is_a_clear_error(tmp_path):
         chunks.gather([a, b], 10)
 
 
-def test_dry_run_plans_one_job_per_share(repo, tmp_path):
-    cfg = _write_config(repo, tmp_path / "c.yaml", base="tiny_transfer.yaml")
+@pytest.mark.parametrize(("base", "rule", "method"), [
+    ("tiny_transfer.yaml", "features_transfer", "transfer"),
+    ("tiny_fewshot.yaml", "features_fewshot", "protonet3d")])
+def test_dry_run_plans_one_job_per_share(repo, tmp_path, base, rule, method):
+    cfg = _write_config(repo, tmp_path / "c.yaml", base=base)
     c = yaml.safe_load(cfg.read_text())
-    c["transfer"]["cache"] = str(tmp_path / "cache")
+    c.setdefault("transfer", {})["cache"] = str(tmp_path / "cache")
     c["inference_jobs"] = 3
     cfg.write_text(yaml.safe_dump(c, sort_keys=False))
     out = _snakemake(repo, tmp_path, "-n", "--configfile", str(cfg))
     assert out.returncode == 0, _output(out)[-3000:]
     jobs = _job_stats(_output(out))
-    assert jobs["features_transfer_chunk"] == 3 and jobs["features_transfer"] == 1
+    n_methods = jobs[rule]
+    assert jobs[f"{rule}_chunk"] == 3 * n_methods
     for i in range(3):
-        assert f"results/features/transfer/chunks/chunk{i}.npy" in _output(out)
+        assert f"results/features/{method}/chunks/chunk{i}.npy" in _output(out)
+    c["inference_jobs"] = 1  # the default: one job, no shares
+    cfg.write_text(yaml.safe_dump(c, sort_keys=False))
+    out = _snakemake(repo, tmp_path, "-n", "--configfile", str(cfg))
+    assert f"{rule}_chunk" not in _job_stats(_output(out)) and rule in _job_stats(_output(out))
 
 
 def test_the_chunk_rule_script_writes_its_share(rng, tmp_path, repo):
-    """scripts/features_transfer_chunk.py as Snakemake runs it (a `snakemake` object), on a
+    """scripts/features_chunk.py as Snakemake runs it (a `snakemake` object), on a
     particle set on disk: share 1 of 2 of the retrained model's outputs."""
     import runpy
     from types import SimpleNamespace
@@ -126,15 +163,19 @@ def test_the_chunk_rule_script_writes_its_share(rng, tmp_path, repo):
     stack = rng.normal(size=(7, 16, 16, 16)).astype(np.float32)
     write_particle_set(tmp_path / "p.star", tmp_path / "p.mrcs", stack,
                        pd.DataFrame({"rlnCoordinateX": np.arange(7.0)}), 10.0, 16)
+    class Input(SimpleNamespace):  # Snakemake's input has get()
+        def get(self, key, default=None):
+            return getattr(self, key, default)
+
     smk = SimpleNamespace(
-        input=SimpleNamespace(star=str(tmp_path / "p.star"), stack=str(tmp_path / "p.mrcs"),
-                              model=str(tmp_path / "m.pt")),
+        input=Input(star=str(tmp_path / "p.star"), stack=str(tmp_path / "p.mrcs"),
+                    model=str(tmp_path / "m.pt")),
         output=[str(tmp_path / "chunk1.npy")], log=[str(tmp_path / "chunk1.log")],
         params=SimpleNamespace(device="cpu", jobs=2, kind="transfer"),
         wildcards=SimpleNamespace(i="1"), threads=1, rule="features_transfer_chunk")
-    runpy.run_path(str(repo / "scripts/features_transfer_chunk.py"),
+    runpy.run_path(str(repo / "scripts/features_chunk.py"),
                    init_globals={"snakemake": smk})
     out = np.load(tmp_path / "chunk1.npy")
     assert out.shape == (3, 4 + 2)  # particles 4..6: 4 features and 2 probabilities
-    expected = chunks.transfer_chunk("transfer", tmp_path / "m.pt", stack, 10.0, "cpu", 2, 1)
+    expected = chunks.feature_chunk("transfer", tmp_path / "m.pt", stack, 10.0, "cpu", 2, 1)
     np.testing.assert_allclose(out, expected, rtol=0, atol=ATOL)

@@ -1,5 +1,7 @@
 """Feature inference shared by several jobs: each job computes the features of one contiguous
 share of the particles (a *chunk*), and the method's own rule gathers them in particle order.
+Methods: transfer (the pretrained encoder, or a retrained classifier) and the few-shot
+networks (ProtoNet3D, ProtoNet-CE: the embedding; the gathering rule classifies).
 
 The workflow's ``inference_jobs`` sets the number of shares (a number of jobs, not of
 particles: the particle count is known only once the particles are gathered, while the jobs of
@@ -22,9 +24,10 @@ from .. import TomoclustError
 
 log = logging.getLogger(__name__)
 
-#: what a chunk of the transfer method holds: the pretrained encoder's embedding, or the
-#: retrained classifier's features and class probabilities side by side
-KINDS = ("encoder", "transfer")
+#: what a chunk holds: the pretrained encoder's embedding ("encoder"), a retrained transfer
+#: classifier's features and class probabilities side by side ("transfer"), or a few-shot
+#: network's embedding ("protonet3d", "protonet_ce")
+KINDS = ("encoder", "transfer", "protonet3d", "protonet_ce")
 
 
 def share(n: int, jobs: int, index: int) -> tuple[int, int]:
@@ -36,9 +39,11 @@ def share(n: int, jobs: int, index: int) -> tuple[int, int]:
     return a, a + q + (1 if index < r else 0)
 
 
-def transfer_chunk(kind: str, model_path: str | Path, stack: np.ndarray, voxel_size: float,
-                   device: str, jobs: int, index: int) -> np.ndarray:
-    """The transfer method's output rows of share ``index`` (see :data:`KINDS`)."""
+def feature_chunk(kind: str, model_path: str | Path, stack: np.ndarray, voxel_size: float,
+                  device: str, jobs: int, index: int,
+                  training_info: str | Path | None = None) -> np.ndarray:
+    """A method's output rows of share ``index`` (see :data:`KINDS`); a few-shot network
+    needs its ``training_info`` (training.json: settings, box, voxel size)."""
     a, b = share(len(stack), jobs, index)
     part = stack[a:b]
     log.info("particles %d to %d of %d (share %d of %d), device %s", a, b - 1, len(stack),
@@ -59,6 +64,24 @@ def transfer_chunk(kind: str, model_path: str | Path, stack: np.ndarray, voxel_s
                 f"{model_path} was trained on {extra['box']}³ at {extra['voxel_size']:g} Å")
         feats, prob = transfer_features(model, part)
         return np.concatenate([feats, prob], axis=1)
+    if kind in ("protonet3d", "protonet_ce"):
+        import json
+
+        import torch
+
+        from .fewshot import ProtoNet, embed_stack, params_from_config
+
+        if training_info is None:
+            raise TomoclustError(f"{kind} chunks need the network's training.json")
+        info = json.loads(Path(training_info).read_text())
+        if int(info["box"]) != part.shape[-1] or abs(float(info["voxel_size"]) - voxel_size
+                                                     ) > 1e-3:
+            raise TomoclustError(
+                f"{model_path} was trained on {info['box']}³ boxes at {info['voxel_size']} Å "
+                f"but the particles are {part.shape[-1]}³ at {voxel_size} Å")
+        model = ProtoNet(part.shape[-1], params_from_config(dict(info["params"]), kind))
+        model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
+        return embed_stack(model.to(device), part, device).float().cpu().numpy()
     raise ValueError(f"unknown chunk kind {kind!r}; use one of {KINDS}")
 
 

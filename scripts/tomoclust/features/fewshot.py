@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -439,15 +439,26 @@ def classify_embeddings(model: ProtoNet, support: torch.Tensor, support_y: np.nd
 
 
 def classify(model: ProtoNet, support_stack: np.ndarray, support_labels: np.ndarray,
-             stack: np.ndarray, device, batch_size: int = 128) -> Prediction:
+             stack: np.ndarray, device, batch_size: int = 128,
+             chunks: Sequence[str] | None = None) -> Prediction:
     """Classify every particle of ``stack`` against a support set.
 
     ``support_labels`` are 1-based class numbers ``1..C``; every class needs an example.
+    With ``chunks``, the particles' embeddings are gathered from the files of jobs that
+    computed them in shares (:mod:`tomoclust.features.chunks`).
     """
     support_labels = np.asarray(support_labels, dtype=np.int64)
     n_class = int(support_labels.max())
     sup = embed_stack(model, support_stack, device, batch_size)
-    emb = embed_stack(model, stack, device, batch_size)
+    if chunks:
+        from .chunks import gather
+
+        emb = torch.as_tensor(gather(chunks, len(stack)), device=sup.device)
+        if emb.shape[1] != model.dim:
+            raise TomoclustError(f"embedding chunks hold {emb.shape[1]} columns, the network "
+                                 f"gives {model.dim}")
+    else:
+        emb = embed_stack(model, stack, device, batch_size)
     prob = classify_embeddings(model, sup, support_labels - 1, n_class, emb)
     lab = prob.argmax(1)
     return Prediction(emb.float().cpu().numpy().astype(np.float32), lab + 1,
