@@ -304,3 +304,37 @@ def test_a_rule_script_is_not_rerun_by_the_other_processes(tmp_path, repo):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "processes 2 epochs 1" in out.stdout
     assert (tmp_path / "runs.txt").read_text() == "run\n"
+
+
+FAILING = '''
+import torch.distributed as dist
+from tomoclust.features import distributed
+
+
+def train(*, device):
+    if distributed.current().rank == 1:
+        raise RuntimeError("planted failure in rank 1")
+    dist.barrier()  # rank 0 waits for a process that is gone
+    return "finished"
+'''
+
+
+def test_a_failing_process_ends_the_job_with_its_error(tmp_path, repo):
+    """A process that dies must not leave rank 0 waiting in a collective: the job exits
+    non-zero within seconds and its log carries the process's error."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "planted.py").write_text(FAILING)
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO); import planted; "
+            "from tomoclust.features import distributed; "
+            "print(distributed.run(planted.train, 2, 'cpu'))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo / "scripts"), str(tmp_path)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0
+    assert "finished" not in out.stdout
+    assert "planted failure in rank 1" in out.stderr
+    assert "a training process failed" in out.stderr

@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 ENV_PROCESSES = "TOMOCLUST_PROCESSES"
 #: seconds a collective may wait for a missing process before the job fails
 TIMEOUT_S = 1800
+#: seconds the other processes get to exit by themselves after rank 0 failed
+GRACE_S = 5.0
 
 
 # ------------------------------------------------------------------------ how many processes
@@ -359,6 +361,16 @@ def _restore(x: Any) -> Any:
     return x.open() if isinstance(x, _MemmapRef) else x
 
 
+def _communication_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed (a peer gone), not an error of its own."""
+    dist_error = getattr(dist, "DistError", ())
+    if dist_error and isinstance(exc, dist_error):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed", "c10d"))
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -479,19 +491,33 @@ def run(fn: Callable[..., Any], processes: int, device: str, *args: Any,
     torch.set_num_threads(threads)
     ctx = _init(0, processes, port, device)
     watcher.start()
-    ok = False
     try:
         result = fn(*args, device=ctx.device, **kwargs)
-        ok = True
-    finally:
+    except BaseException as exc:
         done.set()
-        if not ok:
-            for p in procs.processes:
-                if p.is_alive():
-                    p.terminate()
+        watcher.join()
+        # a lost connection means another process failed first: give the others a moment
+        # to exit and report; after an error of rank 0's own, end them at once
+        deadline = time.time() + (GRACE_S if _communication_error(exc) else 0.0)
+        try:
+            while time.time() < deadline and not procs.join(timeout=0.5):
+                pass
+        except Exception as wexc:  # a worker's traceback
+            failed.append(wexc)
+        for p in procs.processes:
+            if p.is_alive():
+                p.terminate()
         _finish()
         torch.set_num_threads(old_threads)
-        watcher.join()
+        raised = [f for f in failed if "terminated with signal" not in str(f)]
+        if raised and not isinstance(exc, TomoclustError):
+            log.error("a training process failed:\n%s", raised[0])
+            raise TomoclustError(f"a training process failed: {raised[0]}") from exc
+        raise
+    done.set()
+    watcher.join()
+    _finish()
+    torch.set_num_threads(old_threads)
     if failed:
         raise TomoclustError(f"a training process failed: {failed[0]}")
     while not procs.join(timeout=5.0):
