@@ -3,7 +3,7 @@ of the particles (``inference_jobs`` > 1); the method's rule gathers the shares 
 order."""
 
 import torch
-from tomoclust.features.chunks import feature_chunk
+from tomoclust.features.chunk_jobs import feature_chunk
 from tomoclust.formats.atomic import save_npy
 from tomoclust.rule import load_particles, resolve_device, run_rule
 

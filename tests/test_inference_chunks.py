@@ -21,7 +21,7 @@ import torch
 import yaml
 from test_workflow import _job_stats, _output, _snakemake, _write_config
 from tomoclust import TomoclustError
-from tomoclust.features import chunks
+from tomoclust.features import chunk_jobs, chunks
 from tomoclust.formats.atomic import save_npy
 
 ATOL = 1e-6
@@ -42,7 +42,7 @@ def _write_chunks(tmp_path, kind, model_path, stack, vs, jobs):
     paths = []
     for i in range(jobs):
         p = tmp_path / f"chunk{i}.npy"
-        save_npy(p, chunks.feature_chunk(kind, model_path, stack, vs, "cpu", jobs, i))
+        save_npy(p, chunk_jobs.feature_chunk(kind, model_path, stack, vs, "cpu", jobs, i))
         paths.append(str(p))
     return paths
 
@@ -62,7 +62,7 @@ def test_chunks_of_a_retrained_transfer_model_equal_one_job(rng, tmp_path):
     np.testing.assert_allclose(f2, feats, rtol=0, atol=ATOL)
     np.testing.assert_allclose(p2, prob, rtol=0, atol=ATOL)
     with pytest.raises(TomoclustError, match="trained on 16"):
-        chunks.feature_chunk("transfer", tmp_path / "m.pt", stack[:, :8, :8, :8], 10.0,
+        chunk_jobs.feature_chunk("transfer", tmp_path / "m.pt", stack[:, :8, :8, :8], 10.0,
                               "cpu", 2, 0)
 
 
@@ -96,14 +96,14 @@ def test_chunks_of_a_fewshot_network_classify_as_one_job(rng, tmp_path, variant)
     paths = []
     for i in range(3):
         p = tmp_path / f"chunk{i}.npy"
-        save_npy(p, chunks.feature_chunk(variant, tmp_path / "model.pt", stack, 10.0, "cpu", 3,
+        save_npy(p, chunk_jobs.feature_chunk(variant, tmp_path / "model.pt", stack, 10.0, "cpu", 3,
                                          i, tmp_path / "training.json"))
         paths.append(str(p))
     three = classify(model, sup, sup_labels, stack, "cpu", chunks=paths)
     np.testing.assert_allclose(three.features, one.features, rtol=0, atol=ATOL)
     np.testing.assert_array_equal(three.labels, one.labels)
     with pytest.raises(TomoclustError, match="trained on 8"):
-        chunks.feature_chunk(variant, tmp_path / "model.pt", stack, 12.0, "cpu", 3, 0,
+        chunk_jobs.feature_chunk(variant, tmp_path / "model.pt", stack, 12.0, "cpu", 3, 0,
                              tmp_path / "training.json")
 
 
@@ -177,5 +177,5 @@ def test_the_chunk_rule_script_writes_its_share(rng, tmp_path, repo):
                    init_globals={"snakemake": smk})
     out = np.load(tmp_path / "chunk1.npy")
     assert out.shape == (3, 4 + 2)  # particles 4..6: 4 features and 2 probabilities
-    expected = chunks.feature_chunk("transfer", tmp_path / "m.pt", stack, 10.0, "cpu", 2, 1)
+    expected = chunk_jobs.feature_chunk("transfer", tmp_path / "m.pt", stack, 10.0, "cpu", 2, 1)
     np.testing.assert_allclose(out, expected, rtol=0, atol=ATOL)
