@@ -525,6 +525,8 @@ def _transfer_setup():
 
 
 TRANSFER = _transfer_setup()
+if TRANSFER is not None and TRANSFER["pretrained"]:
+    MODES.add("pretrained")  # keys read only by the pretrained encoder's rule
 
 
 def chunks_input(wildcards):

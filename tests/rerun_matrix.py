@@ -214,6 +214,9 @@ def check(repo: Path, workdir: Path, config: Path, keys: list[str], modes: set[s
             new = changed_value(repo, key, value, base)
             if key == "device":
                 new = "cuda" if value == "cpu" else "cpu"
+            if key == "relion.tomograms_star":  # a file that exists (read when the job runs)
+                new = str(tmp / "tomograms.star")
+                Path(new).write_text("data_global\n")
             _set(cfg, key, new)
         path = tmp / f"group{i}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))

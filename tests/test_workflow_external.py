@@ -258,7 +258,8 @@ def test_score_external_writes_the_metrics_table(subtomo_run):
     assert row["n"] == 40 and row["n_classes"] == 2 and row["k"] >= 2
     table = pd.read_csv(d / "results" / "evaluation" / "classification.tsv", sep="\t")
     assert row["accuracy"] == pytest.approx(float(table["accuracy"].iloc[0]))
-    assert payload["config"]["extraction"] == {"box": 16, "voxel_size": 12.0, "normalise": True}
+    assert payload["config"]["extraction"] == {"box": 16, "voxel_size": 12.0, "normalise": True,
+                                                  "recentre": True}
     assert "| invariant |" in out.with_suffix(".md").read_text()
 
 

@@ -380,8 +380,19 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
             k_cons, info = consensus_k(z, k_min, k_max, seed=seed)
             log.info("consensus over %d mixtures: K = %d (dendrogram gap %.3f)", info["fits"],
                      k_cons, info["gap"])
+            # the mixture with that K: one K only, so it can afford CONSENSUS_STARTS random
+            # starts (few starts can land in a split-one-merge-two optimum when particles are
+            # few), plus one from the consensus groups' means; the lowest BIC wins
+            warm = None
+            if info["labels"] is not None:
+                means = np.stack([info["points"][info["labels"] == g].mean(0)
+                                  for g in range(k_cons)])
+                warm = np.argmin((means**2).sum(1)[None] - 2 * z @ means.T, axis=1)
+                if len(np.unique(warm)) != k_cons:
+                    warm = None
             res = _cluster(z, algorithm, k_cons, k_min, k_max, n_init, seed, stability_seeds,
-                           None, merge_gap)
+                           None, merge_gap, warm_labels=warm,
+                           fit_n_init=max(n_init, CONSENSUS_STARTS))
             _, res.bic = gmm_bic(z, list(range(k_min, k_max + 1)), n_init=1, seed=seed)
             return res
         return _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds,
@@ -389,7 +400,7 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
 
 
 def _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds, merge_ratio,
-             merge_gap) -> ClusterResult:
+             merge_gap, warm_labels=None, fit_n_init=None) -> ClusterResult:
     n = len(z)
     if n < 2:
         raise ValueError(f"cannot cluster {n} particle(s)")
@@ -407,7 +418,8 @@ def _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds, merge
     elif algorithm == "gmm":
         ks = [k] if k else list(range(k_min, k_max + 1))
         merge = None if k else merge_ratio
-        gm, bic = gmm_bic(z, ks, n_init=n_init, seed=seed)
+        gm, bic = gmm_bic(z, ks, n_init=fit_n_init or n_init, seed=seed,
+                          warm_labels=warm_labels)
         k_components = gm.n_components
         post = merged_posterior(gm, z, merge, merge_gap, k_min)
         labels = post.argmax(axis=1)
@@ -429,6 +441,10 @@ def _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds, merge
     return ClusterResult(labels + 1, prob, k_found, bic, stab, z, k_components)
 
 
+#: random starts of the one mixture fitted with the consensus K
+CONSENSUS_STARTS = 10
+
+
 def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, seed: int = 0,
                 subsample: float = 0.8, max_points: int = 2000) -> tuple[int, dict]:
     """K by evidence accumulation (consensus over seeds, subsamples and K).
@@ -442,9 +458,11 @@ def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, s
 
     A class that a mixture describes by several touching lumps is split in different places
     by different fits, so its points still co-occur often; true classes separated by empty
-    space are never joined except at small K. Returns K and the figures behind it.
+    space are never joined except at small K. Returns K and the figures behind it, with the
+    subsampled ``points`` and their groups at that cut (``labels``, 0-based; None when tied
+    merge heights leave no cut with exactly K groups).
     """
-    from scipy.cluster.hierarchy import linkage
+    from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
     rng = np.random.default_rng(seed)
@@ -475,4 +493,8 @@ def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, s
         hi = heights[m - k]
         if hi - lo > best_gap:
             best_k, best_gap = k, hi - lo
-    return best_k, {"gap": float(best_gap), "fits": n_fits, "points": m}
+    groups = fcluster(tree, best_k, criterion="maxclust") - 1
+    if len(np.unique(groups)) != best_k:  # tied merge heights: no partition with that K
+        groups = None
+    return best_k, {"gap": float(best_gap), "fits": n_fits, "n_points": m,
+                    "points": zp, "labels": groups}

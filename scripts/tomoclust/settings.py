@@ -57,17 +57,20 @@ RENAMED = {
 
 def reads(default: Any, *rules: str, truth: tuple[str, ...] = (),
           simulation: tuple[str, ...] = (), subtomograms: tuple[str, ...] = (),
-          copick: tuple[str, ...] = (), shapes_dag: bool = False) -> Any:
+          copick: tuple[str, ...] = (), pretrained: tuple[str, ...] = (),
+          shapes_dag: bool = False) -> Any:
     """A settings field: its default and the rules that read it.
 
     ``rules`` read it always; ``truth`` only when there is a ground truth (simulation, or
     class numbers in the input); ``simulation`` only in simulation mode; ``subtomograms`` only
     when starting from subtomograms (external.subtomograms); ``copick`` only with a copick
-    project as the input. ``shapes_dag``: the key decides which jobs exist (it may also be
-    read by rules).
+    project as the input; ``pretrained`` only when ``transfer`` embeds with a pretrained
+    encoder (``transfer.model`` is not ``retrain``). ``shapes_dag``: the key decides which
+    jobs exist (it may also be read by rules).
     """
     meta = {"rules": tuple(rules), "truth": tuple(truth), "simulation": tuple(simulation),
             "subtomograms": tuple(subtomograms), "copick": tuple(copick),
+            "pretrained": tuple(pretrained),
             "shapes_dag": shapes_dag}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -480,7 +483,7 @@ class TransferConfigSettings(_Section):
     SECTION: ClassVar[str] = "transfer"
     # the shipped encoder (features_transfer embeds with it) or 'retrain' (the rules below)
     model: str = reads("resources/models/encoder-v1.pt", "features_transfer", shapes_dag=True)
-    prototype_views: int = reads(24, "features_transfer")
+    prototype_views: int = reads(24, pretrained=("features_transfer",))
     cache: str = reads("resources/models/transfer", shapes_dag=True)
     templates: dict = reads({}, "transfer_template_density", *TRANSFER_SET,
                             "features_transfer", shapes_dag=True)
@@ -545,10 +548,10 @@ def leaf_fields() -> dict[str, dataclasses.Field]:
 
 def readers(key: str, modes: frozenset[str] | set[str] = frozenset()) -> set[str]:
     """The rules that read ``key`` in the given modes ('truth', 'simulation',
-    'subtomograms', 'copick')."""
+    'subtomograms', 'copick', 'pretrained')."""
     meta = leaf_fields()[key].metadata
     out = set(meta["rules"])
-    for mode in ("truth", "simulation", "subtomograms", "copick"):
+    for mode in ("truth", "simulation", "subtomograms", "copick", "pretrained"):
         if mode in modes:
             out |= set(meta[mode])
     return out
