@@ -44,7 +44,7 @@ def test_every_schema_key_has_a_settings_field_with_the_same_default(repo):
 def test_every_key_is_read_by_a_rule_or_shapes_the_dag():
     for key, f in leaf_fields().items():
         meta = f.metadata
-        modes = {"truth", "simulation", "subtomograms", "copick"}
+        modes = {"truth", "simulation", "subtomograms", "copick", "pretrained"}
         assert meta["shapes_dag"] or readers(key, modes), key
 
 
