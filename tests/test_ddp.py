@@ -1,6 +1,7 @@
 """Data-parallel training (tomoclust.features.distributed) on the CPU: two gloo processes
 against one process on the same global batches, for every trainer that can run
-data-parallel, and the exact resume of a two-process run.
+data-parallel, and the exact resume of a two-process run. On a machine with two GPUs the same
+comparisons also run with NCCL (device cuda); none has been available to this project yet.
 
 Tolerance. Two processes compute the same global batch as one (same data order, same
 augmentations, BatchNorm over the whole batch), but every reduction sums its float32 terms in
@@ -35,6 +36,8 @@ from tomoclust.features.train import Checkpoint
 
 RTOL_LOSS = 1e-4
 ATOL_WEIGHT = 1e-4
+#: the NCCL path needs two GPUs (a machine with one runs the gloo tests only)
+DDP_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.device_count() >= 2 else [])
 
 
 def _close_losses(a, b) -> None:
@@ -53,7 +56,7 @@ def _close_weights(sd1: dict, sd2: dict, skip_bias_before_bn: tuple[str, ...] = 
             continue
         if any(k.startswith(p) for p in skip_bias_before_bn):
             continue
-        d = float((sd1[k].float() - sd2[k].float()).abs().max())
+        d = float((sd1[k].float().cpu() - sd2[k].float().cpu()).abs().max())
         assert d < ATOL_WEIGHT, f"{k}: differs by {d:.2e}"
         n += 1
     return n
@@ -104,38 +107,40 @@ def _gradient_probe(x: np.ndarray, y: np.ndarray, *, device: str) -> dict:
     par = distributed.current()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(),
-                                torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3))
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+                                torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3)).to(device)
+    xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
     with par.wrap(model) as net:
         logits = par.gather(net(par.shard(xt)))
         torch.nn.functional.cross_entropy(logits, yt).backward()
-    out = {n: p.grad.clone() for n, p in model.named_parameters()}
-    out.update({f"{n}[buffer]": b.clone() for n, b in model.named_buffers()})
+    out = {n: p.grad.cpu() for n, p in model.named_parameters()}
+    out.update({f"{n}[buffer]": b.cpu() for n, b in model.named_buffers()})
     return out
 
 
-def test_split_gradients_equal_the_whole_batch_gradient(rng):
+@pytest.mark.parametrize("device", DDP_DEVICES)
+def test_split_gradients_equal_the_whole_batch_gradient(rng, device):
     """Not only their direction (Adam would hide a scale error): the gradient itself, the
     BatchNorm statistics, with shares of 4 and 3 rows."""
     x = rng.normal(size=(7, 4)).astype(np.float32)
     y = rng.integers(0, 3, 7)
-    one = distributed.run(_gradient_probe, 1, "cpu", x, y)
-    two = distributed.run(_gradient_probe, 2, "cpu", x, y)
+    one = distributed.run(_gradient_probe, 1, device, x, y)
+    two = distributed.run(_gradient_probe, 2, device, x, y)
     for k, v in one.items():
         np.testing.assert_allclose(two[k].numpy(), v.numpy(), rtol=1e-5, atol=1e-7,
                                    err_msg=k)
 
 
 # ------------------------------------------------------------------------------- trainers
-def test_transfer_two_processes_train_as_one(rng):
+@pytest.mark.parametrize("device", DDP_DEVICES)
+def test_transfer_two_processes_train_as_one(rng, device):
     from tomoclust.features.transfer import train_transfer
     from tomoclust.features.transfer_settings import TransferSettings
 
     stack, labels = _blobs(rng, 36, 16, 3)
     p = TransferSettings(width=4, stages=2, hidden=16, feature_dim=8, dropout=0.0, epochs=2,
                          batch_size=11, lr=3e-3, val_fraction=0.1)  # 11: unequal shares
-    one = train_transfer(stack, labels, ["a", "b", "c"], p, "cpu", processes=1)
-    two = train_transfer(stack, labels, ["a", "b", "c"], p, "cpu", processes=2)
+    one = train_transfer(stack, labels, ["a", "b", "c"], p, device, processes=1)
+    two = train_transfer(stack, labels, ["a", "b", "c"], p, device, processes=2)
     _close_losses(one.history["loss"], two.history["loss"])
     np.testing.assert_allclose(two.history["val_loss"], one.history["val_loss"], rtol=RTOL_LOSS)
     # fc.0 and fc.4 are Linear layers feeding BatchNorm1d fc.1 and fc.5
@@ -143,15 +148,16 @@ def test_transfer_two_processes_train_as_one(rng):
     assert _close_weights(one.model.state_dict(), two.model.state_dict(), skip) >= 20
 
 
-def test_fewshot_two_processes_train_as_one(rng):
+@pytest.mark.parametrize("device", DDP_DEVICES)
+def test_fewshot_two_processes_train_as_one(rng, device):
     from tomoclust.features.fewshot import FewShotSettings, train_protonet
 
     stack, labels = _blobs(rng, 30, 8, 3)
     # ProtoNet-CE: the encoder runs split, the set attention on the gathered embeddings
     p = FewShotSettings(variant="protonet_ce", width=4, blocks=2, way=3, shot=2, query=3,
                         epochs=2, episodes_per_epoch=3, lr=3e-3, seed=1)
-    one = train_protonet(stack, labels, p, "cpu", processes=1)
-    two = train_protonet(stack, labels, p, "cpu", processes=2)
+    one = train_protonet(stack, labels, p, device, processes=1)
+    two = train_protonet(stack, labels, p, device, processes=2)
     _close_losses(one.history["loss"], two.history["loss"])
     # every conv feeds a BatchNorm3d: its bias has a zero gradient
     skip = ("encoder.net.0.bias", "encoder.net.1.running_mean", "encoder.net.4.bias",
@@ -159,7 +165,8 @@ def test_fewshot_two_processes_train_as_one(rng):
     assert _close_weights(one.model.state_dict(), two.model.state_dict(), skip) >= 12
 
 
-def test_disca_two_processes_train_as_one(rng):
+@pytest.mark.parametrize("device", DDP_DEVICES)
+def test_disca_two_processes_train_as_one(rng, device):
     from tomoclust.features.disca import DiscaSettings, run_disca
     from tomoclust.features.networks import Yopo
     from tomoclust.features.train import infer
@@ -168,16 +175,16 @@ def test_disca_two_processes_train_as_one(rng):
     p = DiscaSettings(preset="tiny", dropout=0.0, init="random", iterations=2, k_min=2,
                       k_max=3, gmm_n_init=1, pca_components=3, batch_size=10,
                       head_warmup_steps=5, seed=0)
-    one = run_disca(stack, p, "cpu", processes=1)
-    two = run_disca(stack, p, "cpu", processes=2)
+    one = run_disca(stack, p, device, processes=1)
+    two = run_disca(stack, p, device, processes=2)
     _close_losses(one.history["loss"], two.history["loss"])
     np.testing.assert_array_equal(one.history["k"], two.history["k"])
     np.testing.assert_array_equal(one.labels, two.labels)
     # the features of the best iteration were computed in two shares and gathered in order:
     # they are the best model's features of every particle, in particle order
-    model = Yopo(p.network(), n_classes=two.state_dict["head.weight"].shape[0])
+    model = Yopo(p.network(), n_classes=two.state_dict["head.weight"].shape[0]).to(device)
     model.load_state_dict(two.state_dict)
-    own = infer(model.eval().features, stack, "cpu")
+    own = infer(model.eval().features, stack, device)
     np.testing.assert_allclose(two.features, own, rtol=0, atol=1e-5)
     # the last block's BatchNorm shift passes a global max pool into BatchNorm1d `norm`,
     # which removes it: a zero-gradient direction (see the module docstring); it enters the
@@ -187,7 +194,8 @@ def test_disca_two_processes_train_as_one(rng):
     np.testing.assert_allclose(two.features, one.features, rtol=0, atol=2e-3)
 
 
-def test_pretraining_two_processes_train_as_one(rng):
+@pytest.mark.parametrize("device", DDP_DEVICES)
+def test_pretraining_two_processes_train_as_one(rng, device):
     from tomoclust.features.encoder import EncoderConfig
     from tomoclust.features.pretrain import ImagingParams, TrainParams, train_encoder
 
@@ -197,8 +205,8 @@ def test_pretraining_two_processes_train_as_one(rng):
                      encoder=EncoderConfig(channels=(4, 4, 4, 4), hidden=8, embed_dim=8,
                                            box=16))
     ip = ImagingParams(defocus_um=(3.0,), tilt_ranges=((-60.0, 60.0),))
-    m1, h1 = train_encoder(corpus, tp, ip, processes=1)
-    m2, h2 = train_encoder(corpus, tp, ip, processes=2)
+    m1, h1 = train_encoder(corpus, tp, ip, device=device, processes=1)
+    m2, h2 = train_encoder(corpus, tp, ip, device=device, processes=2)
     _close_losses([h["loss"] for h in h1], [h["loss"] for h in h2])
     # the contrastive loss couples every view with every other: the gather must be in order
     # and the gradient of each embedding summed over the processes' loss terms
