@@ -6,18 +6,20 @@ comparisons also run with NCCL (device cuda); none has been available to this pr
 Tolerance. Two processes compute the same global batch as one (same data order, same
 augmentations, BatchNorm over the whole batch), but every reduction sums its float32 terms in
 another order (per-process partial sums, then the all-reduce): each loss and gradient differs
-by a few units of float32 rounding, |δ| ≲ n·ε·Σ|terms| with ε = 6e-8 and n ≲ 10² terms, i.e.
-~1e-6 relative. Adam's update is bounded by the learning rate, so after T ≤ 12 steps a weight
-differs by at most ~T·lr·1e-6/(√v̂+ε)… in practice 1e-7 to 1e-6 (measured: 6e-7 for the
-transfer network). We allow 1e-4 relative on losses and 1e-4 absolute on weights: two
-orders above the rounding, and far below what a wrong split (a missing gradient share, an
-unsynchronised BatchNorm, a shuffled gather) gives, which is 1e-2 or more.
+by float32 rounding, |δ| ≲ n·ε·Σ|terms| with ε = 6e-8 and n ≲ 10² terms, i.e. ~1e-6
+relative. Losses: 1e-4 relative, 50x the worst seen (2e-5 over 6 seeds x 4 trainers; typically
+1e-7 to 1e-6); a wrong split (a missing gradient share, an unsynchronised BatchNorm, a
+shuffled gather) moves them by 1e-2 or more. The gradients themselves are compared in
+test_split_gradients_equal_the_whole_batch_gradient (Adam would hide a wrong scale).
 
-One family of parameters is compared through the function instead: a bias feeding a
-BatchNorm has an analytically zero gradient (the normalisation removes any shift), so each run
-feeds Adam pure rounding noise there and the bias wanders by up to lr per step in both runs,
-differently; the BatchNorm's running mean follows it. Those entries are skipped; every weight
-matrix, every BatchNorm scale/shift and running variance, and the losses are compared.
+Weights are compared as a whole, ‖Δθ‖/‖θ‖ ≤ 1e-2 (seen: ≤ 4e-4), not entry by entry: Adam
+normalises each coordinate's gradient, so where a gradient is as small as its rounding noise
+(a unit that is almost never active) both runs take steps of up to ~lr in directions set by
+noise, and single entries end up to 3e-3 apart after 6 steps at lr 3e-3 while the rest agree
+to 1e-6. A wrong split changes every weight by ~lr per step instead: ‖Δθ‖/‖θ‖ of 1e-1.
+A bias feeding a BatchNorm has an analytically zero gradient (the normalisation removes any
+shift), so it wanders by up to lr per step in both runs, and the BatchNorm's running mean
+follows it: those entries are left out of the norm (listed per network).
 
 Dropout draws differ by construction (each process draws its own), so the equivalence runs
 switch it off; the resume test keeps it on, which checks that every process's generator is
@@ -35,7 +37,7 @@ from tomoclust.features import distributed
 from tomoclust.features.train import Checkpoint
 
 RTOL_LOSS = 1e-4
-ATOL_WEIGHT = 1e-4
+RTOL_WEIGHTS = 1e-2
 #: the NCCL path needs two GPUs (a machine with one runs the gloo tests only)
 DDP_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.device_count() >= 2 else [])
 
@@ -46,20 +48,23 @@ def _close_losses(a, b) -> None:
     np.testing.assert_allclose(b, a, rtol=RTOL_LOSS, atol=0)
 
 
-def _close_weights(sd1: dict, sd2: dict, skip_bias_before_bn: tuple[str, ...] = ()) -> int:
-    """Compare state dicts; returns how many entries were compared."""
+def _close_weights(sd1: dict, sd2: dict, skip_bias_before_bn: tuple[str, ...] = ()) -> float:
+    """‖Δθ‖/‖θ‖ over the state dicts (see the module docstring), asserted ≤ RTOL_WEIGHTS;
+    BatchNorm batch counts must be equal."""
     assert sd1.keys() == sd2.keys()
-    n = 0
+    diff, ref = [], []
     for k in sd1:
         if k.endswith("num_batches_tracked"):
             assert int(sd1[k]) == int(sd2[k]), k
             continue
-        if any(k.startswith(p) for p in skip_bias_before_bn):
+        if k in skip_bias_before_bn:
             continue
-        d = float((sd1[k].float().cpu() - sd2[k].float().cpu()).abs().max())
-        assert d < ATOL_WEIGHT, f"{k}: differs by {d:.2e}"
-        n += 1
-    return n
+        a, b = sd1[k].float().cpu().flatten(), sd2[k].float().cpu().flatten()
+        diff.append(a - b)
+        ref.append(a)
+    rel = float(torch.cat(diff).norm() / torch.cat(ref).norm())
+    assert rel <= RTOL_WEIGHTS, f"weights differ: ‖Δθ‖/‖θ‖ = {rel:.2e}"
+    return rel
 
 
 def _blobs(rng, n: int, box: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +150,7 @@ def test_transfer_two_processes_train_as_one(rng, device):
     np.testing.assert_allclose(two.history["val_loss"], one.history["val_loss"], rtol=RTOL_LOSS)
     # fc.0 and fc.4 are Linear layers feeding BatchNorm1d fc.1 and fc.5
     skip = ("fc.0.bias", "fc.1.running_mean", "fc.4.bias", "fc.5.running_mean")
-    assert _close_weights(one.model.state_dict(), two.model.state_dict(), skip) >= 20
+    _close_weights(one.model.state_dict(), two.model.state_dict(), skip)
 
 
 @pytest.mark.parametrize("device", DDP_DEVICES)
@@ -162,7 +167,7 @@ def test_fewshot_two_processes_train_as_one(rng, device):
     # every conv feeds a BatchNorm3d: its bias has a zero gradient
     skip = ("encoder.net.0.bias", "encoder.net.1.running_mean", "encoder.net.4.bias",
             "encoder.net.5.running_mean")
-    assert _close_weights(one.model.state_dict(), two.model.state_dict(), skip) >= 12
+    _close_weights(one.model.state_dict(), two.model.state_dict(), skip)
 
 
 @pytest.mark.parametrize("device", DDP_DEVICES)
@@ -190,7 +195,7 @@ def test_disca_two_processes_train_as_one(rng, device):
     # which removes it: a zero-gradient direction (see the module docstring); it enters the
     # eval-mode features through norm's running mean, by up to ~1e-3 after these few steps
     skip = ("blocks.2.2.bias", "norm.running_mean")
-    assert _close_weights(one.state_dict, two.state_dict, skip) >= 20
+    _close_weights(one.state_dict, two.state_dict, skip)
     np.testing.assert_allclose(two.features, one.features, rtol=0, atol=2e-3)
 
 
@@ -211,7 +216,7 @@ def test_pretraining_two_processes_train_as_one(rng, device):
     # the contrastive loss couples every view with every other: the gather must be in order
     # and the gradient of each embedding summed over the processes' loss terms
     skip = ("fc.0.bias", "fc.1.running_mean")
-    assert _close_weights(m1.state_dict(), m2.state_dict(), skip) >= 15
+    _close_weights(m1.state_dict(), m2.state_dict(), skip)
 
 
 # ---------------------------------------------------------------------------------- resume

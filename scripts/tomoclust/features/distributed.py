@@ -22,7 +22,11 @@ How the work is split: the global batch is kept and split
     on the other. Random draws inside the network (dropout) are the exception: each process
     draws its own, decorrelated from the others, so with dropout the runs agree in
     distribution, not number by number. The speed-up comes from splitting the network's work;
-    a user who wants more samples per step raises ``batch_size`` as for one device.
+    a user who wants more samples per step raises ``batch_size`` as for one device. (The
+    other choice, a per-process batch and an N times larger global batch, would make the
+    optimisation, and so the result, depend on how many GPUs the scheduler gave the job.)
+    DISCA's features of every iteration are computed in shares and gathered
+    (:meth:`Parallel.infer`); every process then clusters them, rank 0's labels are binding.
 
 Threads
     The rule's ``threads`` are the job's total: each process gets ``threads // N`` (at least 1).

@@ -228,17 +228,18 @@ class Checkpoint:
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
     """Every generator a training loop draws from, as a weights_only-loadable dict: the numpy
     Generator (JSON text), torch's CPU generator and, when CUDA is initialised, each CUDA
-    device's generator."""
+    device's generator; in a data-parallel run, under ``ranks``, each process's torch
+    generator and that of its GPU."""
     state: dict[str, Any] = {"numpy": json.dumps(rng.bit_generator.state),
                              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     par = distributed.current()
     if par.active:  # a collective: every rank calls this; rank 0 keeps them all
         own = {"torch": state["torch"]}
-        if par.device.startswith("cuda"):
+        if par.device.startswith("cuda"):  # its own GPU only (no context on the others)
             own["cuda"] = torch.cuda.get_rng_state(torch.device(par.device)).cpu()
         state["ranks"] = par.all_gather_objects(own)
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
