@@ -3,7 +3,7 @@
     # the shipped model (reduced size: 2 CPU cores, about 45 min)
     python benchmarks/pretrain.py --work /tmp/encoder --out resources/models/encoder-v1.pt
 
-    # full size, for a GPU (about 20x the views)
+    # full size, for a GPU (about 20x the views); --processes 4 splits every step over 4 GPUs
     python benchmarks/pretrain.py --work /scratch/encoder --device cuda --n-pseudo 5000 \
         --steps 20000 --shapes-per-batch 128 --out resources/models/encoder-full.pt
 
@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="data-parallel processes, one per GPU (device cuda); the views of "
+                         "a step are split over them")
     a = ap.parse_args(argv)
 
     import torch
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
                  {k: kinds.count(k) for k in sorted(set(kinds))})
     t0 = time.time()
     model, history = train_encoder(corpus["density"], tp, ip, work / "checkpoint.pt",
-                                   device=a.device, weights=weights)
+                                   device=a.device, weights=weights, processes=a.processes)
     seconds = time.time() - t0
     (work / "history.json").write_text(json.dumps(history))
     manifest = {

@@ -529,6 +529,16 @@ if TRANSFER is not None and TRANSFER["pretrained"]:
     MODES.add("pretrained")  # keys read only by the pretrained encoder's rule
 
 
+def chunks_input(wildcards):
+    """{"chunks": [...]}: the shares of a method's feature inference when ``inference_jobs``
+    > 1 (rules features_transfer_chunk, features_fewshot_chunk), else {} (one job)."""
+    jobs = config["inference_jobs"]
+    if jobs <= 1:
+        return {}
+    method = getattr(wildcards, "variant", "transfer")
+    return {"chunks": [f"results/features/{method}/chunks/chunk{i}.npy" for i in range(jobs)]}
+
+
 def transfer_template_source(wildcards):
     return config["transfer"]["templates"][wildcards.template]
 

@@ -201,6 +201,7 @@ rule train_fewshot:
 rule features_fewshot:
     input:
         unpack(fewshot_support_input),
+        unpack(chunks_input),
         star="results/particles/particles.star",
         stack="results/particles/particles.mrcs",
         model="results/features/{variant}/model.pt",
@@ -255,6 +256,7 @@ if TRANSFER is not None and TRANSFER["pretrained"]:
 
     rule features_transfer:
         input:
+            unpack(chunks_input),
             star="results/particles/particles.star",
             stack="results/particles/particles.mrcs",
             model=TRANSFER["model"],
@@ -352,6 +354,7 @@ if TRANSFER is not None and not TRANSFER["pretrained"]:
 
     rule features_transfer:
         input:
+            unpack(chunks_input),
             star="results/particles/particles.star",
             stack="results/particles/particles.mrcs",
             model=f"{TRANSFER['model_dir']}/model.pt",
@@ -374,3 +377,67 @@ if TRANSFER is not None and not TRANSFER["pretrained"]:
             "../envs/torch-gpu.yaml"
         script:
             "../scripts/features_transfer.py"
+
+
+# Feature inference in shares of the particles, one job each (inference_jobs > 1); the
+# method's rule (features_transfer, features_fewshot) gathers them in particle order.
+if FEWSHOT_VARIANTS and config["inference_jobs"] > 1:
+
+    rule features_fewshot_chunk:
+        input:
+            star="results/particles/particles.star",
+            stack="results/particles/particles.mrcs",
+            model="results/features/{variant}/model.pt",
+            training_info="results/features/{variant}/training.json",
+        output:
+            "results/features/{variant}/chunks/chunk{i}.npy",
+        wildcard_constraints:
+            i=r"\d+",
+        log:
+            "logs/features/{variant}_chunk{i}.log",
+        benchmark:
+            "benchmarks/runs/features/{variant}_chunk{i}.tsv"
+        params:
+            device=param("features_fewshot_chunk", "device"),
+            jobs=param("features_fewshot_chunk", "inference_jobs"),
+            kind=lambda wc: wc.variant,
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=60,
+        conda:
+            "../envs/torch-gpu.yaml"
+        script:
+            "../scripts/features_chunk.py"
+
+
+if TRANSFER is not None and config["inference_jobs"] > 1:
+
+    rule features_transfer_chunk:
+        input:
+            star="results/particles/particles.star",
+            stack="results/particles/particles.mrcs",
+            model=TRANSFER["model"] if TRANSFER["pretrained"]
+            else f"{TRANSFER['model_dir']}/model.pt",
+        output:
+            "results/features/transfer/chunks/chunk{i}.npy",
+        wildcard_constraints:
+            i=r"\d+",
+        log:
+            "logs/features/transfer_chunk{i}.log",
+        benchmark:
+            "benchmarks/runs/features/transfer_chunk{i}.tsv"
+        params:
+            device=param("features_transfer_chunk", "device"),
+            jobs=param("features_transfer_chunk", "inference_jobs"),
+            kind="encoder" if TRANSFER["pretrained"] else "transfer",
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=60,
+        conda:
+            "../envs/torch-gpu.yaml"
+        script:
+            "../scripts/features_chunk.py"

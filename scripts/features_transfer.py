@@ -13,7 +13,7 @@ def main(smk) -> None:
     model, names, extra = load_model(smk.input.model, device)
     check_model_input(smk.input.model, extra, smk.input.stack, stack.shape[-1], vs)
     t0 = time.time()
-    feats, prob = transfer_features(model, stack)
+    feats, prob = transfer_features(model, stack, chunks=smk.input.get("chunks"))
     seconds = time.time() - t0
     rule.log.info("%d particles in %.1f s (%.0f/s), device %s", len(df), seconds,
                   len(df) / max(seconds, 1e-9), device)

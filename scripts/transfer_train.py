@@ -2,7 +2,13 @@
 
 import time
 
+<<<<<<< HEAD
 from tomoclust import rule
+=======
+import torch
+from tomoclust import TomoclustError
+from tomoclust.features.distributed import job_processes
+>>>>>>> ddp
 from tomoclust.features.train import Checkpoint, fingerprint
 from tomoclust.features.transfer import read_training_set, save_model, train_transfer
 from tomoclust.features.transfer_settings import TransferSettings
@@ -18,7 +24,8 @@ def main(smk) -> None:
     ckpt = Checkpoint(smk.params.checkpoint, fp)
     t0 = time.time()
     res = train_transfer(stack, labels, names, params, device, checkpoint=ckpt,
-                         history_path=smk.output.history)
+                         history_path=smk.output.history,
+                         processes=job_processes(device, smk.resources))
     last = res.history.iloc[-1]
     extra = {"box": int(stack.shape[-1]), "voxel_size": float(vs),
              "training_set": set_params, "training": params.as_dict(),

@@ -60,6 +60,7 @@ ALTERNATIVES = {
     "fewshot.train_snr": [0.5],
     "external.image_root": "elsewhere",
     "transfer.cache": "other_cache",
+    "disca.dropout": 0.25,  # null (the preset's) -> a rate within the schema's 0..0.9
     "copick.runs": ["TS_01"],
     "copick.write.methods": ["invariant"],
 }

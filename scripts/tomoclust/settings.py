@@ -37,7 +37,7 @@ from . import TomoclustError
 #: rules whose output depends on the device they ran on (the GPU-capable steps)
 DEVICE_RULES = ("pick", "features_disca", "features_autoencoder", "features_invariant",
                 "train_fewshot", "features_fewshot", "transfer_train", "features_transfer",
-                "average_class")
+                "features_transfer_chunk", "features_fewshot_chunk", "average_class")
 #: rules that model the missing wedge of the data (the tilt range of the simulation, the input
 #: subtomograms, or the sheet)
 WEDGE_RULES = ("features_disca", "average_class", "fewshot_training_set", "fewshot_support_set",
@@ -122,6 +122,8 @@ class WorkflowSettings(_Section):
     subtomogram_sets: dict = reads({}, "simulate_subtomograms", "subset_template_density",
                                    shapes_dag=True)
     methods: list = reads(["invariant", "disca", "autoencoder"], shapes_dag=True)
+    inference_jobs: int = reads(1, "features_transfer_chunk", "features_fewshot_chunk",
+                                shapes_dag=True)
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,7 @@ class DiscaConfigSettings(_Section):
     width_step: int | None = reads(None, *_DISCA)
     feature_dim: int | None = reads(None, *_DISCA)
     input_binning: int | None = reads(None, *_DISCA)
+    dropout: float | None = reads(None, *_DISCA)
     iterations: int = reads(10, *_DISCA)
     epochs_per_iteration: int = reads(1, *_DISCA)
     k_min: int = reads(2, *_DISCA)

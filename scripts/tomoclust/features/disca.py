@@ -42,6 +42,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .. import TomoclustError
 from ..cluster import compact_labels, gmm_bic, reduce_features
+from . import distributed
 from .augment import AUGMENT_MODES, augment, wedge_mask_torch
 from .networks import Yopo, YopoSettings
 from .train import (
@@ -67,6 +68,7 @@ class DiscaSettings:
     width_step: int | None = None
     feature_dim: int | None = None
     input_binning: int | None = None
+    dropout: float | None = None  # Gaussian dropout on the input; None: the preset's
     k_min: int = 2
     k_max: int = 20
     pca_components: int = 8
@@ -97,7 +99,8 @@ class DiscaSettings:
         """The YOPO configuration (the backbone unless ``pretrained``)."""
         return YopoSettings.from_preset(
             self.preset, blocks=self.blocks, width=self.width, width_step=self.width_step,
-            feature_dim=self.feature_dim, input_binning=self.input_binning)
+            feature_dim=self.feature_dim, input_binning=self.input_binning,
+            dropout=self.dropout)
 
 
 @dataclass
@@ -188,12 +191,25 @@ def _warm_up_head(model: Yopo, feats: np.ndarray, labels: np.ndarray, steps: int
 
 def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.device,
               checkpoint: Checkpoint | None = None, history_path=None,
-              on_iteration: Callable[[int], None] | None = None) -> DiscaResult:
+              on_iteration: Callable[[int], None] | None = None,
+              processes: int = 1) -> DiscaResult:
     """Run DISCA on a ``(n, d, d, d)`` stack (array or memory map) on ``device``.
 
     ``on_iteration(i)`` is called after iteration ``i`` was checkpointed (tests use it to
-    interrupt a run).
+    interrupt a run). ``processes`` > 1 runs data-parallel
+    (:mod:`tomoclust.features.distributed`): the network features of every iteration are
+    computed in shares and gathered, every process clusters them (rank 0's labels are
+    broadcast), and each training batch is split over the processes.
     """
+    return distributed.run(_run_disca, processes, str(device), stack, params,
+                           checkpoint=checkpoint, history_path=history_path,
+                           on_iteration=on_iteration, main_only=("history_path", "on_iteration"))
+
+
+def _run_disca(stack: np.ndarray, params: DiscaSettings, *, device: str,
+               checkpoint: Checkpoint | None, history_path,
+               on_iteration: Callable[[int], None] | None) -> DiscaResult:
+    par = distributed.current()
     if params.augment not in AUGMENT_MODES:
         raise ValueError(f"unknown augmentation {params.augment!r}; use one of {AUGMENT_MODES}")
     n, d = len(stack), stack.shape[-1]
@@ -217,6 +233,7 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
         raise TomoclustError(f"a {d}-voxel box is too small for this YOPO network ({cfg.blocks} "
                          f"blocks, input binning {cfg.input_binning}: at least "
                          f"{model.min_box()} voxels); use a smaller preset or fewer blocks")
+    par.decorrelate(params.seed)
     opt = torch.optim.NAdam(model.parameters(), lr=params.lr)
     wedge = wedge_mask_torch(d, params.tilt_min, params.tilt_max, device)
     k_values = list(range(params.k_min, params.k_max + 1))
@@ -233,6 +250,11 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
     if params.init == "invariant":
         inv, z_inv = _invariant_start(stack, params, device)
     n_passes = params.iterations + (1 if params.init == "invariant" else 0)
+
+    def network_features(rows: np.ndarray) -> np.ndarray:  # a contiguous share of the rows
+        part = stack[rows[0]:rows[-1] + 1] if len(rows) else stack[:0]
+        return infer(model.features, part, device, what="DISCA features")
+
     for it in range(start, n_passes):
         t0 = time.time()
         model.eval()
@@ -240,7 +262,7 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
         if from_invariants:
             feats, z = inv, z_inv
         else:
-            feats = infer(model.features, stack, device, what="DISCA features")
+            feats = par.infer(network_features, n)
             check_finite(feats, "the network features", "DISCA", f"iteration {it}")
             z = reduce_features(feats, params.pca_components, params.seed)
         labels, prob, bic, changed, db = _cluster_step(z, k_values, params, it, prev)
@@ -254,10 +276,13 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
                     "state_dict": copy.deepcopy(model.state_dict())}
         converged = (prev is not None and 1.0 - changed > params.convergence
                      and "features" in best)
+        # every process clustered the same gathered features; rank 0's decision is binding
+        labels, converged = par.broadcast((labels, converged))
+        k = int(labels.max()) + 1
         if not converged:
             if k != model.n_classes:
                 model.new_head(k)
-                net_feats = infer(model.features, stack, device) if from_invariants else feats
+                net_feats = par.infer(network_features, n) if from_invariants else feats
                 _warm_up_head(model, net_feats, labels, params.head_warmup_steps, device)
                 opt = torch.optim.NAdam(model.parameters(),
                                         lr=params.lr * params.lr_decay**it)
@@ -265,22 +290,25 @@ def run_disca(stack: np.ndarray, params: DiscaSettings, device: str | torch.devi
             model.train()
             losses = []
 
-            def step(part: np.ndarray, weight: float, it: int = it, k: int = k,
-                     alpha: float = alpha, labels: np.ndarray = labels) -> float:
-                x = to_tensor(stack, part, device)
-                x = torch.cat([x, augment(x, params.augment, rng, wedge)])
-                y = _smoothed(np.concatenate([labels[part], labels[part]]), k, alpha, device)
-                loss = _loss(model(x[:, None]), y, params.loss)
-                value = float(loss.detach())
-                check_finite(value, "the training loss", "DISCA", f"iteration {it}")
-                (loss * weight).backward()
-                return value
+            with par.wrap(model) as net:
 
-            for _ in range(params.epochs_per_iteration):
-                for idx in batches(n, params.batch_size, rng):
-                    if len(idx) < 2:
-                        continue
-                    losses.append(fit(opt, step, idx))
+                def step(part: np.ndarray, weight: float, it: int = it, k: int = k,
+                         alpha: float = alpha, labels: np.ndarray = labels,
+                         net: torch.nn.Module = net) -> float:
+                    x = to_tensor(stack, part, device)
+                    x = torch.cat([x, augment(x, params.augment, rng, wedge)])
+                    y = _smoothed(np.concatenate([labels[part], labels[part]]), k, alpha, device)
+                    loss = _loss(par.gather(net(par.shard(x[:, None]))), y, params.loss)
+                    value = float(loss.detach())
+                    check_finite(value, "the training loss", "DISCA", f"iteration {it}")
+                    (loss * weight).backward()
+                    return value
+
+                for _ in range(params.epochs_per_iteration):
+                    for idx in batches(n, params.batch_size, rng):
+                        if len(idx) < 2:
+                            continue
+                        losses.append(fit(opt, step, idx))
             for g in opt.param_groups:
                 g["lr"] *= params.lr_decay
             row["loss"] = float(np.mean(losses)) if losses else float("nan")

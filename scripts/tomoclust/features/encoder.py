@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -183,7 +184,27 @@ def embed(model: SubtomoEncoder, stack: np.ndarray, batch_size: int = 256) -> np
     return out
 
 
+<<<<<<< HEAD
 def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderSettings,
+=======
+def embed_particles(model: SubtomoEncoder, stack: np.ndarray, voxel_size: float,
+                    chunks: Sequence[str] | None = None) -> np.ndarray:
+    """The embedding of every particle (:func:`prepare_boxes`, then :func:`embed`); with
+    ``chunks``, gathered from the files of jobs that computed it in shares
+    (:mod:`tomoclust.features.chunks`)."""
+    if chunks:
+        from .chunks import gather
+
+        out = gather(chunks, len(stack))
+        if out.shape[1] != model.feature_dim:
+            raise TomoclustError(f"feature chunks hold {out.shape[1]} columns, the encoder "
+                                 f"gives {model.feature_dim}")
+        return out
+    return embed(model, prepare_boxes(stack, voxel_size, model.cfg))
+
+
+def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderSettings,
+>>>>>>> ddp
                   chunk: int = 512) -> np.ndarray:
     """Boxes as the encoder was trained on them: Fourier-resampled to its voxel size and
     centre-cropped or zero-padded to its box side. Returns ``stack`` itself when it already

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import TomoclustError
+from . import distributed
 from .train import (
     Checkpoint,
     check_finite,
@@ -302,12 +303,25 @@ class TrainResult:
 def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotSettings, device,
                    checkpoint: Checkpoint | None = None, history_path=None,
                    on_epoch: Callable[[int], None] | None = None,
-                   tilt_range: tuple[float, float] = (-60.0, 60.0)) -> TrainResult:
+                   tilt_range: tuple[float, float] = (-60.0, 60.0),
+                   processes: int = 1) -> TrainResult:
     """Episodic training on a labelled ``(n, d, d, d)`` stack (labels: any integers).
 
     ``tilt_range`` is the training data's: it decides which 180° turns augment it
-    (:func:`wedge_preserving_turns`).
+    (:func:`wedge_preserving_turns`). ``processes`` > 1 trains data-parallel: the boxes of
+    each episode (support and query) are embedded by the processes in shares, the episode's
+    loss is computed on them all (:mod:`tomoclust.features.distributed`).
     """
+    return distributed.run(_train_protonet, processes, str(device), stack, labels, params,
+                           checkpoint=checkpoint, history_path=history_path, on_epoch=on_epoch,
+                           tilt_range=tilt_range, main_only=("history_path", "on_epoch"))
+
+
+def _train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotSettings, *, device,
+                    checkpoint: Checkpoint | None, history_path,
+                    on_epoch: Callable[[int], None] | None,
+                    tilt_range: tuple[float, float]) -> TrainResult:
+    par = distributed.current()
     symmetric = abs(float(tilt_range[0]) + float(tilt_range[1])) < 1e-6
     labels = np.asarray(labels)
     n_train_classes = len(np.unique(labels))
@@ -317,6 +331,7 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotSetting
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     model = ProtoNet(stack.shape[-1], params).to(device)
+    par.decorrelate(params.seed)
     frozen = bool(params.pretrained) and not params.finetune
     if params.pretrained:
         model.encoder.load_pretrained(params.pretrained)
@@ -336,44 +351,52 @@ def train_protonet(stack: np.ndarray, labels: np.ndarray, params: FewShotSetting
     start, history, state = resume_epochs(checkpoint, device, model, opt, rng, sched)
     if state is not None:
         log.info("resuming few-shot training from checkpoint after epoch %d", start - 1)
-    for ep in range(start, params.epochs):
-        t0 = time.time()
-        model.train()
-        if frozen:
-            model.encoder.eval()  # keep the pretrained BatchNorm statistics
-        tot_loss, tot_acc = 0.0, 0.0
-        for _ in range(params.episodes_per_epoch):
-            e = sample_episode(labels, way, params.shot, params.query, rng)
-            xs = to_tensor(stack, e.support, device)[:, None]
-            xq = to_tensor(stack, e.query, device)[:, None]
-            if params.augment:
-                xs = wedge_preserving_turns(xs, rng, symmetric)
-                xq = wedge_preserving_turns(xq, rng, symmetric)
-            ys = torch.as_tensor(e.support_y, device=device)
-            yq = torch.as_tensor(e.query_y, device=device)
-            opt.zero_grad()
-            logits = model.episode_logits(xs, ys, way, xq)
-            loss = F.cross_entropy(logits, yq)
-            check_finite(float(loss.detach()), "the training loss", f"few-shot {params.variant}",
-                         f"epoch {ep}")
-            loss.backward()
-            opt.step()
-            tot_loss += float(loss.detach())
-            tot_acc += float((logits.argmax(1) == yq).float().mean())
-        sched.step()
-        k = max(params.episodes_per_epoch, 1)
-        history.append({"epoch": ep, "loss": tot_loss / k, "episode_accuracy": tot_acc / k,
-                        "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0})
-        log.info("few-shot %s epoch %d: loss %.4f, episode accuracy %.3f (%.1f s)",
-                 params.variant, ep, history[-1]["loss"], history[-1]["episode_accuracy"],
-                 history[-1]["seconds"])
-        write_history(history_path, history)
-        if checkpoint is not None:
-            checkpoint.save({"epoch": ep, "model": model.state_dict(),
-                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "rng": rng_state(rng), "history": history})
-        if on_epoch is not None:
-            on_epoch(ep)
+    # the encoder runs on each process's share of the episode's boxes; the prototypes, the
+    # set attention and the loss on all of them, in every process
+    replicated = [p for n, p in model.named_parameters()
+                  if p.requires_grad and not n.startswith("encoder.")]
+    with par.wrap(model.encoder) as encoder:
+        for ep in range(start, params.epochs):
+            t0 = time.time()
+            model.train()
+            if frozen:
+                model.encoder.eval()  # keep the pretrained BatchNorm statistics
+            tot_loss, tot_acc = 0.0, 0.0
+            for _ in range(params.episodes_per_epoch):
+                e = sample_episode(labels, way, params.shot, params.query, rng)
+                xs = to_tensor(stack, e.support, device)[:, None]
+                xq = to_tensor(stack, e.query, device)[:, None]
+                if params.augment:
+                    xs = wedge_preserving_turns(xs, rng, symmetric)
+                    xq = wedge_preserving_turns(xq, rng, symmetric)
+                ys = torch.as_tensor(e.support_y, device=device)
+                yq = torch.as_tensor(e.query_y, device=device)
+                opt.zero_grad()
+                emb = par.gather(encoder(par.shard(torch.cat([xs, xq]))))
+                ns = xs.shape[0]
+                logits = model.logits(prototypes(emb[:ns], ys, way), emb[ns:])
+                loss = F.cross_entropy(logits, yq)
+                check_finite(float(loss.detach()), "the training loss",
+                             f"few-shot {params.variant}", f"epoch {ep}")
+                loss.backward()
+                par.average_gradients(replicated)
+                opt.step()
+                tot_loss += float(loss.detach())
+                tot_acc += float((logits.argmax(1) == yq).float().mean())
+            sched.step()
+            k = max(params.episodes_per_epoch, 1)
+            history.append({"epoch": ep, "loss": tot_loss / k, "episode_accuracy": tot_acc / k,
+                            "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0})
+            log.info("few-shot %s epoch %d: loss %.4f, episode accuracy %.3f (%.1f s)",
+                     params.variant, ep, history[-1]["loss"], history[-1]["episode_accuracy"],
+                     history[-1]["seconds"])
+            write_history(history_path, history)
+            if checkpoint is not None:
+                checkpoint.save({"epoch": ep, "model": model.state_dict(),
+                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                 "rng": rng_state(rng), "history": history})
+            if on_epoch is not None:
+                on_epoch(ep)
     write_history(history_path, history)
     model.eval()
     return TrainResult(model, pd.DataFrame(history))
@@ -416,15 +439,26 @@ def classify_embeddings(model: ProtoNet, support: torch.Tensor, support_y: np.nd
 
 
 def classify(model: ProtoNet, support_stack: np.ndarray, support_labels: np.ndarray,
-             stack: np.ndarray, device, batch_size: int = 128) -> Prediction:
+             stack: np.ndarray, device, batch_size: int = 128,
+             chunks: Sequence[str] | None = None) -> Prediction:
     """Classify every particle of ``stack`` against a support set.
 
     ``support_labels`` are 1-based class numbers ``1..C``; every class needs an example.
+    With ``chunks``, the particles' embeddings are gathered from the files of jobs that
+    computed them in shares (:mod:`tomoclust.features.chunks`).
     """
     support_labels = np.asarray(support_labels, dtype=np.int64)
     n_class = int(support_labels.max())
     sup = embed_stack(model, support_stack, device, batch_size)
-    emb = embed_stack(model, stack, device, batch_size)
+    if chunks:
+        from .chunks import gather
+
+        emb = torch.as_tensor(gather(chunks, len(stack)), device=sup.device)
+        if emb.shape[1] != model.dim:
+            raise TomoclustError(f"embedding chunks hold {emb.shape[1]} columns, the network "
+                                 f"gives {model.dim}")
+    else:
+        emb = embed_stack(model, stack, device, batch_size)
     prob = classify_embeddings(model, sup, support_labels - 1, n_class, emb)
     lab = prob.argmax(1)
     return Prediction(emb.float().cpu().numpy().astype(np.float32), lab + 1,

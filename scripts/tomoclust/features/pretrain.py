@@ -39,7 +39,12 @@ from ..numerics.ctf import ctf_grid
 from ..numerics.fourier import wedge_mask
 from ..numerics.rotations import random_rotations
 from ..simulate.density import bounding_radius, fit_box, template_density
+<<<<<<< HEAD
 from .encoder import EncoderSettings, SubtomoEncoder
+=======
+from . import distributed
+from .encoder import EncoderSettings, SubtomoEncoder
+>>>>>>> ddp
 
 log = logging.getLogger(__name__)
 
@@ -301,15 +306,27 @@ def sample_batch(corpus: torch.Tensor, params: PretrainSettings, imaging: Imagin
 def train_encoder(corpus: np.ndarray, params: PretrainSettings, imaging: ImagingSettings,
                   checkpoint_path: str | Path | None = None, device="cpu",
                   weights: np.ndarray | None = None,
-                  on_step=None) -> tuple[SubtomoEncoder, list[dict]]:
+                  on_step=None, processes: int = 1) -> tuple[SubtomoEncoder, list[dict]]:
     """Supervised-contrastive pretraining (see module docstring); resumes from a checkpoint.
-    ``weights``: relative sampling weight of each shape (uniform when None)."""
+    ``weights``: relative sampling weight of each shape (uniform when None). ``processes``
+    > 1 trains data-parallel (:mod:`tomoclust.features.distributed`): every process images
+    the step's views, embeds its share of them, and the loss is taken over all the views."""
+    return distributed.run(_train_encoder, processes, str(device), corpus, params, imaging,
+                           checkpoint_path=checkpoint_path, weights=weights, on_step=on_step,
+                           main_only=("on_step",))
+
+
+def _train_encoder(corpus: np.ndarray, params: PretrainSettings, imaging: ImagingSettings, *,
+                   checkpoint_path: str | Path | None, device, weights: np.ndarray | None,
+                   on_step) -> tuple[SubtomoEncoder, list[dict]]:
+    par = distributed.current()
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
     torch.manual_seed(params.seed)
     rng = np.random.default_rng([params.seed, 11])
     cfg = params.encoder
     model = SubtomoEncoder(cfg).to(device)
+    par.decorrelate(params.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     dens = torch.as_tensor(corpus, device=device)
     imager = Imager(cfg.box, cfg.voxel_size, imaging, device)
@@ -328,39 +345,41 @@ def train_encoder(corpus: np.ndarray, params: PretrainSettings, imaging: Imaging
         history = json.loads(state["history"])
         log.info("resuming pretraining after step %d", start - 1)
     t0, seen = time.time(), 0
-    for step in range(start, params.steps):
-        lr = 0.5 * params.lr * (1 + math.cos(math.pi * step / params.steps))
-        warm = min(1.0, (step + 1) / 50)
-        for g in opt.param_groups:
-            g["lr"] = lr * warm
-        model.train()
-        with torch.no_grad():
-            x, y = sample_batch(dens, params, imaging, imager, rng, weights)
-        z = model(x[:, None])
-        loss = supcon_loss(z, y.to(device), params.temperature)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        seen += len(y)
-        history.append({"step": step, "lr": lr * warm, "loss": float(loss.detach())})
-        if step % 10 == 0:
-            rate = seen / max(time.time() - t0, 1e-9)
-            recent = np.mean([h["loss"] for h in history[-10:]])
-            log.info("step %d/%d: loss %.4f (mean of last 10 %.4f), lr %.2e (%.0f boxes/s)",
-                     step, params.steps, history[-1]["loss"], recent, lr * warm, rate)
-        if ck is not None and ((step + 1) % params.checkpoint_every == 0
-                               or step + 1 == params.steps):
-            import json
+    with par.wrap(model) as net:
+        for step in range(start, params.steps):
+            lr = 0.5 * params.lr * (1 + math.cos(math.pi * step / params.steps))
+            warm = min(1.0, (step + 1) / 50)
+            for g in opt.param_groups:
+                g["lr"] = lr * warm
+            model.train()
+            with torch.no_grad():
+                x, y = sample_batch(dens, params, imaging, imager, rng, weights)
+            z = par.gather(net(par.shard(x[:, None])))
+            loss = supcon_loss(z, y.to(device), params.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(y)
+            history.append({"step": step, "lr": lr * warm, "loss": float(loss.detach())})
+            if step % 10 == 0:
+                rate = seen / max(time.time() - t0, 1e-9)
+                recent = np.mean([h["loss"] for h in history[-10:]])
+                log.info("step %d/%d: loss %.4f (mean of last 10 %.4f), lr %.2e (%.0f boxes/s)",
+                         step, params.steps, history[-1]["loss"], recent, lr * warm, rate)
+            if ck is not None and ((step + 1) % params.checkpoint_every == 0
+                                   or step + 1 == params.steps):
+                import json
 
-            from ..formats.atomic import atomic_output
-            from .train import rng_state
+                from ..formats.atomic import atomic_output
+                from .train import rng_state
 
-            with atomic_output(ck) as tmp:
-                torch.save({"step": step, "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "rng": rng_state(rng),
-                            "history": json.dumps(history)}, tmp)
-        if on_step is not None:
-            on_step(step, model)
+                state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "rng": rng_state(rng), "history": json.dumps(history)}  # every rank
+                if par.is_main:
+                    with atomic_output(ck) as tmp:
+                        torch.save(state, tmp)
+            if on_step is not None:
+                on_step(step, model)
     model.eval()
     return model, history
 

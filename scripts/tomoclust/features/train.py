@@ -7,6 +7,9 @@ only the run it was part of, never a run with other settings or data. It also ca
 random generator that decides what happens next (numpy's, which draws the data order of each
 epoch and the augmentations; torch's CPU generator; and each CUDA device's generator when a
 GPU is in use), so a resumed run continues exactly as the uninterrupted run would have.
+
+In a data-parallel run (:mod:`tomoclust.features.distributed`) rank 0 alone writes the
+checkpoint and the history; the checkpoint also holds every other rank's torch generators.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from .. import TomoclustError
 from ..formats.atomic import atomic_output, write_tsv
+from . import distributed
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,19 @@ class MicroBatches:
 
     def __call__(self, optimizer: torch.optim.Optimizer,
                  step: Callable[[np.ndarray, float], float], idx: np.ndarray) -> float:
+        if distributed.current().active:  # the processes cannot agree on a retry mid-step
+            optimizer.zero_grad()
+            try:
+                total = step(idx, 1.0)
+            except OOM_ERRORS as exc:
+                first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                raise TomoclustError(
+                    f"{self.what}: out of memory on {self.device} with a global batch of "
+                    f"{len(idx)} over {distributed.current().world} processes; lower the "
+                    f"batch size (data-parallel runs do not halve it). The error was: "
+                    f"{first}") from exc
+            optimizer.step()
+            return total
         while True:
             size = len(idx) if self.size is None else min(self.size, len(idx))
             optimizer.zero_grad()
@@ -176,6 +193,9 @@ class Checkpoint:
         self.fp = fp
 
     def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (rank 0 of a data-parallel run alone; the others return)."""
+        if not distributed.is_main():
+            return
         with atomic_output(self.path) as tmp:
             torch.save({"fingerprint": self.fp, **state}, tmp)
 
@@ -208,10 +228,17 @@ class Checkpoint:
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
     """Every generator a training loop draws from, as a weights_only-loadable dict: the numpy
     Generator (JSON text), torch's CPU generator and, when CUDA is initialised, each CUDA
-    device's generator."""
+    device's generator; in a data-parallel run, under ``ranks``, each process's torch
+    generator and that of its GPU."""
     state: dict[str, Any] = {"numpy": json.dumps(rng.bit_generator.state),
                              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    par = distributed.current()
+    if par.active:  # a collective: every rank calls this; rank 0 keeps them all
+        own = {"torch": state["torch"]}
+        if par.device.startswith("cuda"):  # its own GPU only (no context on the others)
+            own["cuda"] = torch.cuda.get_rng_state(torch.device(par.device)).cpu()
+        state["ranks"] = par.all_gather_objects(own)
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     return state
 
@@ -221,6 +248,22 @@ def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     # a checkpoint loaded with map_location="cuda" brings these tensors to the GPU, but
     # torch.set_rng_state takes only a CPU ByteTensor
     torch.set_rng_state(state["torch"].cpu())
+    par = distributed.current()
+    ranks = state.get("ranks")
+    if par.active:
+        if ranks is not None and len(ranks) == par.world:
+            own = ranks[par.rank]
+            torch.set_rng_state(own["torch"].cpu())
+            if "cuda" in own and par.device.startswith("cuda"):
+                torch.cuda.set_rng_state(own["cuda"].cpu(), torch.device(par.device))
+            return
+        if par.is_main:
+            log.warning("checkpoint of a run with %s process(es) resumed with %d: the "
+                        "network's random draws (dropout) continue differently",
+                        len(ranks) if ranks else 1, par.world)
+        else:  # a stream of its own, derived from the saved one
+            par.decorrelate(int(torch.randint(2**31, (1,))))
+        return
     cuda = state.get("cuda")
     if cuda:
         if not torch.cuda.is_available():
@@ -258,5 +301,5 @@ def resume_epochs(checkpoint: Checkpoint | None, device: str | torch.device,
 
 
 def write_history(path: str | Path | None, rows: list[dict]) -> None:
-    if path is not None:
+    if path is not None and distributed.is_main():
         write_tsv(path, pd.DataFrame(rows))

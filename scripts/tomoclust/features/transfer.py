@@ -36,6 +36,7 @@ from .. import TomoclustError
 from ..simulate.density import fit_box
 from ..simulate.subtomograms import simulate_subtomograms
 from ..simulate.tomograms import CtfSettings, Template
+from . import distributed
 from .train import (
     Checkpoint,
     MicroBatches,
@@ -277,13 +278,25 @@ def _evaluate(model: TransferNet, stack: np.ndarray, labels: np.ndarray, idx: np
 
 def train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                    params: TransferSettings, device, checkpoint: Checkpoint | None = None,
-                   history_path=None, on_epoch=None) -> TransferResult:
+                   history_path=None, on_epoch=None, processes: int = 1) -> TransferResult:
     """Train the classifier on a labelled ``(n, d, d, d)`` stack (labels ``0..K-1``).
 
     Adam with a cosine learning-rate decay; each epoch logs loss, training accuracy,
     validation loss and accuracy (a stratified ``val_fraction`` hold-out). With a
     ``checkpoint``, state is saved after every epoch and a rerun resumes after the last one.
+    ``processes`` > 1 trains data-parallel, each batch split over the processes
+    (:mod:`tomoclust.features.distributed`).
     """
+    return distributed.run(_train_transfer, processes, str(device), stack, labels,
+                           list(class_names), params, checkpoint=checkpoint,
+                           history_path=history_path, on_epoch=on_epoch,
+                           main_only=("history_path", "on_epoch"))
+
+
+def _train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                    params: TransferSettings, *, device, checkpoint: Checkpoint | None,
+                    history_path, on_epoch) -> TransferResult:
+    par = distributed.current()
     labels = np.asarray(labels, dtype=np.int64)
     n_classes = len(class_names)
     if len(labels) != len(stack):
@@ -294,6 +307,7 @@ def train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[
     rng = np.random.default_rng(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     model = TransferNet(params.net_config(n_classes)).to(device)
+    par.decorrelate(params.seed)
     if stack.shape[-1] < model.min_box():
         raise TomoclustError(f"transfer: box {stack.shape[-1]} is smaller than the network's "
                              f"minimum {model.min_box()} (input_binning · 2^stages)")
@@ -304,48 +318,52 @@ def train_transfer(stack: np.ndarray, labels: np.ndarray, class_names: Sequence[
     if state is not None:
         gen.set_state(state["augment_rng"].cpu())
         log.info("resuming transfer training from checkpoint after epoch %d", start - 1)
-    for ep in range(start, params.epochs):
-        t0 = time.time()
-        lr = 0.5 * params.lr * (1 + math.cos(math.pi * ep / params.epochs))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        model.train()
-        tot, cnt = 0.0, 0
-        hit = np.zeros(len(labels), dtype=bool)  # per box, so a retried step counts once
+    with par.wrap(model) as net:
+        for ep in range(start, params.epochs):
+            t0 = time.time()
+            lr = 0.5 * params.lr * (1 + math.cos(math.pi * ep / params.epochs))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            model.train()
+            tot, cnt = 0.0, 0
+            hit = np.zeros(len(labels), dtype=bool)  # per box, so a retried step counts once
 
-        def step(idx: np.ndarray, weight: float, ep: int = ep, hit: np.ndarray = hit) -> float:
-            x = to_tensor(stack, idx, device)[:, None]
-            if params.augment:
-                x = wedge_preserving_turn(x, gen)
-            y = torch.as_tensor(labels[idx], device=device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            value = float(loss.detach())
-            check_finite(value, "the training loss", "transfer", f"epoch {ep}")
-            (loss * weight).backward()
-            hit[idx] = (logits.detach().argmax(1) == y).cpu().numpy()
-            return value
+            def step(idx: np.ndarray, weight: float, ep: int = ep,
+                     hit: np.ndarray = hit) -> float:
+                x = to_tensor(stack, idx, device)[:, None]
+                if params.augment:
+                    x = wedge_preserving_turn(x, gen)
+                y = torch.as_tensor(labels[idx], device=device)
+                logits = par.gather(net(par.shard(x)))
+                loss = F.cross_entropy(logits, y)
+                value = float(loss.detach())
+                check_finite(value, "the training loss", "transfer", f"epoch {ep}")
+                (loss * weight).backward()
+                hit[idx] = (logits.detach().argmax(1) == y).cpu().numpy()
+                return value
 
-        for bi in batches(len(train_idx), params.batch_size, rng):
-            if len(bi) < 2:  # BatchNorm needs two samples
-                continue
-            tot += fit(opt, step, train_idx[bi]) * len(bi)
-            cnt += len(bi)
-        correct = int(hit.sum())
-        val_loss, val_acc = _evaluate(model, stack, labels, val_idx, device, 2 * params.batch_size)
-        history.append({"epoch": ep, "lr": lr, "loss": tot / max(cnt, 1),
-                        "train_accuracy": correct / max(cnt, 1), "val_loss": val_loss,
-                        "val_accuracy": val_acc, "seconds": time.time() - t0})
-        log.info("transfer epoch %d: loss %.4f, train acc %.3f, val loss %.4f, val acc %.3f "
-                 "(%.1f s)", ep, history[-1]["loss"], history[-1]["train_accuracy"], val_loss,
-                 val_acc, history[-1]["seconds"])
-        write_history(history_path, history)
-        if checkpoint is not None:
-            checkpoint.save({"epoch": ep, "model": model.state_dict(),
-                             "optimizer": opt.state_dict(), "rng": rng_state(rng),
-                             "augment_rng": gen.get_state(), "history": history})
-        if on_epoch is not None:
-            on_epoch(ep)
+            for bi in batches(len(train_idx), params.batch_size, rng):
+                if len(bi) < 2:  # BatchNorm needs two samples
+                    continue
+                tot += fit(opt, step, train_idx[bi]) * len(bi)
+                cnt += len(bi)
+            correct = int(hit.sum())
+            val_loss, val_acc = (_evaluate(model, stack, labels, val_idx, device,
+                                           2 * params.batch_size) if par.is_main
+                                 else (float("nan"), float("nan")))
+            history.append({"epoch": ep, "lr": lr, "loss": tot / max(cnt, 1),
+                            "train_accuracy": correct / max(cnt, 1), "val_loss": val_loss,
+                            "val_accuracy": val_acc, "seconds": time.time() - t0})
+            log.info("transfer epoch %d: loss %.4f, train acc %.3f, val loss %.4f, val acc "
+                     "%.3f (%.1f s)", ep, history[-1]["loss"], history[-1]["train_accuracy"],
+                     val_loss, val_acc, history[-1]["seconds"])
+            write_history(history_path, history)
+            if checkpoint is not None:
+                checkpoint.save({"epoch": ep, "model": model.state_dict(),
+                                 "optimizer": opt.state_dict(), "rng": rng_state(rng),
+                                 "augment_rng": gen.get_state(), "history": history})
+            if on_epoch is not None:
+                on_epoch(ep)
     write_history(history_path, history)
     model.eval()
     return TransferResult(model, pd.DataFrame(history), list(class_names), val_idx)
@@ -381,12 +399,22 @@ def load_model(path: str | Path, device="cpu") -> tuple[TransferNet, list[str], 
     return model, json.loads(payload["class_names"]), json.loads(payload["extra"])
 
 
-def transfer_features(model: TransferNet, stack: np.ndarray, batch_size: int = 128
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The 32-d features and the class probabilities of every box (model's device)."""
+def transfer_features(model: TransferNet, stack: np.ndarray, batch_size: int = 128,
+                      chunks: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 32-d features and the class probabilities of every box (model's device); with
+    ``chunks``, gathered from the files of jobs that computed them in shares
+    (:mod:`tomoclust.features.chunks`)."""
+    k = model.cfg.feature_dim
+    if chunks:
+        from .chunks import gather
+
+        out = gather(chunks, len(stack))
+        if out.shape[1] != k + model.cfg.n_classes:
+            raise TomoclustError(f"feature chunks hold {out.shape[1]} columns, the model "
+                                 f"gives {k} features + {model.cfg.n_classes} probabilities")
+        return out[:, :k], out[:, k:]
     device = next(model.parameters()).device
     model.eval()
-    k = model.cfg.feature_dim
 
     def both(x: torch.Tensor) -> torch.Tensor:
         f = model.features(x)
