@@ -16,8 +16,8 @@ def main(smk) -> None:
     rule.log.info("DISCA on %d particles, device %s, %s", len(df), device, describe(params))
     ckpt = Checkpoint(smk.params.checkpoint, fingerprint(describe(params), smk.input.stack))
     t0 = time.time()
-<<<<<<< HEAD
-    res = run_disca(stack, params, device, checkpoint=ckpt, history_path=smk.output.history)
+    res = run_disca(stack, params, device, checkpoint=ckpt, history_path=smk.output.history,
+                    processes=job_processes(device, smk.resources))
     rule.save_features(smk.output.features, res.features, len(df))
     rule.save_state_dict(smk.output.model, res.state_dict)
     write_star(smk.output.labels, rule.labels_table(df, res.labels, res.probability))
@@ -25,21 +25,6 @@ def main(smk) -> None:
     rule.write_run_info(smk.output.info, device, seconds=time.time() - t0,
                         best_iteration=res.best_iteration, k=k, params=describe(params))
     rule.log.info("best iteration %d with K=%d", res.best_iteration, k)
-=======
-    res = run_disca(stack, params, device, checkpoint=ckpt, history_path=smk.output.history,
-                    processes=job_processes(device, smk.resources))
-    save_features(smk.output.features, res.features, len(df))
-    save_state_dict(smk.output.model, res.state_dict)
-    out = df[[c for c in df.columns if c.startswith(("rlnImageName", "rlnTomoName",
-                                                     "rlnCoordinate"))]].copy()
-    out["rlnClassNumber"] = res.labels
-    out["tclClassProbability"] = res.probability
-    write_star(smk.output.labels, out)
-    write_info(smk.output.info, run_info(device, seconds=time.time() - t0,
-                                         best_iteration=res.best_iteration,
-                                         k=int(res.labels.max()), params=describe(params)))
-    log.info("best iteration %d with K=%d", res.best_iteration, int(res.labels.max()))
->>>>>>> ddp
     ckpt.finish()
 
 

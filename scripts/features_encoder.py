@@ -7,19 +7,8 @@ per particle (predictions.tsv).
 
 import time
 
-<<<<<<< HEAD
 from tomoclust import rule
-from tomoclust.features.encoder import embed, load_encoder, prepare_boxes, template_probabilities
-=======
-import pandas as pd
-import torch
-from tomoclust.features.encoder import (
-    embed_particles,
-    load_encoder,
-    nearest_prototype,
-    template_prototypes,
-)
->>>>>>> ddp
+from tomoclust.features.encoder import embed_particles, load_encoder, template_probabilities
 from tomoclust.formats.atomic import write_tsv
 
 
@@ -27,14 +16,8 @@ def main(smk) -> None:
     device = rule.torch_device(smk)
     df, stack, vs = rule.load_particles(smk.input.star, smk.input.stack)
     model, man = load_encoder(smk.input.model, device)
-<<<<<<< HEAD
     rule.log.info("encoder %s (sha256 %s…, %s, trained %s)", smk.input.model,
                   man["sha256"][:12], man.get("name"), man.get("date"))
-    boxes = prepare_boxes(stack, vs, model.cfg)
-=======
-    log.info("encoder %s (sha256 %s…, %s, trained %s)", smk.input.model, man["sha256"][:12],
-             man.get("name"), man.get("date"))
->>>>>>> ddp
     t0 = time.time()
     feats = embed_particles(model, stack, vs, chunks=smk.input.get("chunks"))
     seconds = time.time() - t0

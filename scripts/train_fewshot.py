@@ -2,12 +2,8 @@
 
 import time
 
-<<<<<<< HEAD
 from tomoclust import rule
-=======
-import torch
 from tomoclust.features.distributed import job_processes
->>>>>>> ddp
 from tomoclust.features.fewshot import describe, params_from_config, train_protonet
 from tomoclust.features.fewshot_support import load_training_set
 from tomoclust.features.train import Checkpoint, fingerprint
@@ -23,23 +19,13 @@ def main(smk) -> None:
     t0 = time.time()
     tilt = rule.read_json(smk.input.info)["tilt"]
     res = train_protonet(stack, labels, params, device, checkpoint=ckpt,
-<<<<<<< HEAD
-                         history_path=smk.output.history, tilt_range=tuple(tilt))
+                         history_path=smk.output.history, tilt_range=tuple(tilt),
+                         processes=job_processes(device, smk.resources))
     rule.save_state_dict(smk.output.model, res.model.state_dict())
     rule.write_run_info(
         smk.output.info, device, seconds=time.time() - t0, variant=params.variant,
         params=describe(params), box=int(stack.shape[-1]), voxel_size=vs,
         embedding_dim=res.model.dim, n_training=len(stack), training_classes=names,
-=======
-                         history_path=smk.output.history, tilt_range=tuple(tilt),
-                         processes=job_processes(device, smk.resources))
-    save_state_dict(smk.output.model, res.model.state_dict())
-    names = truth.drop_duplicates("rlnClassNumber").set_index("rlnClassNumber")["rlnClassName"]
-    write_info(smk.output.info, run_info(
-        device, seconds=time.time() - t0, variant=params.variant, params=describe(params),
-        box=int(stack.shape[-1]), voxel_size=vs, embedding_dim=res.model.dim,
-        n_training=len(stack), training_classes={int(k): str(v) for k, v in names.items()},
->>>>>>> ddp
         final_episode_accuracy=float(res.history["episode_accuracy"].iloc[-1])
         if len(res.history) else None)
     ckpt.finish()

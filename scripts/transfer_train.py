@@ -2,13 +2,8 @@
 
 import time
 
-<<<<<<< HEAD
 from tomoclust import rule
-=======
-import torch
-from tomoclust import TomoclustError
 from tomoclust.features.distributed import job_processes
->>>>>>> ddp
 from tomoclust.features.train import Checkpoint, fingerprint
 from tomoclust.features.transfer import read_training_set, save_model, train_transfer
 from tomoclust.features.transfer_settings import TransferSettings

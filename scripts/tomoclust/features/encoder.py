@@ -184,9 +184,6 @@ def embed(model: SubtomoEncoder, stack: np.ndarray, batch_size: int = 256) -> np
     return out
 
 
-<<<<<<< HEAD
-def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderSettings,
-=======
 def embed_particles(model: SubtomoEncoder, stack: np.ndarray, voxel_size: float,
                     chunks: Sequence[str] | None = None) -> np.ndarray:
     """The embedding of every particle (:func:`prepare_boxes`, then :func:`embed`); with
@@ -204,7 +201,6 @@ def embed_particles(model: SubtomoEncoder, stack: np.ndarray, voxel_size: float,
 
 
 def prepare_boxes(stack: np.ndarray, voxel_size: float, cfg: EncoderSettings,
->>>>>>> ddp
                   chunk: int = 512) -> np.ndarray:
     """Boxes as the encoder was trained on them: Fourier-resampled to its voxel size and
     centre-cropped or zero-padded to its box side. Returns ``stack`` itself when it already

@@ -39,12 +39,8 @@ from ..numerics.ctf import ctf_grid
 from ..numerics.fourier import wedge_mask
 from ..numerics.rotations import random_rotations
 from ..simulate.density import bounding_radius, fit_box, template_density
-<<<<<<< HEAD
-from .encoder import EncoderSettings, SubtomoEncoder
-=======
 from . import distributed
 from .encoder import EncoderSettings, SubtomoEncoder
->>>>>>> ddp
 
 log = logging.getLogger(__name__)
 
