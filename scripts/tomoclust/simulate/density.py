@@ -27,11 +27,9 @@ def _suffix(path: Path) -> str:
     return Path(s[:-3]).suffix if s.endswith(".gz") else Path(s).suffix
 
 
-def load_atoms(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Atom positions ``(n, 3)`` (xyz, Å) and weights (atomic numbers) of the first model.
-
-    Raises :class:`TomoclustError` for a file gemmi cannot read or that has no atoms.
-    """
+def _read_model(path: str | Path):
+    """The gemmi structure of an atomic model file, hydrogens and waters removed; a clear
+    error for a missing or unreadable file or one without a model."""
     import gemmi  # imported here: only steps that read atomic models need it
 
     p = Path(path)
@@ -45,6 +43,15 @@ def load_atoms(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     st.remove_waters()
     if len(st) == 0:
         raise TomoclustError(f"atomic model {p}: contains no model")
+    return st
+
+
+def load_atoms(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Atom positions ``(n, 3)`` (xyz, Å) and weights (atomic numbers) of the first model.
+
+    Raises :class:`TomoclustError` for a file gemmi cannot read or that has no atoms.
+    """
+    st = _read_model(path)
     pos, wts = [], []
     for chain in st[0]:
         for res in chain:
@@ -52,7 +59,7 @@ def load_atoms(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 pos.append((atom.pos.x, atom.pos.y, atom.pos.z))
                 wts.append(atom.element.atomic_number * atom.occ)
     if not pos:
-        raise TomoclustError(f"atomic model {p}: contains no atoms")
+        raise TomoclustError(f"atomic model {Path(path)}: contains no atoms")
     return np.asarray(pos, dtype=np.float64), np.asarray(wts, dtype=np.float64)
 
 
@@ -197,19 +204,7 @@ def load_atoms_elements(path: str | Path) -> tuple[np.ndarray, list[str], np.nda
                                                   np.ndarray, np.ndarray]:
     """Positions ``(n, 3)`` (xyz Å), element symbols, atomic numbers, occupancies and
     isotropic B-factors (Å²) of the first model, hydrogens and waters left out."""
-    import gemmi
-
-    p = Path(path)
-    if not p.is_file():
-        raise TomoclustError(f"atomic model {p}: file does not exist")
-    try:
-        st = gemmi.read_structure(str(p))
-    except Exception as exc:
-        raise TomoclustError(f"atomic model {p}: gemmi cannot read it ({exc})") from exc
-    st.remove_hydrogens()
-    st.remove_waters()
-    if len(st) == 0:
-        raise TomoclustError(f"atomic model {p}: contains no model")
+    st = _read_model(path)
     pos, el, z, occ, bf = [], [], [], [], []
     for chain in st[0]:
         for res in chain:
@@ -220,7 +215,7 @@ def load_atoms_elements(path: str | Path) -> tuple[np.ndarray, list[str], np.nda
                 occ.append(atom.occ)
                 bf.append(atom.b_iso)
     if not pos:
-        raise TomoclustError(f"atomic model {p}: contains no atoms")
+        raise TomoclustError(f"atomic model {Path(path)}: contains no atoms")
     return (np.asarray(pos, dtype=np.float64), el, np.asarray(z), np.asarray(occ, float),
             np.asarray(bf, float))
 
