@@ -125,6 +125,8 @@ def changed_value(repo: Path, key: str, value, config: dict):
     """Another valid value of ``key`` (``config``: the whole configuration)."""
     if key in ALTERNATIVES:
         return ALTERNATIVES[key]
+    if key == "transfer.model":  # retrain <-> the shipped encoder
+        return "resources/models/encoder-v1.pt" if value == "retrain" else "retrain"
     if key in ("disca.pretrained", "fewshot.pretrained"):  # shipped weights <-> from scratch
         return None if value else "resources/models/encoder-v1.pt"
     if key == "subtomogram_sets":
