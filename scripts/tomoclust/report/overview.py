@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import TomoclustError
+from .tables import read_cluster_summary
 
 
 def central_slices_png(volume: np.ndarray, dark: bool = True) -> bytes:
@@ -74,10 +74,7 @@ def method_rows(summaries: Sequence[str | Path], classification: str | Path | No
     classification table's ``accuracy``."""
     rows = []
     for path in summaries:
-        try:
-            s = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TomoclustError(f"{path}: cannot read the clustering summary ({exc})") from None
+        s = read_cluster_summary(path)
         rows.append({"method": s["method"], "k": int(s["k"]),
                      "class_sizes": [int(n) for n in s["class_sizes"]],
                      "stability": s.get("stability_ari", np.nan),

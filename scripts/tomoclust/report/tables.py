@@ -88,14 +88,19 @@ def read_tsv(path: str | Path, what: str = "table") -> pd.DataFrame:
         raise TomoclustError(f"{path}: not a readable TSV {what} ({exc})") from None
 
 
+def read_cluster_summary(path: str | Path) -> dict:
+    """One clustering rule's ``summary.json``; a clear error naming an unreadable file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TomoclustError(f"{path}: cannot read the clustering summary ({exc})") from None
+
+
 def cluster_summary(paths: list[str | Path]) -> pd.DataFrame:
     """One row per method from the clustering rule's ``summary.json`` files."""
     rows = []
     for path in paths:
-        try:
-            s = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TomoclustError(f"{path}: cannot read the clustering summary ({exc})") from None
+        s = read_cluster_summary(path)
         missing = {"method", "algorithm", "k", "class_sizes"} - set(s)
         if missing:
             raise TomoclustError(f"{path}: clustering summary lacks {sorted(missing)}")
