@@ -268,11 +268,23 @@ def embedding_inputs(wildcards):
     return inputs
 
 
+def pick_figure_tomograms():
+    """The tomograms whose picks the report draws: report.pick_figures of them, spread evenly
+    over the sheet (first and last included), or all of them."""
+    k = config["report"]["pick_figures"]
+    n = len(TOMOGRAMS)
+    if k is None or n <= k:
+        return list(TOMOGRAMS)
+    if k == 1:
+        return [TOMOGRAMS[0]]
+    return [TOMOGRAMS[round(i * (n - 1) / (k - 1))] for i in range(k)]
+
+
 def report_targets():
     """Every figure and table of the HTML report that this configuration can make."""
     targets = []
     if not SUBTOMO_MODE:  # subtomograms in: no tomograms, no picks to draw
-        targets += expand("results/report/picks/{tomo}.jpg", tomo=TOMOGRAMS)
+        targets += expand("results/report/picks/{tomo}.jpg", tomo=pick_figure_tomograms())
         targets.append("results/picks/summary.html")
     targets += expand("results/report/{method}/embedding.png", method=METHODS)
     if METHODS:

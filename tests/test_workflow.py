@@ -6,6 +6,7 @@ about 20 s on 2 cores; the dry runs after it reuse its working directory.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,32 @@ def test_bad_sheet_fails_at_dag_time(repo, tmp_path):
     out = _output(proc)
     assert str(sheet) in out and "duplicate name" in out, out
     assert not (tmp_path / "results").exists()
+
+
+def test_report_draws_picks_of_a_spread_of_tomograms(repo, tmp_path):
+    """report.pick_figures of a sheet's tomograms get a picks figure, first and last included
+    and evenly spread; null draws every tomogram."""
+    names = [f"TS_{i:02d}" for i in range(1, 8)]
+    lines = ["name\tpath\tvoxel_size"]
+    for name in names:
+        path = tmp_path / f"{name}.mrc"
+        with mrcfile.new(path) as m:
+            m.set_data(np.zeros((8, 8, 8), np.float32))
+        lines.append(f"{name}\t{path}\t10.0")
+    (tmp_path / "tomograms.tsv").write_text("\n".join(lines) + "\n")
+    cfg = yaml.safe_load(_write_config(repo, tmp_path / "c.yaml").read_text())
+    cfg["tomograms"] = str(tmp_path / "tomograms.tsv")
+    cfg["simulation"]["enabled"] = False
+    for value, want in ((3, ["TS_01", "TS_04", "TS_07"]), (None, names)):
+        cfg["report"] = {"pick_figures": value}
+        (tmp_path / "sheet.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        proc = _snakemake(repo, tmp_path, "-n", "--configfile", str(tmp_path / "sheet.yaml"),
+                          timeout=120)
+        assert proc.returncode == 0, _output(proc)
+        assert _job_stats(_output(proc))["plot_picks"] == len(want)
+        drawn = sorted(set(re.findall(r"results/report/picks/(TS_\d+)\.jpg", _output(proc))))
+        assert drawn == want
+        assert _job_stats(_output(proc))["pick"] == len(names)  # every tomogram is picked
 
 
 def test_sheet_and_simulation_both_set_is_an_error(repo, tmp_path):

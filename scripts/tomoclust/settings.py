@@ -473,6 +473,14 @@ class RelionSettings(_Section):
     hand: float = reads(-1, *_RELION)
 
 
+@dataclass(frozen=True)
+class ReportSettings(_Section):
+    """Figures of the HTML report."""
+
+    SECTION: ClassVar[str] = "report"
+    pick_figures: int | None = reads(24, shapes_dag=True)
+
+
 _SET_AND_MODEL = TRANSFER_SET + TRANSFER_MODEL
 
 
@@ -520,7 +528,7 @@ SECTIONS: tuple[type[_Section], ...] = (
     WorkflowSettings, SimulationSettings, IngestSettings, PickingSettings, ExtractionSettings,
     EvaluationSettings, ExternalSettings, CopickConfigSettings, DiscaConfigSettings,
     InvariantSettings, AutoencoderConfigSettings, FewshotConfigSettings, ClusteringSettings,
-    AveragingConfigSettings, TransferConfigSettings, RelionSettings,
+    AveragingConfigSettings, TransferConfigSettings, RelionSettings, ReportSettings,
 )
 
 
@@ -637,6 +645,7 @@ class Settings:
     averaging: AveragingConfigSettings
     transfer: TransferConfigSettings
     relion: RelionSettings
+    report: ReportSettings
 
 
 def check_config(config: Mapping[str, Any]) -> Settings:

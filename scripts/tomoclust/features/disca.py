@@ -210,29 +210,11 @@ def _run_disca(stack: np.ndarray, params: DiscaSettings, *, device: str,
                checkpoint: Checkpoint | None, history_path,
                on_iteration: Callable[[int], None] | None) -> DiscaResult:
     par = distributed.current()
-    if params.augment not in AUGMENT_MODES:
-        raise ValueError(f"unknown augmentation {params.augment!r}; use one of {AUGMENT_MODES}")
     n, d = len(stack), stack.shape[-1]
-    if n < max(params.k_min, 2) + 1:
-        raise ValueError(f"DISCA needs more particles than k_min; got {n}")
+    _check_run(params, n)
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
-    cfg = params.network()
-    if params.pretrained:
-        from .encoder import EncoderClassifier
-
-        model = EncoderClassifier.from_file(params.pretrained, n_classes=2, device=device)
-        log.info("DISCA backbone: the pretrained encoder %s, fine-tuned in the EM loop",
-                 params.pretrained)
-        if d < model.min_box():
-            raise TomoclustError(f"a {d}-voxel box is too small for the pretrained encoder "
-                                 f"(at least {model.min_box()} voxels)")
-    else:
-        model = Yopo(cfg, n_classes=2).to(device)
-    if d < model.min_box():
-        raise TomoclustError(f"a {d}-voxel box is too small for this YOPO network ({cfg.blocks} "
-                         f"blocks, input binning {cfg.input_binning}: at least "
-                         f"{model.min_box()} voxels); use a smaller preset or fewer blocks")
+    model = _network(params, d, device)
     par.decorrelate(params.seed)
     opt = torch.optim.NAdam(model.parameters(), lr=params.lr)
     wedge = wedge_mask_torch(d, params.tilt_min, params.tilt_max, device)
@@ -245,8 +227,6 @@ def _run_disca(stack: np.ndarray, params: DiscaSettings, *, device: str,
     if state is not None:
         opt, start, prev, history, best = _resume(state, model, params, rng)
 
-    if params.init not in ("invariant", "random", "network"):
-        raise ValueError(f"unknown DISCA init {params.init!r} (invariant, random or network)")
     if params.init == "invariant":
         inv, z_inv = _invariant_start(stack, params, device)
     n_passes = params.iterations + (1 if params.init == "invariant" else 0)
@@ -266,9 +246,9 @@ def _run_disca(stack: np.ndarray, params: DiscaSettings, *, device: str,
             check_finite(feats, "the network features", "DISCA", f"iteration {it}")
             z = reduce_features(feats, params.pca_components, params.seed)
         labels, prob, bic, changed, db = _cluster_step(z, k_values, params, it, prev)
-        k = int(labels.max()) + 1
-        row = {"iteration": it, "k": k, "bic": float(bic["bic"].min()), "davies_bouldin": db,
-               "changed_fraction": changed, "sizes": ",".join(map(str, np.bincount(labels))),
+        row = {"iteration": it, "k": int(labels.max()) + 1, "bic": float(bic["bic"].min()),
+               "davies_bouldin": db, "changed_fraction": changed,
+               "sizes": ",".join(map(str, np.bincount(labels))),
                "features": "invariant" if from_invariants else "network"}
         if db < best["db"] and not from_invariants:
             best = {"db": db, "iteration": it, "labels": labels.copy(), "prob": prob,
@@ -286,32 +266,8 @@ def _run_disca(stack: np.ndarray, params: DiscaSettings, *, device: str,
                 _warm_up_head(model, net_feats, labels, params.head_warmup_steps, device)
                 opt = torch.optim.NAdam(model.parameters(),
                                         lr=params.lr * params.lr_decay**it)
-            alpha = params.smoothing * params.smoothing_decay**it
-            model.train()
-            losses = []
-
-            with par.wrap(model) as net:
-
-                def step(part: np.ndarray, weight: float, it: int = it, k: int = k,
-                         alpha: float = alpha, labels: np.ndarray = labels,
-                         net: torch.nn.Module = net) -> float:
-                    x = to_tensor(stack, part, device)
-                    x = torch.cat([x, augment(x, params.augment, rng, wedge)])
-                    y = _smoothed(np.concatenate([labels[part], labels[part]]), k, alpha, device)
-                    loss = _loss(par.gather(net(par.shard(x[:, None]))), y, params.loss)
-                    value = float(loss.detach())
-                    check_finite(value, "the training loss", "DISCA", f"iteration {it}")
-                    (loss * weight).backward()
-                    return value
-
-                for _ in range(params.epochs_per_iteration):
-                    for idx in batches(n, params.batch_size, rng):
-                        if len(idx) < 2:
-                            continue
-                        losses.append(fit(opt, step, idx))
-            for g in opt.param_groups:
-                g["lr"] *= params.lr_decay
-            row["loss"] = float(np.mean(losses)) if losses else float("nan")
+            row["loss"] = _train_iteration(model, opt, fit, stack, labels, it, params, rng,
+                                           wedge, device)
         row["seconds"] = time.time() - t0
         history.append(row)
         log.info("DISCA iteration %d: K=%d, DB=%.3f, changed %.2f%%, loss %s, %.1f s", it, k, db,
@@ -330,6 +286,71 @@ def _run_disca(stack: np.ndarray, params: DiscaSettings, *, device: str,
 
 
 # ------------------------------------------------------------------- steps of run_disca
+def _check_run(params: DiscaSettings, n: int) -> None:
+    """Settings the schema cannot rule out, and enough particles for k_min."""
+    if params.augment not in AUGMENT_MODES:
+        raise ValueError(f"unknown augmentation {params.augment!r}; use one of {AUGMENT_MODES}")
+    if params.init not in ("invariant", "random", "network"):
+        raise ValueError(f"unknown DISCA init {params.init!r} (invariant, random or network)")
+    if n < max(params.k_min, 2) + 1:
+        raise ValueError(f"DISCA needs more particles than k_min; got {n}")
+
+
+def _network(params: DiscaSettings, d: int, device) -> torch.nn.Module:
+    """The YOPO network of the preset, or the pretrained encoder as backbone, checked against
+    the box size."""
+    cfg = params.network()
+    if params.pretrained:
+        from .encoder import EncoderClassifier
+
+        model = EncoderClassifier.from_file(params.pretrained, n_classes=2, device=device)
+        log.info("DISCA backbone: the pretrained encoder %s, fine-tuned in the EM loop",
+                 params.pretrained)
+        if d < model.min_box():
+            raise TomoclustError(f"a {d}-voxel box is too small for the pretrained encoder "
+                                 f"(at least {model.min_box()} voxels)")
+    else:
+        model = Yopo(cfg, n_classes=2).to(device)
+    if d < model.min_box():
+        raise TomoclustError(f"a {d}-voxel box is too small for this YOPO network ({cfg.blocks} "
+                         f"blocks, input binning {cfg.input_binning}: at least "
+                         f"{model.min_box()} voxels); use a smaller preset or fewer blocks")
+    return model
+
+
+def _train_iteration(model, opt: torch.optim.Optimizer, fit: MicroBatches, stack: np.ndarray,
+                     labels: np.ndarray, it: int, params: DiscaSettings,
+                     rng: np.random.Generator, wedge: torch.Tensor, device) -> float:
+    """The M step of iteration ``it``: ``epochs_per_iteration`` epochs on the labels (each
+    batch with its augmented copy, smoothed targets), then the learning-rate decay; returns the
+    mean loss (NaN when no batch had two particles)."""
+    par = distributed.current()
+    k = int(labels.max()) + 1
+    alpha = params.smoothing * params.smoothing_decay**it
+    model.train()
+    losses = []
+    with par.wrap(model) as net:
+
+        def step(part: np.ndarray, weight: float) -> float:
+            x = to_tensor(stack, part, device)
+            x = torch.cat([x, augment(x, params.augment, rng, wedge)])
+            y = _smoothed(np.concatenate([labels[part], labels[part]]), k, alpha, device)
+            loss = _loss(par.gather(net(par.shard(x[:, None]))), y, params.loss)
+            value = float(loss.detach())
+            check_finite(value, "the training loss", "DISCA", f"iteration {it}")
+            (loss * weight).backward()
+            return value
+
+        for _ in range(params.epochs_per_iteration):
+            for idx in batches(len(stack), params.batch_size, rng):
+                if len(idx) < 2:
+                    continue
+                losses.append(fit(opt, step, idx))
+    for g in opt.param_groups:
+        g["lr"] *= params.lr_decay
+    return float(np.mean(losses)) if losses else float("nan")
+
+
 def _resume(state: dict, model, params: DiscaSettings, rng: np.random.Generator
             ) -> tuple[torch.optim.Optimizer, int, np.ndarray | None, list, dict]:
     """Restore a checkpointed run: the head's size, the weights, the optimiser and the random
