@@ -16,11 +16,10 @@ For every N, each stage runs in a fresh subprocess (so its peak memory is its ow
 * ``gather``: :func:`tomoclust.extract.gather_stacks` (the gather_particles rule) into one
   ``particles.star`` + ``particles.mrcs``; the per-tomogram stacks are deleted afterwards, to
   keep one copy on disk.
-* ``invariant``: :func:`tomoclust.features.invariant.shell_spectra` (l_max 6, low-pass 1 voxel, as
-  in
-  config.yaml) over the stack memory-mapped by :func:`tomoclust.formats.stacks.open_stack`, batch
-  by batch;
-  the features are saved with ``np.save``.
+* ``invariant``: the ``invariant`` method's features with its defaults
+  (:func:`tomoclust.features.invariant.invariant_features`: centre-of-mass re-centring on shares
+  of the stack, then the shell spectra, l_max 6, low-pass 1 voxel) over the stack memory-mapped
+  by :func:`tomoclust.formats.stacks.open_stack`; the features are saved with ``np.save``.
 * ``yopo``: the YOPO ``light`` network's features (:func:`tomoclust.features.train.infer`, untrained
   weights: the same arithmetic as a trained network). The box is 16 (so 1M particles fit in
   16 GB), below the 26 voxels ``light`` needs at its input binning 2, so ``input_binning`` is 1:
@@ -63,7 +62,6 @@ from common import log, machine_info, machine_line, md_table, write_outputs
 PER_TOMOGRAM = 5000
 STAGES = ("write", "gather", "invariant", "yopo", "cluster", "cluster_f64")
 N_CLASSES = 3
-L_MAX, LOWPASS = 6, 1.0
 VOXEL = 12.0
 
 
@@ -177,17 +175,21 @@ def stage_gather(d: Path) -> dict[str, Any]:
 
 def stage_invariant(d: Path, threads: int) -> dict[str, Any]:
     import torch
-    from tomoclust.features.invariant import shell_spectra
+    from tomoclust.features.invariant import invariant_features
     from tomoclust.formats.stacks import open_stack
+    from tomoclust.settings import InvariantSettings
 
     torch.set_num_threads(threads)
     stack, _ = open_stack(d / "particles.mrcs")
+    inv = InvariantSettings()  # the method's defaults (centre-of-mass re-centring included)
     t0 = time.perf_counter()
-    feats = shell_spectra(stack, L_MAX, LOWPASS, device="cpu")
+    feats = invariant_features(stack, inv.l_max, inv.lowpass_vox, radial=inv.radial,
+                               spectrum_components=inv.spectrum_components, device="cpu",
+                               centring=inv.centring)
     dt = time.perf_counter() - t0
     np.save(d / "invariant.npy", feats)
     return {"seconds": dt, "n": len(feats), "feature_dim": feats.shape[1],
-            "feature_bytes": feats.nbytes}
+            "feature_bytes": feats.nbytes, "centring": inv.centring}
 
 
 def stage_yopo(d: Path, threads: int, n_max: int, n_subset: int) -> dict[str, Any]:
@@ -378,14 +380,22 @@ def render(res: dict[str, Any]) -> str:
                      f"({r['yopo_full_pass_extrapolated_s'] / 60:.0f} min)")
         extra.append(line)
     anon = res["summary"]
+    only = " --cluster-only" if a.get("cluster_only") else ""
+    title = "clustering" if only else "gather → features → clustering"
     md = (
-        "### Scale: gather → features → clustering\n\n"
-        f"Machine: {machine_line(res['machine'])}\n\n"
-        f"Command: `.venv/bin/python benchmarks/scale.py --n {' '.join(map(str, a['n']))}` "
-        f"(box {a['box']} at {VOXEL:g} Å, {PER_TOMOGRAM:,} particles per tomogram, "
-        f"{N_CLASSES} planted shapes, noise σ {a['noise']}; torch/BLAS threads {a['threads']}; "
-        f"clustering {a['algorithm']} K = {a['k']}, PCA 8, n_init 3, on the invariant "
-        f"features; YOPO light at input binning 1, untrained). Each stage in a fresh process; "
+        f"### Scale: {title}\n\n"
+        + f"Machine: {machine_line(res['machine'])}\n\n"
+        f"Command: `.venv/bin/python benchmarks/scale.py{only} --n {' '.join(map(str, a['n']))}` "
+        + ("(clustering only, on synthetic planted features of the invariant's width; "
+           if a.get("cluster_only") else
+           f"(box {a['box']} at {VOXEL:g} Å, {PER_TOMOGRAM:,} particles per tomogram, "
+           f"{N_CLASSES} planted shapes, noise σ {a['noise']}; ")
+        + f"torch/BLAS threads {a['threads']}; "
+        f"clustering {a['algorithm']} K = {a['k']}, PCA 8, n_init 3"
+        + ("" if a.get("cluster_only") else
+           ", on the invariant features (the method's defaults, re-centring included); YOPO "
+           "light at input binning 1, untrained")
+        + "). Each stage in a fresh process; "
         f"total {res['total_runtime_s'] / 60:.1f} min.\n\n"
         + md_table(["N", "stage", "s", "particles/s", "ru_maxrss MB", "peak anon MB",
                     "peak file-backed MB", "data"], rows)

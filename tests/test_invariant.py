@@ -203,3 +203,19 @@ def test_invariant_features_layout_and_rotation_invariance(rng):
     assert max(spread) < 0.2 * gap, (spread, gap)
     raw = invariant_features(vols, l_max=4)  # the defaults: the plain shell spectra
     np.testing.assert_allclose(raw, shell_spectra(vols, 4, 1.0))
+
+
+@pytest.mark.parametrize("radial, components", [(False, None), (True, 4)])
+def test_centred_features_in_shares_equal_the_whole_stack(rng, monkeypatch, radial, components):
+    """Centre-of-mass re-centring runs on shares of the stack (bounded memory); the features do
+    not depend on the share size (each box is re-centred on its own), bit for bit."""
+    import tomoclust.features.invariant as inv
+
+    stack = rng.normal(size=(23, 16, 16, 16)).astype(np.float32)
+    stack[:, 5:10, 6:11, 7:12] += 3.0  # an off-centre blob, so the offsets are not zero
+    kw = dict(l_max=3, lowpass_sigma=1.0, radial=radial, spectrum_components=components,
+              centring="com")
+    whole = invariant_features(stack, **kw)
+    monkeypatch.setattr(inv, "CENTRING_SHARE", 5)  # shares of 5, 5, 5, 5, 3
+    np.testing.assert_array_equal(invariant_features(stack, **kw), whole)
+    assert whole.shape == (23, (9 if radial else 0) + (components or whole.shape[1]))

@@ -184,6 +184,10 @@ def principal_components(x: np.ndarray, n_components: int) -> np.ndarray:
     return (scores / np.where(sc > 0, sc, 1.0)).astype(np.float32)
 
 
+#: boxes re-centred at a time by :func:`invariant_features` (centre of mass)
+CENTRING_SHARE = 8192
+
+
 def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 1.0,
                        radial: bool = False, spectrum_components: int | None = None,
                        device: str = "cpu", centring: str = "none") -> np.ndarray:
@@ -203,15 +207,33 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
 
     ``centring`` other than ``"none"`` re-centres every box first
     (:func:`tomoclust.features.centring.recentre`: ``"com"`` or ``"align"``), since every descriptor
-    here is expanded about the box centre.
+    here is expanded about the box centre. Centre of mass works box by box, so it runs on shares
+    of ``CENTRING_SHARE`` boxes and memory stays bounded (a re-centred copy of a million-particle
+    stack would not fit); alignment to the rotational average of all boxes needs them all.
     """
-    if centring != "none":
-        from .centring import recentre
+    n = len(stack)
+    share = CENTRING_SHARE if centring == "com" else max(n, 1)
+    spec = radii = None
+    for a in range(0, n, share):
+        part = stack[a:a + share]
+        if centring != "none":
+            from .centring import recentre
 
-        stack, _ = recentre(stack, centring, device=device)
-    spec = shell_spectra(stack, l_max, lowpass_sigma, device=device)
+            part, _ = recentre(part, centring, device=device)
+        s = shell_spectra(part, l_max, lowpass_sigma, device=device)
+        if spec is None:
+            spec = s if len(s) == n else np.empty((n, s.shape[1]), np.float32)
+        spec[a:a + len(s)] = s
+        if radial:
+            r = radial_profile(part, device=device)
+            if radii is None:
+                radii = r if len(r) == n else np.empty((n, r.shape[1]), np.float32)
+            radii[a:a + len(r)] = r
+    if spec is None:  # no particles
+        spec = shell_spectra(stack, l_max, lowpass_sigma, device=device)
+        radii = radial_profile(stack, device=device) if radial else None
     if spectrum_components is not None:
         spec = principal_components(spec, spectrum_components)
     if not radial:
         return spec
-    return np.concatenate([radial_profile(stack, device=device), spec], axis=1)
+    return np.concatenate([radii, spec], axis=1)
