@@ -34,4 +34,6 @@ export TOMOCLUST_STEP_VENVS=$PWD/.venvs/steps
 
 .venv/bin/ruff check scripts tests benchmarks
 PYTHONPATH=scripts .venv/bin/lint-imports --config .importlinter
-.venv/bin/python -m pytest "$@"
+# two workers (pytest-xdist), each taking whole test files, so a file's shared workflow run
+# (a module fixture) is made once; TOMOCLUST_TEST_WORKERS=0 runs in this process
+.venv/bin/python -m pytest -n "${TOMOCLUST_TEST_WORKERS:-2}" --dist loadfile "$@"
