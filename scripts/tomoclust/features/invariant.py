@@ -214,7 +214,7 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     n = len(stack)
     share = CENTRING_SHARE if centring == "com" else max(n, 1)
     spec = radii = None
-    for a in range(0, n, share):
+    for a in range(0, max(n, 1), share):  # one (empty) share when there are no particles
         part = stack[a:a + share]
         if centring != "none":
             from .centring import recentre
@@ -229,9 +229,6 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
             if radii is None:
                 radii = r if len(r) == n else np.empty((n, r.shape[1]), np.float32)
             radii[a:a + len(r)] = r
-    if spec is None:  # no particles
-        spec = shell_spectra(stack, l_max, lowpass_sigma, device=device)
-        radii = radial_profile(stack, device=device) if radial else None
     if spectrum_components is not None:
         spec = principal_components(spec, spectrum_components)
     if not radial:
