@@ -275,9 +275,7 @@ def pick_figure_tomograms():
     n = len(TOMOGRAMS)
     if k is None or n <= k:
         return list(TOMOGRAMS)
-    if k == 1:
-        return [TOMOGRAMS[0]]
-    return [TOMOGRAMS[round(i * (n - 1) / (k - 1))] for i in range(k)]
+    return [TOMOGRAMS[round(i * (n - 1) / max(k - 1, 1))] for i in range(k)]
 
 
 def report_targets():

@@ -299,7 +299,6 @@ def _check_run(params: DiscaSettings, n: int) -> None:
 def _network(params: DiscaSettings, d: int, device) -> torch.nn.Module:
     """The YOPO network of the preset, or the pretrained encoder as backbone, checked against
     the box size."""
-    cfg = params.network()
     if params.pretrained:
         from .encoder import EncoderClassifier
 
@@ -309,12 +308,13 @@ def _network(params: DiscaSettings, d: int, device) -> torch.nn.Module:
         if d < model.min_box():
             raise TomoclustError(f"a {d}-voxel box is too small for the pretrained encoder "
                                  f"(at least {model.min_box()} voxels)")
-    else:
-        model = Yopo(cfg, n_classes=2).to(device)
+        return model
+    cfg = params.network()
+    model = Yopo(cfg, n_classes=2).to(device)
     if d < model.min_box():
         raise TomoclustError(f"a {d}-voxel box is too small for this YOPO network ({cfg.blocks} "
-                         f"blocks, input binning {cfg.input_binning}: at least "
-                         f"{model.min_box()} voxels); use a smaller preset or fewer blocks")
+                             f"blocks, input binning {cfg.input_binning}: at least "
+                             f"{model.min_box()} voxels); use a smaller preset or fewer blocks")
     return model
 
 
