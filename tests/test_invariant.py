@@ -206,16 +206,26 @@ def test_invariant_features_layout_and_rotation_invariance(rng):
 
 
 @pytest.mark.parametrize("radial, components", [(False, None), (True, 4)])
-def test_centred_features_in_shares_equal_the_whole_stack(rng, monkeypatch, radial, components):
-    """Centre-of-mass re-centring runs on shares of the stack (bounded memory); the features do
-    not depend on the share size (each box is re-centred on its own), bit for bit."""
-    import tomoclust.features.invariant as inv
+def test_centred_features_equal_descriptors_of_recentred_boxes(rng, radial, components):
+    """Centre-of-mass re-centring inside the features (one forward FFT per box, the blur, the
+    shift and the low-pass as products in Fourier space) gives the descriptors of the boxes
+    re-centred on their own (tomoclust.numerics.centring.recentre_com), to float32 rounding;
+    and the batch size does not matter (each box is re-centred on its own)."""
+    from tomoclust.features.invariant import centred_descriptors, radial_profile
+    from tomoclust.numerics.centring import recentre_com
 
     stack = rng.normal(size=(23, 16, 16, 16)).astype(np.float32)
-    stack[:, 5:10, 6:11, 7:12] += 3.0  # an off-centre blob, so the offsets are not zero
+    stack[:, 5:10, 6:11, 7:12] -= 3.0  # an off-centre dark blob, so the offsets are not zero
     kw = dict(l_max=3, lowpass_sigma=1.0, radial=radial, spectrum_components=components,
               centring="com")
     whole = invariant_features(stack, **kw)
-    monkeypatch.setattr(inv, "CENTRING_SHARE", 5)  # shares of 5, 5, 5, 5, 3
-    np.testing.assert_array_equal(invariant_features(stack, **kw), whole)
     assert whole.shape == (23, (9 if radial else 0) + (components or whole.shape[1]))
+    moved, off = recentre_com(stack)
+    assert np.abs(off).max() > 0.5
+    spec, radii, off2 = centred_descriptors(stack, 3, 1.0, radial=True, batch_size=5)
+    np.testing.assert_allclose(off2, off, atol=1e-4)
+    ref = shell_spectra(moved, 3, 1.0)
+    np.testing.assert_allclose(spec, ref, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(radii, radial_profile(moved), atol=1e-5)
+    spec1, _, _ = centred_descriptors(stack, 3, 1.0, batch_size=64)
+    np.testing.assert_allclose(spec1, spec, rtol=1e-5, atol=1e-6 * np.abs(ref).max())

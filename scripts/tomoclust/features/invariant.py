@@ -184,8 +184,64 @@ def principal_components(x: np.ndarray, n_components: int) -> np.ndarray:
     return (scores / np.where(sc > 0, sc, 1.0)).astype(np.float32)
 
 
-#: boxes re-centred at a time by :func:`invariant_features` (centre of mass)
-CENTRING_SHARE = 8192
+def _separable(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The ``(n, d, d, d/2+1)`` product of one factor per axis (``(n, d)``, ``(n, d)``,
+    ``(n, d/2+1)``)."""
+    return (z[:, :, None] * y[:, None, :])[..., None] * x[:, None, None, :]
+
+
+def centred_descriptors(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 1.0,
+                        radial: bool = False, device: str = "cpu", batch_size: int = 256,
+                        **com) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Shell spectra (and the radial profile when ``radial``) of every box re-centred on its
+    centre of mass, with one forward FFT per box: ``(spectra, radial profile or None, offsets)``.
+
+    The same descriptors as :func:`shell_spectra` of
+    :func:`tomoclust.numerics.centring.recentre_com`'s boxes, up to float32 rounding: the
+    centre-of-mass blur, the descriptors' low-pass and the re-centring shift are all products in
+    Fourier space, and they commute, so the box's spectrum is computed once: the centre of mass
+    works on :func:`tomoclust.numerics.centring.lowpass_half` of it, as
+    :func:`~tomoclust.numerics.centring.com_offsets` does (``com`` are its settings), and the
+    shift's phase ramp and the Gaussian are each a product of one factor per axis, so they are
+    applied as one product before one inverse FFT. Batch by batch: memory is bounded whatever
+    the stack's length.
+    """
+    from ..numerics.centring import com_offsets_pooled, lowpass_half
+    from .train import batches, to_tensor
+
+    n, d = len(stack), stack.shape[-1]
+    ss = ShellSpectrum(d, l_max)
+    spec = np.empty((n, ss.n_features), dtype=np.float32)
+    radii = np.empty((n, d // 2 + 1), dtype=np.float32) if radial else None
+    offsets = np.empty((n, 3), dtype=np.float32)
+    com_sigma = com.pop("sigma", 1.0)
+    f_full = torch.fft.fftfreq(d, device=device)
+    f_half = torch.fft.rfftfreq(d, device=device)
+    # the descriptors' Gaussian, one factor per axis, folded into the shift's per-axis ramps
+    g_full, g_half = (torch.exp(-2 * (torch.pi * max(lowpass_sigma, 0.0) * f) ** 2)
+                      for f in (f_full, f_half))
+    dims = (-3, -2, -1)
+    with torch.inference_mode():
+        for idx in batches(n, batch_size):
+            f = torch.fft.rfftn(to_tensor(stack, idx, device), dim=dims)
+            low = lowpass_half(f, d, com_sigma, torch)
+            off = com_offsets_pooled(low.cpu().numpy(), d, **com)
+            offsets[idx] = off
+            s = torch.as_tensor(off, device=device)  # content moves by -offset
+            rz, ry, rx = (torch.exp((2j * torch.pi) * s[:, i, None] * fr)
+                          for i, fr in enumerate((f_full, f_full, f_half)))
+            if radial:  # the radial profile is of the shifted box without the low-pass
+                f = f * _separable(rz, ry, rx)
+                v = torch.fft.irfftn(f, s=(d, d, d), dim=dims)
+                radii[idx] = spherical_means(v.double()).float().cpu().numpy()
+                rz, ry, rx = g_full[None], g_full[None], g_half[None]
+            else:
+                rz, ry, rx = rz * g_full, ry * g_full, rx * g_half
+            f = f * _separable(rz, ry, rx)
+            v = torch.fft.irfftn(f, s=(d, d, d), dim=dims)
+            q = ss(v)
+            spec[idx] = (torch.sign(q) * q.abs().sqrt()).cpu().numpy()
+    return spec, radii, offsets
 
 
 def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 1.0,
@@ -205,30 +261,21 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     the radial profile feels neighbours and centring errors. See benchmarks/RESULTS.md,
     "Radial profile".
 
-    ``centring`` other than ``"none"`` re-centres every box first
-    (:func:`tomoclust.features.centring.recentre`: ``"com"`` or ``"align"``), since every descriptor
-    here is expanded about the box centre. Centre of mass works box by box, so it runs on shares
-    of ``CENTRING_SHARE`` boxes and memory stays bounded (a re-centred copy of a million-particle
-    stack would not fit); alignment to the rotational average of all boxes needs them all.
+    ``centring`` other than ``"none"`` re-centres every box first, since every descriptor here
+    is expanded about the box centre: ``"com"`` box by box in one pass
+    (:func:`centred_descriptors`, bounded memory), ``"align"`` to the rotational average of all
+    boxes (:func:`tomoclust.features.centring.recentre`, which needs them all).
     """
-    n = len(stack)
-    share = CENTRING_SHARE if centring == "com" else max(n, 1)
-    spec = radii = None
-    for a in range(0, max(n, 1), share):  # one (empty) share when there are no particles
-        part = stack[a:a + share]
+    if centring == "com":
+        spec, radii, _ = centred_descriptors(stack, l_max, lowpass_sigma, radial, device)
+    else:
+        part = stack
         if centring != "none":
             from .centring import recentre
 
-            part, _ = recentre(part, centring, device=device)
-        s = shell_spectra(part, l_max, lowpass_sigma, device=device)
-        if spec is None:
-            spec = s if len(s) == n else np.empty((n, s.shape[1]), np.float32)
-        spec[a:a + len(s)] = s
-        if radial:
-            r = radial_profile(part, device=device)
-            if radii is None:
-                radii = r if len(r) == n else np.empty((n, r.shape[1]), np.float32)
-            radii[a:a + len(r)] = r
+            part, _ = recentre(stack, centring, device=device)
+        spec = shell_spectra(part, l_max, lowpass_sigma, device=device)
+        radii = radial_profile(part, device=device) if radial else None
     if spectrum_components is not None:
         spec = principal_components(spec, spectrum_components)
     if not radial:
