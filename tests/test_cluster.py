@@ -359,3 +359,37 @@ def test_cluster_method_warns_when_everything_is_constant(caplog):
         res, summary = cluster_method(np.zeros((60, 3)), {**CLUSTER_CFG, "k": 2}, "disca")
     assert "disca: all 3 feature columns are the same for every particle" in caplog.text
     assert summary["constant_feature_columns"] == 3 and summary["k"] == res.k == 1
+
+
+def test_labelling_components_follow_the_particle_count():
+    from tomoclust.cluster import labelling_components
+
+    # two points per free parameter of k full-covariance Gaussians: k·(c + c(c+1)/2) ≤ n/2
+    assert labelling_components(275, 5, 10) == 6
+    assert labelling_components(1000, 5, 10) == 10
+    assert labelling_components(10**6, 5, 10) == 10  # never above the setting
+    assert labelling_components(10, 10, 10) == 2  # a floor of 2
+    for n in (100, 300, 1000, 3000):
+        c = labelling_components(n, 5, 16)
+        assert 5 * (c + c * (c + 1) / 2) <= n / 2 or c == 2
+        assert c == 16 or 5 * ((c + 1) + (c + 1) * (c + 2) / 2) > n / 2
+
+
+def test_consensus_pools_representations_of_the_same_points(rng):
+    """Five classes that only a second representation separates: the first alone joins two
+    of them, both pooled keep five; representations of different lengths are refused."""
+    from tomoclust.cluster import consensus_k
+
+    labels = np.repeat(np.arange(5), 80)
+    centres = 8.0 * rng.standard_normal((5, 4))
+    full = centres[labels] + rng.standard_normal((400, 4))
+    blind = full.copy()
+    blind[labels == 4, :2] = full[labels == 3, :2].mean(0) + rng.standard_normal((80, 2))
+    k_blind, _ = consensus_k(blind[:, :2], 2, 8, seed=0)
+    assert k_blind == 4
+    k, info = consensus_k([blind[:, :2], full], 2, 8, seed=0)
+    assert k == 5
+    assert info["fits"] == 2 * 7 * 3
+    assert adjusted_rand_score(labels[info["pick"]], info["labels"]) > 0.95
+    with pytest.raises(ValueError, match="different numbers"):
+        consensus_k([full, full[:10]], 2, 4)

@@ -30,7 +30,7 @@ A merged class's posterior is the sum of its components'.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,7 +350,8 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
                      k_min: int = 2, k_max: int = 10, pca_components: int = 8,
                      n_init: int = 3, seed: int = 0, stability_seeds: int = 2,
                      merge_ratio: float | None = None, merge_gap: float = 2.0,
-                     k_selection: str = "bic") -> ClusterResult:
+                     k_selection: str = "bic",
+                     consensus_components: Sequence[int] | None = None) -> ClusterResult:
     """Cluster ``(n, d)`` features (see module docstring).
 
     Parameters
@@ -369,6 +370,10 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
         How an automatic K is chosen: ``"bic"`` (lowest BIC, then the merge rule above) or
         ``"consensus"`` (:func:`consensus_k`: evidence accumulation over mixtures of every K
         on subsamples and seeds; the mixture with that K is then fitted to all points).
+    consensus_components
+        The numbers of principal components the consensus pools its mixtures over (the first
+        ``c`` of the same PCA, for every ``c``); ``None`` or empty: ``pca_components`` only.
+        The mixture that labels the particles always uses ``pca_components``.
     """
     if k_selection not in ("bic", "consensus"):
         raise ValueError(f"k_selection must be 'bic' or 'consensus', not {k_selection!r}")
@@ -376,19 +381,33 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
         raise ValueError(f"merge_ratio must be in [0, 1] or None, got {merge_ratio}")
     if merge_gap < 1.0:
         raise ValueError(f"merge_gap must be at least 1, got {merge_gap}")
-    z = reduce_features(features, pca_components, seed)
+    dims = sorted({int(c) for c in consensus_components or ()} | {pca_components})
+    if min(dims) < 1:
+        raise ValueError(f"principal components must be at least 1, got {min(dims)}")
+    # one PCA; its first c columns are the c-component reduction (each column scaled alone)
+    z_all = reduce_features(features, max(dims), seed)
+    z = z_all[:, :pca_components]
     with threadpool_limits(limits=1, user_api="blas"):
         if algorithm == "gmm" and not k and k_selection == "consensus":
-            k_cons, info = consensus_k(z, k_min, k_max, seed=seed)
-            log.info("consensus over %d mixtures: K = %d (dendrogram gap %.3f)", info["fits"],
-                     k_cons, info["gap"])
+            views = ([z_all[:, :c] for c in sorted({int(c) for c in consensus_components})]
+                     if consensus_components else [z])
+            k_cons, info = consensus_k(views, k_min, k_max, seed=seed)
+            log.info("consensus over %d mixtures (%s principal components): K = %d "
+                     "(dendrogram gap %.3f)", info["fits"],
+                     "/".join(str(v.shape[1]) for v in views), k_cons, info["gap"])
+            c = labelling_components(len(z), k_cons, pca_components)
+            if c < z.shape[1]:
+                log.info("the mixture with K = %d uses the first %d principal components: %d "
+                         "particles determine no more (clustering.pca_components %d)", k_cons,
+                         c, len(z), pca_components)
+                z = np.ascontiguousarray(z[:, :c])
             # the mixture with that K: one K only, so it can afford CONSENSUS_STARTS random
             # starts (few starts can land in a split-one-merge-two optimum when particles are
             # few), plus one from the consensus groups' means; the lowest BIC wins
             warm = None
             if info["labels"] is not None:
-                means = np.stack([info["points"][info["labels"] == g].mean(0)
-                                  for g in range(k_cons)])
+                zp = z[info["pick"]]
+                means = np.stack([zp[info["labels"] == g].mean(0) for g in range(k_cons)])
                 warm = np.argmin((means**2).sum(1)[None] - 2 * z @ means.T, axis=1)
                 if len(np.unique(warm)) != k_cons:
                     warm = None
@@ -399,6 +418,18 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
             return res
         return _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds,
                         merge_ratio, merge_gap)
+
+
+def labelling_components(n: int, k: int, n_components: int) -> int:
+    """Principal components of the consensus-K mixture: ``n_components``, but no more than
+    ``n`` points can determine for ``k`` full-covariance Gaussians with at least two points per
+    free parameter (``k·(c + c(c+1)/2) ≤ n/2``; at least 2). A few hundred particles thus
+    keep 6 dimensions, thousands get ``n_components``: the mixture fitted to a few hundred
+    points in 10 dimensions lands in a different optimum from fit to fit."""
+    c = max(int(n_components), 1)
+    while c > 2 and k * (c + c * (c + 1) / 2) > n / 2:
+        c -= 1
+    return min(c, int(n_components))
 
 
 def _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds, merge_ratio,
@@ -447,42 +478,55 @@ def _cluster(z, algorithm, k, k_min, k_max, n_init, seed, stability_seeds, merge
 CONSENSUS_STARTS = 10
 
 
-def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, seed: int = 0,
-                subsample: float = 0.8, max_points: int = 2000) -> tuple[int, dict]:
-    """K by evidence accumulation (consensus over seeds, subsamples and K).
+def consensus_k(z: np.ndarray | Sequence[np.ndarray], k_min: int = 2, k_max: int = 10,
+                runs: int = 3, seed: int = 0, subsample: float = 0.8,
+                max_points: int = 2000) -> tuple[int, dict]:
+    """K by evidence accumulation (consensus over seeds, subsamples, K and representations).
 
-    Gaussian mixtures with every K in ``k_min..k_max`` are fitted ``runs`` times each, on
+    ``z`` is one ``(n, d)`` array or several representations of the same ``n`` points (the
+    workflow passes the first 6, 8, 10, 12 and 16 principal components of the features).
+    For each, Gaussian mixtures with every K in ``k_min..k_max`` are fitted ``runs`` times, on
     random subsamples (``subsample`` of the points) with different seeds; for up to
-    ``max_points`` points, the fraction of fits in which two points share a component is
+    ``max_points`` points, the fraction of all fits in which two points share a component is
     their co-association. Average linkage of ``1 − co-association`` then gives a dendrogram;
     the number of classes is the one that survives the widest range of cut heights (the
     largest gap between consecutive merge heights: Fred & Jain 2005), within ``k_min..k_max``.
 
     A class that a mixture describes by several touching lumps is split in different places
     by different fits, so its points still co-occur often; true classes separated by empty
-    space are never joined except at small K. Returns K and the figures behind it, with the
-    subsampled ``points`` and their groups at that cut (``labels``, 0-based; None when tied
-    merge heights leave no cut with exactly K groups).
+    space are never joined except at small K. Pooling representations matters when the data
+    decide how many dimensions carry classes: with clean data, classes that differ only in
+    the 7th–10th principal components are joined by every mixture in 6 dimensions but kept
+    apart in 10 or more; with noisy data the extra dimensions are noise, and their fits,
+    split at random, do not hold two classes apart consistently. Returns K and the figures
+    behind it: the indices of the subsampled points (``pick``), their groups at that cut
+    (``labels``, 0-based; None when tied merge heights leave no cut with exactly K groups).
     """
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
+    views = [z] if isinstance(z, np.ndarray) else list(z)
+    if not views:
+        raise ValueError("consensus_k needs at least one representation of the points")
+    n = len(views[0])
+    if any(len(v) != n for v in views):
+        raise ValueError(f"representations hold different numbers of points: "
+                         f"{[len(v) for v in views]}")
     rng = np.random.default_rng(seed)
-    n = len(z)
     pick = np.sort(rng.choice(n, size=min(n, max_points), replace=False))
-    zp = z[pick]
-    m = len(zp)
+    m = len(pick)
     co = np.zeros((m, m))
     n_fits = 0
-    for k in range(k_min, k_max + 1):
-        for _ in range(runs):
-            sub = rng.choice(n, size=max(int(subsample * n), k + 1), replace=False)
-            gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, n_init=1,
-                                 random_state=int(rng.integers(2**31)), max_iter=200)
-            gm.fit(z[sub])
-            lab = gm.predict(zp)
-            co += lab[:, None] == lab[None, :]
-            n_fits += 1
+    for v in views:
+        for k in range(k_min, k_max + 1):
+            for _ in range(runs):
+                sub = rng.choice(n, size=max(int(subsample * n), k + 1), replace=False)
+                gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, n_init=1,
+                                     random_state=int(rng.integers(2**31)), max_iter=200)
+                gm.fit(v[sub])
+                lab = gm.predict(v[pick])
+                co += lab[:, None] == lab[None, :]
+                n_fits += 1
     co /= n_fits
     dist = 1.0 - co
     np.fill_diagonal(dist, 0.0)
@@ -499,8 +543,7 @@ def consensus_k(z: np.ndarray, k_min: int = 2, k_max: int = 10, runs: int = 3, s
     if len(np.unique(groups)) != best_k:  # tied merge heights: no partition with that K
         groups = None
     return best_k, {"gap": float(best_gap), "fits": n_fits, "n_points": m,
-                    "points": zp, "labels": groups}
-
+                    "pick": pick, "labels": groups}
 
 
 def _warn_constant_columns(features: np.ndarray, method: str) -> int:
@@ -529,7 +572,8 @@ def cluster_method(features: np.ndarray, cfg: Mapping[str, Any], method: str
                            k_max=cfg["k_max"], pca_components=cfg["pca_components"],
                            n_init=cfg["n_init"], seed=cfg["seed"],
                            merge_ratio=cfg["merge_ratio"], merge_gap=cfg["merge_gap"],
-                           k_selection=cfg["k_selection"])
+                           k_selection=cfg["k_selection"],
+                           consensus_components=cfg.get("consensus_components"))
     sizes = np.bincount(res.labels)[1:].tolist()
     collapsed = collapse_warning(features, res.k, cfg["k"] or cfg["k_max"], sizes)
     if collapsed:
