@@ -57,6 +57,7 @@ ALTERNATIVES = {
     "clustering.algorithm": "kmeans",  # changed with clustering.k (same readers)
     "clustering.k": 3,
     "fewshot.class_names": {1: "first"},
+    "clustering.consensus_components": [3, 4],  # null in the tiny configs
     "fewshot.train_snr": [0.5],
     "external.image_root": "elsewhere",
     "transfer.cache": "other_cache",

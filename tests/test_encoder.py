@@ -361,3 +361,18 @@ def test_template_probabilities_follow_the_templates_in_order(repo):
     proto = template_prototypes(model, dens, 2, (-50.0, 50.0), ctf)
     np.testing.assert_allclose(p, nearest_prototype(z, proto), atol=1e-6)
     assert p.shape == (5, 2)
+
+
+def test_embed_in_channels_last_order_equals_the_plain_forward_pass():
+    """``embed`` runs the convolutions in channels-last memory order: same embeddings as the
+    model's plain forward pass, and the model's parameters are left in their usual layout."""
+    from tomoclust.features.encoder import embed
+
+    torch.manual_seed(0)
+    model = SubtomoEncoder(TINY).eval()
+    x = np.random.default_rng(0).standard_normal((7, TINY.box, TINY.box, TINY.box))
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.as_tensor(x)[:, None]).numpy()
+    np.testing.assert_allclose(embed(model, x, batch_size=3), ref, atol=1e-5)
+    assert all(p.is_contiguous() for p in model.parameters())
