@@ -373,7 +373,8 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
     consensus_components
         The numbers of principal components the consensus pools its mixtures over (the first
         ``c`` of the same PCA, for every ``c``); ``None`` or empty: ``pca_components`` only.
-        The mixture that labels the particles always uses ``pca_components``.
+        The mixture that labels the particles uses ``pca_components``, or fewer when the
+        particles cannot determine so many (:func:`labelling_components`).
     """
     if k_selection not in ("bic", "consensus"):
         raise ValueError(f"k_selection must be 'bic' or 'consensus', not {k_selection!r}")
@@ -381,16 +382,17 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
         raise ValueError(f"merge_ratio must be in [0, 1] or None, got {merge_ratio}")
     if merge_gap < 1.0:
         raise ValueError(f"merge_gap must be at least 1, got {merge_gap}")
-    dims = sorted({int(c) for c in consensus_components or ()} | {pca_components})
+    consensus = algorithm == "gmm" and not k and k_selection == "consensus"
+    view_dims = sorted({int(c) for c in consensus_components or (pca_components,)})
+    dims = [*view_dims, pca_components] if consensus else [pca_components]
     if min(dims) < 1:
         raise ValueError(f"principal components must be at least 1, got {min(dims)}")
     # one PCA; its first c columns are the c-component reduction (each column scaled alone)
     z_all = reduce_features(features, max(dims), seed)
     z = z_all[:, :pca_components]
     with threadpool_limits(limits=1, user_api="blas"):
-        if algorithm == "gmm" and not k and k_selection == "consensus":
-            views = ([z_all[:, :c] for c in sorted({int(c) for c in consensus_components})]
-                     if consensus_components else [z])
+        if consensus:
+            views = [z_all[:, :c] for c in view_dims]
             k_cons, info = consensus_k(views, k_min, k_max, seed=seed)
             log.info("consensus over %d mixtures (%s principal components): K = %d "
                      "(dendrogram gap %.3f)", info["fits"],
@@ -484,7 +486,7 @@ def consensus_k(z: np.ndarray | Sequence[np.ndarray], k_min: int = 2, k_max: int
     """K by evidence accumulation (consensus over seeds, subsamples, K and representations).
 
     ``z`` is one ``(n, d)`` array or several representations of the same ``n`` points (the
-    workflow passes the first 6, 8, 10, 12 and 16 principal components of the features).
+    workflow passes the first 4, 6, 8, 10, 12 and 16 principal components of the features).
     For each, Gaussian mixtures with every K in ``k_min..k_max`` are fitted ``runs`` times, on
     random subsamples (``subsample`` of the points) with different seeds; for up to
     ``max_points`` points, the fraction of all fits in which two points share a component is
