@@ -58,31 +58,25 @@ def com_offsets(vols: np.ndarray, sigma: float = 1.0, radius: float | None = Non
     return com_offsets_pooled(low, d, radius, iterations, contrast, max_shift)
 
 
-def pool_factor(d: int, sigma: float) -> int:
-    """How much :func:`lowpass_half` decimates a ``d``³ box low-passed by ``sigma``: 2 when ``d``
-    is even and ``sigma`` ≥ 1 (the Gaussian has taken the top half of the band by then), else
-    1."""
-    return 2 if d % 2 == 0 and sigma >= 1 else 1
-
-
 def lowpass_half(spec, d: int, sigma: float, xp):
     """The low-passed boxes :func:`com_offsets` works on, from their half spectra ``spec``
-    (``rfftn`` of ``(n, d, d, d)`` boxes; ``xp`` is ``numpy`` or ``torch``): Gaussian of
-    ``sigma`` voxels, and, when :func:`pool_factor` is 2, the band cropped to the lowest
+    (``rfftn`` of ``(n, d, d, d)`` boxes; ``xp`` is ``numpy`` or ``torch``, on ``spec``'s
+    device): Gaussian of ``sigma`` voxels, and, when ``d`` is even and ``sigma`` ≥ 1 (the
+    Gaussian has taken the top half of the band by then), the band cropped to the lowest
     ``d/2`` frequencies per axis, so the box comes back at ``(d/2)``³, its sample ``j`` at voxel
     ``2j`` of the original (the scale of the values changes; a centre of mass does not care).
     The Gaussian is separable: one factor per axis."""
-    b = pool_factor(d, sigma)
-    m = d // b
-    k = xp.asarray(np.r_[0:(m + 1) // 2, d - m // 2:d]) if b > 1 else None
-    f = np.fft.fftfreq(d)
-    gz = np.exp(-2 * (np.pi * sigma * f) ** 2).astype(np.float32)
-    gx = gz[:d // 2 + 1].copy()
-    gx[-1] = np.exp(-2 * (np.pi * sigma * 0.5) ** 2)
-    if b > 1:
+    m = d // 2 if d % 2 == 0 and sigma >= 1 else d
+    gz = np.exp(-2 * (np.pi * sigma * np.fft.fftfreq(d)) ** 2).astype(np.float32)
+    gx = np.exp(-2 * (np.pi * sigma * np.fft.rfftfreq(d)) ** 2).astype(np.float32)
+    if m < d:
+        k = np.r_[0:(m + 1) // 2, d - m // 2:d]
+        gz, gx = gz[k], gx[:m // 2 + 1]
+        if xp is not np:
+            k = xp.as_tensor(k, device=spec.device)
         spec = spec[:, k][:, :, k][..., :m // 2 + 1]
-        gz, gx = gz[np.asarray(k)], gx[:m // 2 + 1]
-    gz, gx = xp.asarray(gz), xp.asarray(gx)
+    if xp is not np:
+        gz, gx = (xp.as_tensor(g, device=spec.device) for g in (gz, gx))
     spec = spec * (gz[:, None, None] * gz[None, :, None] * gx[None, None, :])
     if xp is np:
         return np.fft.irfftn(spec, s=(m, m, m), axes=(-3, -2, -1)).astype(np.float32)
