@@ -24,7 +24,8 @@ def main(smk) -> None:
     t0 = time.time()
     feats = invariant_features(stack, cfg["l_max"], cfg["lowpass_vox"], radial=cfg["radial"],
                                spectrum_components=cfg["spectrum_components"], device=device,
-                               centring=cfg["centring"])
+                               centring=cfg["centring"],
+                               noise_whitening=cfg["noise_whitening"])
     dt = time.time() - t0
     log.info("%d particles -> %d invariant features in %.1f s (%.0f/s) on %s", len(df),
              feats.shape[1], dt, len(df) / max(dt, 1e-9), device)

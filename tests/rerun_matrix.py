@@ -58,6 +58,7 @@ ALTERNATIVES = {
     "clustering.k": 3,
     "fewshot.class_names": {1: "first"},
     "clustering.consensus_components": [3, 4],  # null in the tiny configs
+    "invariant.noise_whitening": "none",
     "fewshot.train_snr": [0.5],
     "external.image_root": "elsewhere",
     "transfer.cache": "other_cache",

@@ -14,6 +14,8 @@ from tomoclust.features.invariant import (
     fibonacci_sphere,
     gaussian_blur,
     invariant_features,
+    noise_fraction,
+    phase_randomised,
     principal_components,
     radial_profile,
     real_sph_harm,
@@ -229,3 +231,69 @@ def test_centred_features_equal_descriptors_of_recentred_boxes(rng, radial, comp
     np.testing.assert_allclose(radii, radial_profile(moved), atol=1e-5)
     spec1, _, _ = centred_descriptors(stack, 3, 1.0, batch_size=64)
     np.testing.assert_allclose(spec1, spec, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+# ---------------------------------------------------------------- noise-fraction whitening
+@pytest.mark.parametrize("device", DEVICES)
+def test_phase_randomised_keeps_amplitudes_and_destroys_structure(device, rng):
+    vol = np.zeros((2, 16, 16, 16), np.float32)
+    vol[:, 4:12, 6:10, 5:11] = 1.0
+    vol += 0.1 * rng.standard_normal(vol.shape).astype(np.float32)
+    out = phase_randomised(vol, seed=3, device=device)
+    assert out.dtype == np.float32 and out.shape == vol.shape
+    amp_in = np.abs(np.fft.rfftn(vol, axes=(1, 2, 3)))
+    amp_out = np.abs(np.fft.rfftn(out, axes=(1, 2, 3)))
+    np.testing.assert_allclose(amp_out, amp_in, rtol=1e-3, atol=1e-3)
+    # the box no longer sits where it was: correlation with the original is small
+    for a, b in zip(vol, out):
+        a0, b0 = a - a.mean(), b - b.mean()
+        assert abs((a0 * b0).sum() / np.sqrt((a0**2).sum() * (b0**2).sum())) < 0.2
+    np.testing.assert_array_equal(out, phase_randomised(vol, seed=3, device=device))
+    assert not np.allclose(out, phase_randomised(vol, seed=4, device=device))
+
+
+def test_noise_fraction_finds_a_weak_class_direction_that_pca_ranks_low(rng):
+    """Two classes differ in one column; noise shared by four others makes the direction
+    of largest (standardised) variance. PCA's first axis is noise; the noise-fraction projection's first
+    principal component (what the clustering sees) separates the classes."""
+    from tomoclust.cluster import reduce_features
+
+    n, d = 2000, 12
+    labels = rng.integers(0, 2, n)
+    shared = np.zeros(d)
+    shared[:4] = 3.0  # noise common to the first four columns: PCA's first axis
+
+    def noise(m):
+        return rng.standard_normal((m, d)) + rng.standard_normal((m, 1)) * shared
+
+    null = noise(3000)
+    signal = np.zeros((n, d))
+    signal[:, 5] = 2.0 * labels  # the classes: 2 noise s.d. apart in column 5
+    feats = (signal + noise(n)).astype(np.float32)
+    out, lam = noise_fraction(feats, null, n_components=8, shrinkage=0.1)
+    assert out.shape == (n, 8) and out.dtype == np.float32
+    assert np.all(np.diff(lam) <= 1e-9)
+    var = out.var(axis=0)
+    np.testing.assert_allclose(var, var.mean(), rtol=1e-4)  # standardisation changes nothing
+
+    def separation(z):
+        return abs(z[labels == 1].mean() - z[labels == 0].mean()) / z.std()
+
+    pca_first = reduce_features(feats, 1)[:, 0]
+    nf_first = reduce_features(out, 1)[:, 0]
+    assert separation(pca_first) < 0.3
+    assert separation(nf_first) > 1.25  # the best possible: 2 / sqrt(2) = 1.41
+    # the class direction's ratio: total variance 1 + 1 (class) over noise 1, i.e. 2, less
+    # the shrinkage (noise + 0.1 × the null's mean eigenvalue, here ≈ 2: about 1.67)
+    assert 1.5 < lam[0] < 2.0
+    assert lam[1] < 1.2  # every other direction is noise alone
+
+
+def test_noise_whitened_invariant_features(rng):
+    stack = rng.standard_normal((64, 16, 16, 16)).astype(np.float32)
+    out = invariant_features(stack, 2, 1.0, noise_whitening="phase", seed=1)
+    assert out.shape == (64, 16)  # a quarter of the particles, rounded down to a power of 2
+    np.testing.assert_array_equal(out, invariant_features(stack, 2, 1.0,
+                                                          noise_whitening="phase", seed=1))
+    with pytest.raises(ValueError, match="noise_whitening"):
+        invariant_features(stack, 2, 1.0, noise_whitening="white")

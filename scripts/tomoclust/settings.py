@@ -323,6 +323,7 @@ class InvariantSettings(_Section):
     radial: bool = reads(False, "features_invariant")
     spectrum_components: int | None = reads(None, "features_invariant")
     centring: str = reads("com", "features_invariant")
+    noise_whitening: str = reads("phase", "features_invariant")
 
 
 _AE = ("features_autoencoder",)

@@ -244,9 +244,83 @@ def centred_descriptors(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float 
     return spec, radii, offsets
 
 
+#: boxes whose phase-randomised copies estimate the features' noise covariance
+NULL_BOXES = 4000
+#: the noise covariance is shrunk towards this fraction of its mean eigenvalue times identity
+NOISE_SHRINKAGE = 0.1
+#: most noise-fraction components kept (a power of two: see :func:`noise_fraction`)
+NOISE_COMPONENTS = 32
+
+
+def phase_randomised(stack: np.ndarray, seed: int = 0, device: str = "cpu",
+                     batch_size: int = 256) -> np.ndarray:
+    """Copies of the boxes with the same Fourier amplitudes and random phases (the phases of
+    white Gaussian noise, so the result is real): the boxes' power spectra without their
+    structure, i.e. what noise of that spectrum looks like to the descriptors."""
+    from .train import batches, to_tensor
+
+    rng = np.random.default_rng(seed)
+    out = np.empty(stack.shape, dtype=np.float32)
+    dims = (-3, -2, -1)
+    with torch.inference_mode():
+        for idx in batches(len(stack), batch_size):
+            f = torch.fft.rfftn(to_tensor(stack, idx, device), dim=dims)
+            w = torch.fft.rfftn(torch.as_tensor(
+                rng.standard_normal((len(idx), *stack.shape[1:]), dtype=np.float32),
+                device=device), dim=dims)
+            f = f * (w / w.abs().clamp_min(1e-12))
+            out[idx] = torch.fft.irfftn(f, s=stack.shape[1:], dim=dims).cpu().numpy()
+    return out
+
+
+def noise_fraction(features: np.ndarray, null: np.ndarray,
+                   n_components: int = NOISE_COMPONENTS,
+                   shrinkage: float = NOISE_SHRINKAGE) -> tuple[np.ndarray, np.ndarray]:
+    """Project features on the directions where they vary most *relative to noise*.
+
+    ``null`` holds the same descriptors of structureless boxes (:func:`phase_randomised`).
+    The features are standardised, reduced to their leading ``P`` principal components (``P``
+    the largest power of two ≤ ``n_components``, the feature count and a quarter of the
+    particles), and the generalised eigenproblem ``C w = λ N w`` is solved, with ``C`` the
+    features' covariance and ``N`` the null's, shrunk towards ``shrinkage`` × its mean
+    eigenvalue × identity (so directions the null barely spans are not blown up). ``λ`` is
+    each direction's variance in units of noise variance (the maximum noise fraction
+    transform of remote sensing): at low SNR the classes live in the few directions of large
+    ``λ``, which plain PCA, ranking by total variance, mixes with noisy ones.
+
+    The ``P`` projections (variance ``λ_i``, uncorrelated) are returned rotated by the
+    orthonormal Hadamard matrix, which gives every column the same variance (the mean ``λ``)
+    while keeping the covariance's eigenvectors and eigenvalues: the clustering's
+    per-column standardisation then changes nothing, and its PCA recovers the projections in
+    order of ``λ``. Returns ``(features (n, P) float32, λ descending)``.
+    """
+    from scipy.linalg import eigh, hadamard
+
+    x = np.asarray(features, dtype=np.float64)
+    x0 = np.asarray(null, dtype=np.float64)
+    n, d = x.shape
+    limit = min(n_components, d, max(n // 4, 2))
+    p = 1 << (int(limit).bit_length() - 1)
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    x, x0 = (x - mu) / sd, (x0 - mu) / sd
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    y, y0 = x @ vt[:p].T, x0 @ vt[:p].T
+    c = np.atleast_2d(np.cov(y, rowvar=False))
+    nc = np.atleast_2d(np.cov(y0, rowvar=False))
+    nc += shrinkage * max(np.trace(nc) / p, 1e-12) * np.eye(p)
+    lam, w = eigh(c, nc)
+    order = np.argsort(lam)[::-1]
+    lam, w = lam[order], w[:, order]
+    z = y @ w
+    z -= z.mean(0)
+    return (z @ (hadamard(p) / np.sqrt(p))).astype(np.float32), lam
+
+
 def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 1.0,
                        radial: bool = False, spectrum_components: int | None = None,
-                       device: str = "cpu", centring: str = "none") -> np.ndarray:
+                       device: str = "cpu", centring: str = "none",
+                       noise_whitening: str = "none", seed: int = 0) -> np.ndarray:
     """The ``invariant`` method's features: the shell spectra (:func:`shell_spectra`), optionally
     reduced to their first ``spectrum_components`` principal components, and optionally
     preceded by the linear radial profile (:func:`radial_profile`, when ``radial``). The
@@ -265,7 +339,23 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     is expanded about the box centre: ``"com"`` box by box in one pass
     (:func:`centred_descriptors`, bounded memory), ``"align"`` to the rotational average of all
     boxes (:func:`tomoclust.features.centring.recentre`, which needs them all).
+
+    ``noise_whitening="phase"`` returns, instead, the :func:`noise_fraction` projection of
+    those features: the noise covariance comes from the same features of phase-randomised
+    copies (:func:`phase_randomised`, ``seed``) of up to :data:`NULL_BOXES` boxes. On the
+    robustness suite's off-centred, similar-sized classes at SNR 0.1 this takes the accuracy
+    with the true K from about 0.65 to 0.85 (benchmarks/RESULTS.md, "Robustness").
     """
+    if noise_whitening not in ("none", "phase"):
+        raise ValueError(f"noise_whitening must be 'none' or 'phase', not {noise_whitening!r}")
+    if noise_whitening == "phase":
+        feats = invariant_features(stack, l_max, lowpass_sigma, radial, spectrum_components,
+                                   device, centring)
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(len(stack), min(len(stack), NULL_BOXES), replace=False))
+        null = invariant_features(phase_randomised(stack[pick], seed, device), l_max,
+                                  lowpass_sigma, radial, spectrum_components, device, centring)
+        return noise_fraction(feats, null)[0]
     if centring == "com":
         spec, radii, _ = centred_descriptors(stack, l_max, lowpass_sigma, radial, device)
     else:
