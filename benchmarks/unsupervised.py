@@ -62,7 +62,8 @@ def features_for(method: str, stack: np.ndarray, seed: int, device: str, args) -
     if method == "invariant":
         return invariant_features(stack, 6, 1.0, radial=args.radial,
                                   spectrum_components=args.invariant_components or None,
-                                  device=device, centring=args.centring)
+                                  device=device, centring=args.centring,
+                                  noise_whitening=args.noise_whitening, seed=seed)
     if method == "disca":
         p = DiscaSettings(preset=args.disca_preset, iterations=args.disca_iterations, k_max=10,
                         seed=seed, invariant_radial=args.radial,
@@ -81,6 +82,8 @@ def method_tag(method: str, args) -> str:
     tag = {k: getattr(args, k) for k in keys} | {"variant": args.variant}
     if method == "invariant" and args.centring != "none":
         tag |= {"centring": args.centring}
+    if method == "invariant" and args.noise_whitening != "none":
+        tag |= {"noise_whitening": args.noise_whitening}
     if method in ("invariant", "disca") and (args.radial or args.invariant_components):
         # only when not the default descriptor, so that earlier caches keep their keys
         tag |= {"radial": args.radial, "invariant_components": args.invariant_components}
@@ -93,7 +96,9 @@ MODES = {"fixed": "K=5", "auto": "auto K, BIC", "merged": "auto K, BIC + merge",
 
 
 def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
-                merge_ratio: float, merge_gap: float, consensus: bool = False) -> None:
+                merge_ratio: float, merge_gap: float, consensus: bool = False,
+                consensus_components: list[int] | None = None, pca_components: int = 8
+                ) -> None:
     """Fill ``out["fixed"]`` (GMM, K = 5), ``out["auto"]`` (lowest BIC over 2..10, one class
     per component) and ``out["merged"]`` (the same mixture, touching components merged when
     the mixture has a two-level structure), as :func:`tomoclust.cluster.cluster_features`
@@ -119,7 +124,8 @@ def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
     if consensus:
         t0 = time.perf_counter()
         c = cluster_features(feats, "gmm", seed=seed, stability_seeds=0,
-                             k_selection="consensus")
+                             k_selection="consensus", pca_components=pca_components,
+                             consensus_components=consensus_components or None)
         out["consensus"] = {**clustering_metrics(truth, c.labels), "k": c.k,
                             "seconds_clustering": time.perf_counter() - t0}
 
@@ -140,7 +146,9 @@ def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device
            "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     cluster_run(out, feats, truth, seed, args.merge_ratio, args.merge_gap,
-                consensus=args.k_selection == "consensus")
+                consensus=args.k_selection == "consensus",
+                consensus_components=args.consensus_components,
+                pca_components=args.pca_components)
     log(f"{method} SNR {snr} seed {seed}: fixed acc {out['fixed']['accuracy']:.3f}, "
         f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f}, merged K="
         f"{out['merged']['k']} acc {out['merged']['accuracy']:.3f} ({t_feat:.0f} s wall, "
@@ -309,6 +317,13 @@ def main() -> None:
                     help="invariant: re-centre every box first (the workflow default is com)")
     ap.add_argument("--k-selection", default="bic", choices=["bic", "consensus"],
                     help="consensus: also the consensus choice of K (the workflow default)")
+    ap.add_argument("--noise-whitening", default="none", choices=["none", "phase"],
+                    help="invariant: noise-fraction whitening (the workflow default is phase)")
+    ap.add_argument("--pca-components", type=int, default=8,
+                    help="consensus mode: the labelling mixture's principal components")
+    ap.add_argument("--consensus-components", nargs="*", type=int, default=[],
+                    help="consensus mode: the principal components it pools (none: "
+                         "--pca-components); the workflow's are in config.yaml")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--variant", default="",
                     help="free text naming a code variant; part of the feature cache key")

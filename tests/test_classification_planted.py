@@ -43,7 +43,7 @@ def _classify(repo, stack: np.ndarray):
     cl = _defaults(repo, "clustering")
     feats = invariant_features(stack, inv["l_max"], inv["lowpass_vox"], radial=inv["radial"],
                                spectrum_components=inv["spectrum_components"],
-                               centring=inv["centring"])
+                               centring=inv["centring"], noise_whitening=inv["noise_whitening"])
     return cluster_features(feats, cl["algorithm"], k=cl["k"], k_min=cl["k_min"],
                             k_max=cl["k_max"], pca_components=cl["pca_components"],
                             n_init=cl["n_init"], seed=0, stability_seeds=0,

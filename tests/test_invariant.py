@@ -289,8 +289,15 @@ def test_noise_fraction_finds_a_weak_class_direction_that_pca_ranks_low(rng):
     assert lam[1] < 1.2  # every other direction is noise alone
 
 
-def test_noise_whitened_invariant_features(rng):
+def test_noise_whitened_invariant_features(rng, monkeypatch):
+    import tomoclust.features.invariant as inv
+
     stack = rng.standard_normal((64, 16, 16, 16)).astype(np.float32)
+    plain = invariant_features(stack, 2, 1.0)
+    # fewer particles than the whitening needs: the shell spectra as they are
+    np.testing.assert_array_equal(invariant_features(stack, 2, 1.0, noise_whitening="phase"),
+                                  plain)
+    monkeypatch.setattr(inv, "NOISE_MIN_PARTICLES", 32)
     out = invariant_features(stack, 2, 1.0, noise_whitening="phase", seed=1)
     assert out.shape == (64, 16)  # a quarter of the particles, rounded down to a power of 2
     np.testing.assert_array_equal(out, invariant_features(stack, 2, 1.0,

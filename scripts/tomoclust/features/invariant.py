@@ -11,10 +11,14 @@ fixed while the particle turns). It does depend on centring.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import sph_harm_y
+
+log = logging.getLogger(__name__)
 
 
 def fibonacci_sphere(n: int) -> np.ndarray:
@@ -250,6 +254,10 @@ NULL_BOXES = 4000
 NOISE_SHRINKAGE = 0.1
 #: most noise-fraction components kept (a power of two: see :func:`noise_fraction`)
 NOISE_COMPONENTS = 32
+#: fewer particles than this are not whitened: two 32×32 covariances (528 free entries
+#: each) are then too noisy, and on a few hundred particles the whitening loses
+#: (benchmarks/RESULTS.md, "Robustness")
+NOISE_MIN_PARTICLES = 1000
 
 
 def phase_randomised(stack: np.ndarray, seed: int = 0, device: str = "cpu",
@@ -342,7 +350,8 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
 
     ``noise_whitening="phase"`` returns, instead, the :func:`noise_fraction` projection of
     those features: the noise covariance comes from the same features of phase-randomised
-    copies (:func:`phase_randomised`, ``seed``) of up to :data:`NULL_BOXES` boxes. On the
+    copies (:func:`phase_randomised`, ``seed``) of up to :data:`NULL_BOXES` boxes; with fewer
+    than :data:`NOISE_MIN_PARTICLES` particles the features are returned unwhitened. On the
     robustness suite's off-centred, similar-sized classes at SNR 0.1 this takes the accuracy
     with the true K from about 0.65 to 0.85 (benchmarks/RESULTS.md, "Robustness").
     """
@@ -351,6 +360,10 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     if noise_whitening == "phase":
         feats = invariant_features(stack, l_max, lowpass_sigma, radial, spectrum_components,
                                    device, centring)
+        if len(stack) < NOISE_MIN_PARTICLES:
+            log.info("noise whitening skipped: %d particles, fewer than the %d it needs; the "
+                     "shell spectra are used as they are", len(stack), NOISE_MIN_PARTICLES)
+            return feats
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(stack), min(len(stack), NULL_BOXES), replace=False))
         null = invariant_features(phase_randomised(stack[pick], seed, device), l_max,
