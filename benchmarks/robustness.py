@@ -11,7 +11,12 @@ complexes; the demo's five very different ones) and several SNRs, on ``--seeds``
 * **floor**: PCA (on raw voxels) + k-means with the true K;
 * **ceiling**: a small supervised 3-D CNN trained with labels on separate data of the same
   condition (for the ``peng`` condition: trained on the other density generator, tested on
-  this one).
+  this one), and logistic regression on the shell spectra of that training set;
+* **other whitening**: the default with ``invariant.noise_whitening`` switched (phase <->
+  none), automatic K and K given.
+
+The default method's settings (centring, whitening, low-pass, clustering) are read from the
+workflow's config.yaml; the command-line options override them.
 
 Accuracy after Hungarian matching over the boxes that hold a particle (false picks are
 excluded from the accuracy but take part in the clustering). The default's accuracy is printed

@@ -254,8 +254,9 @@ def test_phase_randomised_keeps_amplitudes_and_destroys_structure(device, rng):
 
 def test_noise_fraction_finds_a_weak_class_direction_that_pca_ranks_low(rng):
     """Two classes differ in one column; noise shared by four others makes the direction
-    of largest (standardised) variance. PCA's first axis is noise; the noise-fraction projection's first
-    principal component (what the clustering sees) separates the classes."""
+    of largest (standardised) variance. PCA's first axis is noise; the noise-fraction
+    projection's first principal component (what the clustering sees) separates the
+    classes."""
     from tomoclust.cluster import reduce_features
 
     n, d = 2000, 12
