@@ -305,3 +305,38 @@ def test_noise_whitened_invariant_features(rng, monkeypatch):
                                                           noise_whitening="phase", seed=1))
     with pytest.raises(ValueError, match="noise_whitening"):
         invariant_features(stack, 2, 1.0, noise_whitening="white")
+
+
+def test_principal_components_also_applies_the_same_transform(rng):
+    x = rng.standard_normal((200, 6)) * np.arange(1, 7)
+    scores, again = principal_components(x, 3, also=x[:50])
+    np.testing.assert_allclose(again, scores[:50], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(scores, principal_components(x, 3))
+
+
+def test_noise_whitening_with_reduced_spectra_puts_the_null_through_the_data_axes(
+        rng, monkeypatch):
+    """With spectrum_components, the phase-randomised boxes' spectra are projected on the
+    data's principal axes (a PCA of their own would give unrelated columns)."""
+    import tomoclust.features.invariant as inv
+
+    monkeypatch.setattr(inv, "NOISE_MIN_PARTICLES", 32)
+    seen = {}
+    real = inv.noise_fraction
+
+    def spy(feats, null, *a, **k):
+        seen["feats"], seen["null"] = feats, null
+        return real(feats, null, *a, **k)
+
+    monkeypatch.setattr(inv, "noise_fraction", spy)
+    stack = rng.standard_normal((64, 16, 16, 16)).astype(np.float32)
+    invariant_features(stack, 2, 1.0, radial=True, spectrum_components=4,
+                       noise_whitening="phase", seed=2)
+    full = invariant_features(stack, 2, 1.0, radial=True)
+    null_full = invariant_features(inv.phase_randomised(stack, 2), 2, 1.0, radial=True)
+    r = 16 // 2 + 1
+    spec, null_spec = principal_components(full[:, r:], 4, also=null_full[:, r:])
+    np.testing.assert_allclose(seen["feats"], np.concatenate([full[:, :r], spec], 1),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(seen["null"], np.concatenate([null_full[:, :r], null_spec], 1),
+                               rtol=1e-4, atol=1e-4)

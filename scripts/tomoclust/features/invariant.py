@@ -162,7 +162,8 @@ def radial_profile(stack: np.ndarray, device: str = "cpu", batch_size: int = 256
     return out
 
 
-def principal_components(x: np.ndarray, n_components: int) -> np.ndarray:
+def principal_components(x: np.ndarray, n_components: int, also: np.ndarray | None = None
+                         ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Scores of the first ``n_components`` principal components of the column-standardised
     ``x`` (columns of zero variance are only centred), each score column scaled to unit variance.
 
@@ -171,6 +172,9 @@ def principal_components(x: np.ndarray, n_components: int) -> np.ndarray:
     Unlike :func:`tomoclust.cluster.reduce_features` (scikit-learn's PCA, which switches to a
     randomized solver for large inputs) the components are exact; the benchmark figures of the
     radial descriptor were measured with these.
+
+    ``also``: more rows put through the same transform (``x``'s means, deviations, axes and
+    score scales); then ``(scores of x, scores of also)`` is returned.
     """
     x = np.asarray(x, dtype=np.float64)
     n, p = x.shape
@@ -184,8 +188,12 @@ def principal_components(x: np.ndarray, n_components: int) -> np.ndarray:
     vecs = evecs[:, order]
     vecs *= np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(m)])
     scores = xs @ vecs
-    sc = scores.std(axis=0)
-    return (scores / np.where(sc > 0, sc, 1.0)).astype(np.float32)
+    sc = np.where((sc := scores.std(axis=0)) > 0, sc, 1.0)
+    out = (scores / sc).astype(np.float32)
+    if also is None:
+        return out
+    ys = (np.asarray(also, dtype=np.float64) - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return out, (ys @ vecs / sc).astype(np.float32)
 
 
 def _separable(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -358,16 +366,26 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     if noise_whitening not in ("none", "phase"):
         raise ValueError(f"noise_whitening must be 'none' or 'phase', not {noise_whitening!r}")
     if noise_whitening == "phase":
-        feats = invariant_features(stack, l_max, lowpass_sigma, radial, spectrum_components,
-                                   device, centring)
-        if len(stack) < NOISE_MIN_PARTICLES:
+        # both unreduced first: the null must go through the data's own principal axes
+        feats = invariant_features(stack, l_max, lowpass_sigma, radial, None, device, centring)
+        r = stack.shape[-1] // 2 + 1 if radial else 0
+        null = None
+        if len(stack) >= NOISE_MIN_PARTICLES:
+            rng = np.random.default_rng(seed)
+            pick = np.sort(rng.choice(len(stack), min(len(stack), NULL_BOXES), replace=False))
+            null = invariant_features(phase_randomised(stack[pick], seed, device), l_max,
+                                      lowpass_sigma, radial, None, device, centring)
+        if spectrum_components is not None:
+            red = principal_components(feats[:, r:], spectrum_components,
+                                       also=None if null is None else null[:, r:])
+            spec, null_spec = red if null is not None else (red, None)
+            feats = np.concatenate([feats[:, :r], spec], axis=1)
+            if null is not None:
+                null = np.concatenate([null[:, :r], null_spec], axis=1)
+        if null is None:
             log.info("noise whitening skipped: %d particles, fewer than the %d it needs; the "
                      "shell spectra are used as they are", len(stack), NOISE_MIN_PARTICLES)
             return feats
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(len(stack), min(len(stack), NULL_BOXES), replace=False))
-        null = invariant_features(phase_randomised(stack[pick], seed, device), l_max,
-                                  lowpass_sigma, radial, spectrum_components, device, centring)
         return noise_fraction(feats, null)[0]
     if centring == "com":
         spec, radii, _ = centred_descriptors(stack, l_max, lowpass_sigma, radial, device)
