@@ -211,8 +211,9 @@ def run_cell(classes: str, condition: str, seed: int, args, only_k: bool = False
                                                             1e-9)
         # a second supervised reference: logistic regression on the shell spectra (centred,
         # not whitened) of the same training set: what labels get out of these features
+        plain = feats_o if other == "none" else feats  # the unwhitened features of the set
         pred = supervised_features(default_features(tx[ty >= 0], args, "none"), ty[ty >= 0],
-                                   default_features(stack[ok], args, "none"))
+                                   plain[ok])
         out["supervised_features"] = {"accuracy": float(np.mean(pred == lab[ok]))}
     out["load_end"] = os.getloadavg()[0]
     msg = (f"{classes} {condition} seed {seed}: default auto K={auto.k} acc "

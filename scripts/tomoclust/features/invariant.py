@@ -181,19 +181,24 @@ def principal_components(x: np.ndarray, n_components: int, also: np.ndarray | No
     m = int(min(n_components, n - 1, p))
     if m < 1:
         raise ValueError(f"principal_components needs at least 2 rows, got {n}")
-    sd = x.std(axis=0)
-    xs = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    mean, sd = x.mean(axis=0), x.std(axis=0)
+    sd[sd == 0] = 1.0
+
+    def standardise(a: np.ndarray) -> np.ndarray:
+        return (np.asarray(a, dtype=np.float64) - mean) / sd
+
+    xs = standardise(x)
     evals, evecs = np.linalg.eigh(xs.T @ xs / n)
     order = np.argsort(evals)[::-1][:m]
     vecs = evecs[:, order]
     vecs *= np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(m)])
     scores = xs @ vecs
-    sc = np.where((sc := scores.std(axis=0)) > 0, sc, 1.0)
+    sc = scores.std(axis=0)
+    sc[sc == 0] = 1.0
     out = (scores / sc).astype(np.float32)
     if also is None:
         return out
-    ys = (np.asarray(also, dtype=np.float64) - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return out, (ys @ vecs / sc).astype(np.float32)
+    return out, (standardise(also) @ vecs / sc).astype(np.float32)
 
 
 def _separable(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
