@@ -69,11 +69,15 @@ def default_features(stack: np.ndarray, args, noise_whitening: str | None = None
                               noise_whitening=noise_whitening or args.noise_whitening)
 
 
-def default_cluster(feats: np.ndarray, k: int | None, seed: int, args):
+def default_cluster(feats: np.ndarray, k: int | None, seed: int, args,
+                    unwhitened: np.ndarray | None = None):
+    """The workflow's clustering; ``unwhitened``: the features before noise whitening, which
+    the consensus pools when ``--consensus-unwhitened``."""
     return cluster_features(feats, "gmm", k=k, k_min=2, k_max=10,
                             pca_components=args.pca_components, seed=seed, stability_seeds=0,
                             merge_ratio=args.merge_ratio, k_selection=args.k_selection,
-                            consensus_components=args.consensus_components or None)
+                            consensus_components=args.consensus_components or None,
+                            consensus_also=unwhitened if args.consensus_unwhitened else None)
 
 
 def config_section(name: str) -> dict:
@@ -166,14 +170,20 @@ def run_cell(classes: str, condition: str, seed: int, args, only_k: bool = False
     t0 = time.perf_counter()
     feats = default_features(stack, args)
     out["seconds_features"] = time.perf_counter() - t0
+    # the other noise whitening (phase <-> none): with phase, the features before whitening
+    other = "none" if args.noise_whitening == "phase" else "phase"
+    feats_o = default_features(stack, args, other)
+    plain = feats_o if other == "none" else None
     t0 = time.perf_counter()
-    auto = default_cluster(feats, None, seed, args)
+    auto = default_cluster(feats, None, seed, args, unwhitened=plain)
     out["default_auto"] = {**clustering_metrics(lab[ok], auto.labels[ok]), "k": auto.k,
                            "k_components": auto.k_components,
                            "seconds": time.perf_counter() - t0}
-    # the same with the other noise whitening (phase <-> none)
-    other = "none" if args.noise_whitening == "phase" else "phase"
-    feats_o = default_features(stack, args, other)
+    if plain is not None and args.consensus_unwhitened:
+        # the consensus on the whitened features alone
+        alone = default_cluster(feats, None, seed, args)
+        out["whitened_only"] = {**clustering_metrics(lab[ok], alone.labels[ok]),
+                                "k": alone.k}
     auto_o = default_cluster(feats_o, None, seed, args)
     out["other_whitening"] = {"noise_whitening": other,
                               **clustering_metrics(lab[ok], auto_o.labels[ok]), "k": auto_o.k}
@@ -211,9 +221,9 @@ def run_cell(classes: str, condition: str, seed: int, args, only_k: bool = False
                                                             1e-9)
         # a second supervised reference: logistic regression on the shell spectra (centred,
         # not whitened) of the same training set: what labels get out of these features
-        plain = feats_o if other == "none" else feats  # the unwhitened features of the set
+        unwh = feats_o if other == "none" else feats  # the unwhitened features of the set
         pred = supervised_features(default_features(tx[ty >= 0], args, "none"), ty[ty >= 0],
-                                   plain[ok])
+                                   unwh[ok])
         out["supervised_features"] = {"accuracy": float(np.mean(pred == lab[ok]))}
     out["load_end"] = os.getloadavg()[0]
     msg = (f"{classes} {condition} seed {seed}: default auto K={auto.k} acc "
@@ -247,7 +257,8 @@ def render(payload: dict) -> str:
           "regression on the (centred, not whitened) shell spectra, trained with labels on "
           "the same separate set as the CNN. *other whitening*: the default with "
           f"`invariant.noise_whitening` {payload['args'].get('noise_whitening')!r} switched "
-          "(phase <-> none).\n"]
+          "(phase <-> none). *whitened only*: the default's consensus K without the "
+          "features before whitening pooled in (`clustering.consensus_unwhitened` false).\n"]
     cells = []
     for r in runs:
         key = (r["classes"], r["condition"])
@@ -255,7 +266,8 @@ def render(payload: dict) -> str:
             cells.append(key)
     header = ["classes", "condition", "seeds", "default, auto K", "K found", "ratio to ceiling",
               "default, true K", "PCA + k-means (true K)", "supervised CNN (ceiling)",
-              "supervised, on the features", "other whitening, auto K", "K (other)",
+              "supervised, on the features", "whitened only, auto K", "K (whitened only)",
+              "other whitening, auto K", "K (other)",
               "other whitening, true K", "same features, BIC + merge", "K (BIC + merge)",
               "previous default, auto K", "K (previous)"]
     rows = []
@@ -272,6 +284,9 @@ def render(payload: dict) -> str:
                     _opt(full, "supervised_features")]
         else:
             row += ["–"] * 5
+        row += [_opt(rs, "whitened_only"),
+                ",".join(str(r["whitened_only"]["k"]) for r in rs if "whitened_only" in r)
+                or "–"]
         row += [_opt(rs, "other_whitening"),
                 ",".join(str(r["other_whitening"]["k"]) for r in rs if "other_whitening" in r)
                 or "–", _opt(full, "other_whitening_fixed")]
@@ -304,6 +319,10 @@ def main() -> None:
     ap.add_argument("--consensus-components", nargs="*", type=int,
                     default=clu.get("consensus_components") or [],
                     help="principal components the consensus pools (none: --pca-components)")
+    ap.add_argument("--consensus-unwhitened", action=argparse.BooleanOptionalAction,
+                    default=clu.get("consensus_unwhitened", False),
+                    help="with noise whitening, the consensus also pools the features before "
+                         "whitening")
     ap.add_argument("--merge-ratio", type=float, default=clu["merge_ratio"])
     ap.add_argument("--k-selection", default=clu["k_selection"], help="bic | consensus")
     ap.add_argument("--cnn-epochs", type=int, default=8)

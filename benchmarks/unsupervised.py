@@ -97,8 +97,8 @@ MODES = {"fixed": "K=5", "auto": "auto K, BIC", "merged": "auto K, BIC + merge",
 
 def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
                 merge_ratio: float, merge_gap: float, consensus: bool = False,
-                consensus_components: list[int] | None = None, pca_components: int = 8
-                ) -> None:
+                consensus_components: list[int] | None = None, pca_components: int = 8,
+                consensus_also: np.ndarray | None = None) -> None:
     """Fill ``out["fixed"]`` (GMM, K = 5), ``out["auto"]`` (lowest BIC over 2..10, one class
     per component) and ``out["merged"]`` (the same mixture, touching components merged when
     the mixture has a two-level structure), as :func:`tomoclust.cluster.cluster_features`
@@ -125,7 +125,8 @@ def cluster_run(out: dict, feats: np.ndarray, truth: np.ndarray, seed: int,
         t0 = time.perf_counter()
         c = cluster_features(feats, "gmm", seed=seed, stability_seeds=0,
                              k_selection="consensus", pca_components=pca_components,
-                             consensus_components=consensus_components or None)
+                             consensus_components=consensus_components or None,
+                             consensus_also=consensus_also)
         out["consensus"] = {**clustering_metrics(truth, c.labels), "k": c.k,
                             "seconds_clustering": time.perf_counter() - t0}
 
@@ -145,10 +146,16 @@ def run_one(method: str, snr: float, seed: int, data, t_sim: float, args, device
            "cpu_seconds_features": c_feat,  # all threads of this process; less load-dependent
            "load_average_start": list(load0), "load_average_end": list(os.getloadavg()),
            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    also = None
+    if (method == "invariant" and args.noise_whitening != "none"
+            and args.k_selection == "consensus" and args.consensus_unwhitened):
+        also = features_for(method, data.stack, seed, device,
+                            argparse.Namespace(**{**vars(args), "noise_whitening": "none"}))
+        out["consensus_unwhitened"] = True
     cluster_run(out, feats, truth, seed, args.merge_ratio, args.merge_gap,
                 consensus=args.k_selection == "consensus",
                 consensus_components=args.consensus_components,
-                pca_components=args.pca_components)
+                pca_components=args.pca_components, consensus_also=also)
     log(f"{method} SNR {snr} seed {seed}: fixed acc {out['fixed']['accuracy']:.3f}, "
         f"auto K={out['auto']['k']} acc {out['auto']['accuracy']:.3f}, merged K="
         f"{out['merged']['k']} acc {out['merged']['accuracy']:.3f} ({t_feat:.0f} s wall, "
@@ -319,6 +326,9 @@ def main() -> None:
                     help="consensus: also the consensus choice of K (the workflow default)")
     ap.add_argument("--noise-whitening", default="none", choices=["none", "phase"],
                     help="invariant: noise-fraction whitening (the workflow default is phase)")
+    ap.add_argument("--consensus-unwhitened", action="store_true",
+                    help="consensus mode with --noise-whitening phase: the consensus also "
+                         "pools the features before whitening (the workflow default)")
     ap.add_argument("--pca-components", type=int, default=8,
                     help="consensus mode: the labelling mixture's principal components")
     ap.add_argument("--consensus-components", nargs="*", type=int, default=[],

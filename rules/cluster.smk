@@ -4,6 +4,7 @@ checkpoint cluster:
     input:
         features="results/features/{method}/features.npy",
         star="results/particles/particles.star",
+        unwhitened=unwhitened_input,
     output:
         star="results/cluster/{method}/clusters.star",
         bic="results/cluster/{method}/bic.tsv",

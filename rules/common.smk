@@ -539,6 +539,14 @@ if TRANSFER is not None and TRANSFER["pretrained"]:
     MODES.add("pretrained")  # keys read only by the pretrained encoder's rule
 
 
+def unwhitened_input(wildcards):
+    """The invariant features before noise whitening, which the consensus K pools with the
+    whitened ones; no such file for the other methods."""
+    if wildcards.method == "invariant":
+        return ["results/features/invariant/unwhitened.npy"]
+    return []
+
+
 def chunks_input(wildcards):
     """{"chunks": [...]}: the shares of a method's feature inference when ``inference_jobs``
     > 1 (rules features_transfer_chunk, features_fewshot_chunk), else {} (one job)."""

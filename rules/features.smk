@@ -69,6 +69,9 @@ rule features_invariant:
         stack="results/particles/particles.mrcs",
     output:
         features="results/features/invariant/features.npy",
+        # the features before noise whitening (0 columns when they were not whitened): the
+        # consensus K pools both (clustering.consensus_unwhitened)
+        unwhitened="results/features/invariant/unwhitened.npy",
         info="results/features/invariant/info.json",
     log:
         "logs/features/invariant.log",

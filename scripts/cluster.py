@@ -13,7 +13,14 @@ def main(smk) -> None:
     df = read_star(smk.input.star, what="particle table")
     if len(df) != len(feats):
         raise RuntimeError(f"{len(feats)} feature rows for {len(df)} particles")
-    res, summary = cluster_method(feats, smk.params.clustering, smk.wildcards.method)
+    plain = None
+    if smk.input.get("unwhitened"):  # invariant: its features before noise whitening
+        path = smk.input.unwhitened
+        plain = np.load(path if isinstance(path, str) else path[0])
+        if len(plain) != len(feats):
+            raise RuntimeError(f"{path}: {len(plain)} rows for {len(feats)} particles")
+    res, summary = cluster_method(feats, smk.params.clustering, smk.wildcards.method,
+                                  unwhitened=plain)
     df["rlnClassNumber"] = res.labels
     df["tclClassProbability"] = res.probability
     write_star(smk.output.star, df)

@@ -59,6 +59,7 @@ ALTERNATIVES = {
     "fewshot.class_names": {1: "first"},
     "clustering.consensus_components": [3, 4],  # null in the tiny configs
     "invariant.noise_whitening": "none",
+    "clustering.consensus_unwhitened": False,
     "fewshot.train_snr": [0.5],
     "external.image_root": "elsewhere",
     "transfer.cache": "other_cache",

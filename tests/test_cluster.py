@@ -20,6 +20,7 @@ from tomoclust.cluster import (
     reduce_features,
     ridgeline_ratio,
 )
+from tomoclust.numerics.metrics import clustering_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -393,3 +394,46 @@ def test_consensus_pools_representations_of_the_same_points(rng):
     assert adjusted_rand_score(labels[info["pick"]], info["labels"]) > 0.95
     with pytest.raises(ValueError, match="different numbers"):
         consensus_k([full, full[:10]], 2, 4)
+
+
+# ------------------------------------------------------------- consensus over two representations
+def _two_representations(seed: int, k: int = 4, n: int = 150, d: int = 8):
+    """``k`` classes of ``n`` points. In the first representation classes 0 and 1 are 5σ apart
+    and the others 10σ from them: the consensus on it alone joins 0 and 1. In the second every
+    class is 8σ from every other."""
+    rng = np.random.default_rng(seed)
+    lab = np.repeat(np.arange(k), n)
+    ma = np.zeros((k, d))
+    ma[1, 0] = 5.0
+    for j in range(2, k):
+        ma[j, j - 1] = 10.0
+    mb = 8.0 * np.eye(k, d)
+    return ma[lab] + rng.standard_normal((k * n, d)), mb[lab] + rng.standard_normal((k * n, d)), lab
+
+
+def test_consensus_also_pools_a_second_representation():
+    """Planted: the first representation alone gives K = 3 in most seeds (0 and 1 joined); the
+    consensus pooled with the second finds the 4 classes in every seed, and the particles,
+    labelled on the first representation only, are then ≥ 0.9 correct."""
+    kw = dict(k_min=2, k_max=8, pca_components=4, stability_seeds=0,
+              k_selection="consensus", consensus_components=[2, 4, 6])
+    alone, pooled = [], []
+    for seed in range(6):
+        a, b, lab = _two_representations(seed)
+        alone.append(cluster_features(a, seed=seed, **kw).k)
+        res = cluster_features(a, seed=seed, consensus_also=b, **kw)
+        pooled.append(res.k)
+        assert clustering_metrics(lab, res.labels)["accuracy"] >= 0.9, seed
+    assert sum(k == 3 for k in alone) >= 4, alone
+    assert pooled == [4] * 6, pooled
+
+
+def test_consensus_also_empty_or_mismatched():
+    a, b, _ = _two_representations(0)
+    kw = dict(k_min=2, k_max=6, pca_components=4, stability_seeds=0,
+              k_selection="consensus", consensus_components=[2, 4])
+    plain = cluster_features(a, **kw)
+    empty = cluster_features(a, consensus_also=np.zeros((len(a), 0)), **kw)
+    assert empty.k == plain.k and np.array_equal(empty.labels, plain.labels)
+    with pytest.raises(ValueError, match="second representation holds 10 particles"):
+        cluster_features(a, consensus_also=b[:10], **kw)

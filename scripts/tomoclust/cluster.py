@@ -351,7 +351,8 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
                      n_init: int = 3, seed: int = 0, stability_seeds: int = 2,
                      merge_ratio: float | None = None, merge_gap: float = 2.0,
                      k_selection: str = "bic",
-                     consensus_components: Sequence[int] | None = None) -> ClusterResult:
+                     consensus_components: Sequence[int] | None = None,
+                     consensus_also: np.ndarray | None = None) -> ClusterResult:
     """Cluster ``(n, d)`` features (see module docstring).
 
     Parameters
@@ -375,6 +376,15 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
         ``c`` of the same PCA, for every ``c``); ``None`` or empty: ``pca_components`` only.
         The mixture that labels the particles uses ``pca_components``, or fewer when the
         particles cannot determine so many (:func:`labelling_components`).
+    consensus_also
+        A second ``(n, d2)`` representation of the same particles (the ``invariant`` features
+        before noise whitening): with the consensus K, its own PCA gives the same numbers of
+        components and those views join the consensus, whose co-association is then the
+        average over the mixtures of both representations. A grouping that one of them holds
+        only weakly (whitening equalises every direction by its noise, so at high SNR
+        within-class variation weighs as much as the differences between classes) is
+        steadied by the other. The mixture that labels the particles uses ``features`` only.
+        ``None`` or 0 columns: not used.
     """
     if k_selection not in ("bic", "consensus"):
         raise ValueError(f"k_selection must be 'bic' or 'consensus', not {k_selection!r}")
@@ -388,15 +398,25 @@ def cluster_features(features: np.ndarray, algorithm: str = "gmm", k: int | None
     if min(dims) < 1:
         raise ValueError(f"principal components must be at least 1, got {min(dims)}")
     # one PCA; its first c columns are the c-component reduction (each column scaled alone)
+    also = None
+    if consensus_also is not None and consensus_also.size:
+        if len(consensus_also) != len(features):
+            raise ValueError(f"the second representation holds {len(consensus_also)} "
+                             f"particles, the features {len(features)}")
+        also = consensus_also
     z_all = reduce_features(features, max(dims), seed)
     z = z_all[:, :pca_components]
     with threadpool_limits(limits=1, user_api="blas"):
         if consensus:
             views = [z_all[:, :c] for c in view_dims]
+            if also is not None:
+                a_all = reduce_features(also, max(view_dims), seed)
+                views += [a_all[:, :c] for c in view_dims]
             k_cons, info = consensus_k(views, k_min, k_max, seed=seed)
-            log.info("consensus over %d mixtures (%s principal components): K = %d "
+            log.info("consensus over %d mixtures (%s principal components%s): K = %d "
                      "(dendrogram gap %.3f)", info["fits"],
-                     "/".join(str(v.shape[1]) for v in views), k_cons, info["gap"])
+                     "/".join(str(c) for c in view_dims),
+                     "" if also is None else ", of both representations", k_cons, info["gap"])
             c = labelling_components(len(z), k_cons, pca_components)
             if c < z.shape[1]:
                 log.info("the mixture with K = %d uses the first %d principal components: %d "
@@ -563,19 +583,22 @@ def _warn_constant_columns(features: np.ndarray, method: str) -> int:
     return n_const
 
 
-def cluster_method(features: np.ndarray, cfg: Mapping[str, Any], method: str
-                   ) -> tuple[ClusterResult, dict]:
+def cluster_method(features: np.ndarray, cfg: Mapping[str, Any], method: str,
+                   unwhitened: np.ndarray | None = None) -> tuple[ClusterResult, dict]:
     """Cluster one method's features with the ``clustering`` settings ``cfg``
     (:func:`cluster_features`); return the result and its summary (summary.json: K, class
     sizes, stability, dead feature columns, effective dimension and any collapse warning,
-    which is also logged)."""
+    which is also logged). ``unwhitened``: the features before noise whitening, pooled into
+    the consensus K when ``cfg["consensus_unwhitened"]`` (``consensus_also``)."""
     n_const = _warn_constant_columns(features, method)
+    pooled = unwhitened if cfg.get("consensus_unwhitened", True) else None
     res = cluster_features(features, cfg["algorithm"], k=cfg["k"], k_min=cfg["k_min"],
                            k_max=cfg["k_max"], pca_components=cfg["pca_components"],
                            n_init=cfg["n_init"], seed=cfg["seed"],
                            merge_ratio=cfg["merge_ratio"], merge_gap=cfg["merge_gap"],
                            k_selection=cfg["k_selection"],
-                           consensus_components=cfg.get("consensus_components"))
+                           consensus_components=cfg.get("consensus_components"),
+                           consensus_also=pooled)
     sizes = np.bincount(res.labels)[1:].tolist()
     collapsed = collapse_warning(features, res.k, cfg["k"] or cfg["k_max"], sizes)
     if collapsed:
@@ -586,6 +609,7 @@ def cluster_method(features: np.ndarray, cfg: Mapping[str, Any], method: str
                "mean_probability": float(res.probability.mean()),
                "constant_feature_columns": n_const, "feature_columns": int(features.shape[1]),
                "effective_dimension": effective_dimension(features),
+               "consensus_unwhitened": pooled is not None and bool(pooled.size),
                "collapse_warning": collapsed}
     log.info("%s: K=%d, sizes %s, stability ARI %.3f", method, res.k, sizes, res.stability_ari)
     return res, summary

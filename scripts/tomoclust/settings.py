@@ -418,6 +418,7 @@ class ClusteringSettings(_Section):
     k_max: int = reads(10, "cluster")
     pca_components: int = reads(10, "cluster")
     consensus_components: list[int] | None = reads([4, 6, 8, 10, 12, 16], "cluster")
+    consensus_unwhitened: bool = reads(True, "cluster")
     n_init: int = reads(3, "cluster")
     seed: int = reads(0, "cluster", "plot_embedding")
     merge_ratio: float | None = reads(0.1, "cluster")

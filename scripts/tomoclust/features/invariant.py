@@ -342,7 +342,21 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
                        radial: bool = False, spectrum_components: int | None = None,
                        device: str = "cpu", centring: str = "none",
                        noise_whitening: str = "none", seed: int = 0) -> np.ndarray:
-    """The ``invariant`` method's features: the shell spectra (:func:`shell_spectra`), optionally
+    """The ``invariant`` method's features (:func:`invariant_representations`, first of the
+    pair)."""
+    return invariant_representations(stack, l_max, lowpass_sigma, radial, spectrum_components,
+                                     device, centring, noise_whitening, seed)[0]
+
+
+def invariant_representations(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float = 1.0,
+                              radial: bool = False, spectrum_components: int | None = None,
+                              device: str = "cpu", centring: str = "none",
+                              noise_whitening: str = "none", seed: int = 0
+                              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``invariant`` method's features and, when they were noise-whitened, the same features
+    before whitening (else None): the clustering can pool both when it chooses K.
+
+    The features: the shell spectra (:func:`shell_spectra`), optionally
     reduced to their first ``spectrum_components`` principal components, and optionally
     preceded by the linear radial profile (:func:`radial_profile`, when ``radial``). The
     defaults (no radial profile, all ``(l_max+1)·S(S+1)/2`` spectrum columns) are the plain
@@ -390,8 +404,8 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
         if null is None:
             log.info("noise whitening skipped: %d particles, fewer than the %d it needs; the "
                      "shell spectra are used as they are", len(stack), NOISE_MIN_PARTICLES)
-            return feats
-        return noise_fraction(feats, null)[0]
+            return feats, None
+        return noise_fraction(feats, null)[0], feats
     if centring == "com":
         spec, radii, _ = centred_descriptors(stack, l_max, lowpass_sigma, radial, device)
     else:
@@ -405,5 +419,5 @@ def invariant_features(stack: np.ndarray, l_max: int = 6, lowpass_sigma: float =
     if spectrum_components is not None:
         spec = principal_components(spec, spectrum_components)
     if not radial:
-        return spec
-    return np.concatenate([radii, spec], axis=1)
+        return spec, None
+    return np.concatenate([radii, spec], axis=1), None
