@@ -506,7 +506,9 @@ def consensus_k(z: np.ndarray | Sequence[np.ndarray], k_min: int = 2, k_max: int
     """K by evidence accumulation (consensus over seeds, subsamples, K and representations).
 
     ``z`` is one ``(n, d)`` array or several representations of the same ``n`` points (the
-    workflow passes the first 4, 6, 8, 10, 12 and 16 principal components of the features).
+    workflow passes the first 4, 6, 8, 10, 12 and 16 principal components of the features, and
+    of the invariant features before noise whitening too: ``consensus_also`` of
+    :func:`cluster_features`).
     For each, Gaussian mixtures with every K in ``k_min..k_max`` are fitted ``runs`` times, on
     random subsamples (``subsample`` of the points) with different seeds; for up to
     ``max_points`` points, the fraction of all fits in which two points share a component is
